@@ -1,0 +1,202 @@
+"""Shared test fixtures: a tiny fake data root with every data set in its official layout."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import scipy.io  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from diffprompt import labels  # noqa: E402
+
+H, W = 8, 16  # every fake image is (H, W)
+ACDC_SEQ = {"fog": "GOPR0475", "night": "GOPR0351", "rain": "GOPR0400", "snow": "GOPR0122"}
+
+
+def stripes(values, h: int = H, w: int = W) -> np.ndarray:
+    """Return an (h, w) array of vertical stripes holding ``values`` left to right."""
+    cols = np.array_split(np.arange(w), len(values))
+    out = np.zeros((h, w), dtype=np.int64)
+    for v, c in zip(values, cols, strict=True):
+        out[:, c] = v
+    return out
+
+
+# Raw ids written to each data set's labels and the trainIds they must give.
+CS_IDS, CS_TRAIN = (7, 26, 1), (0, 13, 255)  # road, car, ego vehicle
+SYN_IDS, SYN_TRAIN = (3, 8, 0), (0, 13, 255)  # road, car, void
+MAP_IDS = (
+    labels.MAPILLARY_V12_NAMES.index("construction--flat--road"),
+    labels.MAPILLARY_V12_NAMES.index("object--vehicle--car"),
+    labels.MAPILLARY_V12_NAMES.index("void--unlabeled"),
+)
+MAP_TRAIN = (0, 13, 255)
+TRAINIDS = (0, 13, 255)  # BDD100K, ACDC, Dark Zurich store trainIds directly
+
+
+def write_rgb(path: Path, seed: int = 0, h: int = H, w: int = W) -> None:
+    """Write a random RGB image (PNG or JPEG by suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def write_gray(path: Path, values: np.ndarray) -> None:
+    """Write an 8-bit single-channel (mode L) PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.ascontiguousarray(values, dtype=np.uint8)
+    Image.frombytes("L", (arr.shape[1], arr.shape[0]), arr.tobytes()).save(path)
+
+
+def write_palette(path: Path, values: np.ndarray, palette: list[int] | None = None) -> None:
+    """Write a palette (mode P) PNG whose indices are ``values``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.ascontiguousarray(values, dtype=np.uint8)
+    im = Image.frombytes("P", (arr.shape[1], arr.shape[0]), arr.tobytes())
+    im.putpalette(palette or labels.CITYSCAPES_ID_PALETTE)
+    im.save(path)
+
+
+def write_synthia_label(path: Path, red: np.ndarray, green: np.ndarray) -> None:
+    """Write a 16-bit 3-channel PNG: red = class id, green = instance id (cv2 writes BGR)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bgr = np.zeros((*red.shape, 3), dtype=np.uint16)
+    bgr[..., 2], bgr[..., 1] = red, green
+    assert cv2.imwrite(str(path), bgr)
+
+
+def _gta5(g: Path) -> None:
+    """GTA5: palette PNGs of Cityscapes ids; split.mat with 1-based image numbers."""
+    for i in (1, 2, 3):
+        write_rgb(g / "images" / f"{i:05d}.png", seed=i)
+        write_palette(g / "labels" / f"{i:05d}.png", stripes(CS_IDS))
+    scipy.io.savemat(g / "split.mat", {"trainIds": [[1], [2]], "valIds": [[3]], "testIds": [[3]]})
+
+
+def _synthia(s: Path) -> None:
+    """SYNTHIA: 16-bit labels, red = class id, green = instance id (must be ignored)."""
+    for i in (0, 1):
+        write_rgb(s / "RGB" / f"{i:07d}.png", seed=10 + i)
+        write_synthia_label(
+            s / "GT" / "LABELS" / f"{i:07d}.png", stripes(SYN_IDS), stripes((1000, 3, 21))
+        )
+
+
+def _cityscapes(c: Path) -> None:
+    """Cityscapes: labelIds; test unlabeled; a captions sidecar."""
+    for split in ("train", "val", "test"):
+        for k, city in enumerate(("aachen", "bremen")):
+            stem = f"{city}_000000_0000{19 + k}"
+            write_rgb(c / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", seed=k)
+            if split != "test":
+                write_gray(
+                    c / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", stripes(CS_IDS)
+                )
+    (c / "captions.json").write_text(
+        '{"aachen_000000_000019": {"caption": "a street in aachen", "condition": "overcast"}}'
+    )
+
+
+def _bdd100k(b: Path) -> None:
+    """BDD100K: jpg images, trainId masks; test unlabeled."""
+    for split in ("train", "val", "test"):
+        for stem in ("7d06fefd-f7be05a6", "7d128593-0ccfea4c"):
+            write_rgb(b / "images" / "10k" / split / f"{stem}.jpg")
+            if split != "test":
+                write_gray(b / "labels/sem_seg/masks" / split / f"{stem}.png", stripes(TRAINIDS))
+
+
+def _mapillary(m: Path) -> None:
+    """Mapillary: training / validation / testing, v1.2 palette labels, no config file."""
+    for folder in ("training", "validation", "testing"):
+        for stem in ("__CRyFzoDOXn6unQ6a3DnQ", "_1Gn_xkw7sa_i9GU4mkxxQ"):
+            write_rgb(m / folder / "images" / f"{stem}.jpg")
+            if folder != "testing":
+                write_palette(m / folder / "v1.2" / "labels" / f"{stem}.png", stripes(MAP_IDS))
+
+
+def _acdc(a: Path) -> None:
+    """ACDC: 4 conditions, train/val labeled, test and train_ref unlabeled."""
+    for cond, seq in ACDC_SEQ.items():
+        for split in ("train", "val", "test", "train_ref"):
+            for n in ("000041", "000042"):
+                suffix = "_rgb_ref_anon.png" if split.endswith("_ref") else "_rgb_anon.png"
+                write_rgb(a / "rgb_anon" / cond / split / seq / f"{seq}_frame_{n}{suffix}")
+                if split in ("train", "val"):
+                    lbl = a / "gt" / cond / split / seq / f"{seq}_frame_{n}_gt_labelTrainIds.png"
+                    write_gray(lbl, stripes(TRAINIDS))
+
+
+def _dark_zurich(d: Path) -> None:
+    """Dark Zurich: night only; val labeled."""
+    for split in ("train", "val", "test"):
+        for n in ("000321", "000322"):
+            stem = f"GOPR0356_frame_{n}"
+            write_rgb(d / "rgb_anon" / split / "night" / "GOPR0356" / f"{stem}_rgb_anon.png")
+            if split == "val":
+                write_gray(
+                    d / "gt" / split / "night" / "GOPR0356" / f"{stem}_gt_labelTrainIds.png",
+                    stripes(TRAINIDS),
+                )
+
+
+#: data set folder -> the function that writes its fake copy
+BUILDERS = {
+    "gta5": _gta5,
+    "synthia": _synthia,
+    "cityscapes": _cityscapes,
+    "bdd100k": _bdd100k,
+    "mapillary": _mapillary,
+    "acdc": _acdc,
+    "dark_zurich": _dark_zurich,
+}
+
+
+def build_fake_root(root: Path, sets=tuple(BUILDERS)) -> Path:
+    """Fill ``root`` with the data set folders ``sets`` in their official layouts.
+
+    Each split holds 2-3 tiny (H, W) images; labels hold known id stripes (see above).
+    """
+    for folder in sets:
+        BUILDERS[folder](root / folder)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.fixture
+def clean_data_env(monkeypatch):
+    """Keep the user's DIFFPROMPT_DATA / DIFFPROMPT_<NAME>_ROOT out of a test."""
+    for key in list(os.environ):
+        if key == "DIFFPROMPT_DATA" or (key.startswith("DIFFPROMPT_") and key.endswith("_ROOT")):
+            monkeypatch.delenv(key)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "sets(*folders): data set folders the fake_root fixture builds (default all)"
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_root(tmp_path_factory) -> Path:
+    """A read-only fake data root with all seven data sets, built once per session.
+
+    Tests that change files must use ``fake_root`` instead.
+    """
+    return build_fake_root(tmp_path_factory.mktemp("shared") / "data")
+
+
+@pytest.fixture
+def fake_root(request, tmp_path: Path, clean_data_env) -> Path:
+    """A fresh fake data root in tmp_path, with the folders named by @pytest.mark.sets.
+
+    Only the needed sets are written: file creation and clean-up dominate the test time.
+    """
+    marker = request.node.get_closest_marker("sets")
+    sets = marker.args if marker else tuple(BUILDERS)
+    return build_fake_root(tmp_path / "data", sets)
