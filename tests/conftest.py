@@ -200,3 +200,12 @@ def fake_root(request, tmp_path: Path, clean_data_env) -> Path:
     marker = request.node.get_closest_marker("sets")
     sets = marker.args if marker else tuple(BUILDERS)
     return build_fake_root(tmp_path / "data", sets)
+
+
+@pytest.fixture(scope="session")
+def mini_root(tmp_path_factory) -> Path:
+    """A tiny embedded miniature (a few 64x128 images per split), generated once."""
+    from diffprompt.data.toyworld import ToyWorldConfig, ensure_miniature
+
+    root = tmp_path_factory.mktemp("mini") / "miniature"
+    return ensure_miniature(root, ToyWorldConfig(height=64, width=128, scale=0.03))

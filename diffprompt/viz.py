@@ -1,0 +1,96 @@
+"""Figures: label overlays, sample grids and class-frequency plots.
+
+Matplotlib is imported inside the functions that draw, with the non-interactive Agg
+backend when no display is attached, so headless runs need nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from diffprompt.labels import CLASSES, IGNORE_INDEX, PALETTE, colorize
+
+
+def to_uint8_image(image) -> np.ndarray:
+    """Return an (H, W, 3) uint8 array from a (3, H, W) float tensor in [0, 1] or an array."""
+    arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
+        arr = arr.transpose(1, 2, 0)
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr * 255 + 0.5, 0, 255).astype(np.uint8)
+    return arr
+
+
+def overlay(image, trainids, alpha: float = 0.5) -> np.ndarray:
+    """Return an (H, W, 3) uint8 blend of an image with its trainId colours (ignore: none)."""
+    img = to_uint8_image(image).astype(np.float32)
+    lab = np.asarray(trainids.cpu() if hasattr(trainids, "cpu") else trainids)
+    col = colorize(lab).astype(np.float32)
+    a = np.where(lab == IGNORE_INDEX, 0.0, alpha)[..., None]
+    return (img * (1 - a) + col * a).astype(np.uint8)
+
+
+def sample_grid(rows: Mapping[str, Sequence[dict]], alpha: float = 0.5, width: float = 14.0):
+    """Return a matplotlib figure: one row per domain, image and overlay of each sample.
+
+    ``rows`` maps a row title to samples (dicts with "image", optional "mask", "meta").
+    """
+    import matplotlib.pyplot as plt
+
+    n_rows = len(rows)
+    n_cols = max(len(s) for s in rows.values()) * 2
+    first = next(iter(rows.values()))[0]["image"]
+    h, w = first.shape[-2:]
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, width / n_cols * n_rows * h / w * 1.25),
+                             squeeze=False)  # fmt: skip
+    for r, (title, samples) in enumerate(rows.items()):
+        for c, s in enumerate(samples):
+            ax_img, ax_lab = axes[r, 2 * c], axes[r, 2 * c + 1]
+            ax_img.imshow(to_uint8_image(s["image"]))
+            if "mask" in s:
+                ax_lab.imshow(overlay(s["image"], s["mask"], alpha))
+            else:
+                ax_lab.text(0.5, 0.5, "unlabeled split", ha="center", va="center")
+            if c == 0:
+                ax_img.set_ylabel(title, fontsize=9)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def class_frequency_plot(freq, title: str = "pixel share of each class per domain"):
+    """Return a figure of a (domains x classes) DataFrame of pixel shares, log-scaled bars."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(14, 4.2))
+    n = len(freq.index)
+    x = np.arange(len(freq.columns))
+    bw = 0.85 / n
+    cmap = plt.get_cmap("tab20")
+    for i, dom in enumerate(freq.index):
+        ax.bar(x + i * bw - 0.425 + bw / 2, freq.loc[dom].to_numpy() * 100, bw, label=dom,
+               color=cmap(i % 20))  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels(freq.columns, rotation=45, ha="right")
+    ax.set_ylabel("% of labeled pixels")
+    ax.set_title(title)
+    ax.legend(ncol=4, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def palette_legend(classes: Sequence[str] = CLASSES):
+    """Return a small figure showing the colour of every class."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    fig, ax = plt.subplots(figsize=(10, 0.9))
+    ax.axis("off")
+    handles = [Patch(color=PALETTE[i] / 255.0, label=c) for i, c in enumerate(classes)]
+    ax.legend(handles=handles, ncol=10, loc="center", fontsize=7, frameon=False)
+    return fig

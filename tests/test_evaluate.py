@@ -1,0 +1,66 @@
+"""Dataset-level confusion matrix and mIoU, checked against hand-computed cases."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffprompt.evaluate import ConfusionMatrix, confusion_matrix, mean_iou, per_class_iou
+from diffprompt.labels import SYNTHIA_EVAL_CLASSES
+
+
+def test_hand_computed_three_classes():
+    # target: 0 0 1 1 2 255 ; pred: 0 1 1 1 0 2
+    target = torch.tensor([0, 0, 1, 1, 2, 255])
+    pred = torch.tensor([0, 1, 1, 1, 0, 2])
+    cm = confusion_matrix(pred, target, num_classes=3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    iou = per_class_iou(cm)
+    # class 0: TP 1, FP 1 (the 2 predicted as 0), FN 1 -> 1/3
+    # class 1: TP 2, FP 1, FN 0 -> 2/3 ; class 2: TP 0, FN 1 -> 0
+    assert iou == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert mean_iou(cm) == pytest.approx(100 / 3)
+
+
+def test_class_absent_everywhere_is_left_out():
+    target = torch.tensor([0, 0, 1])
+    pred = torch.tensor([0, 0, 1])
+    cm = confusion_matrix(pred, target, num_classes=4)
+    iou = per_class_iou(cm)
+    assert iou[:2].tolist() == [1.0, 1.0] and math.isnan(iou[2]) and math.isnan(iou[3])
+    assert mean_iou(cm) == 100.0
+
+
+def test_predicted_but_absent_class_counts_as_zero():
+    cm = confusion_matrix(torch.tensor([0, 2]), torch.tensor([0, 0]), num_classes=3)
+    assert mean_iou(cm) == pytest.approx(100 * (0.5 + 0.0) / 2)
+
+
+def test_dataset_level_not_mean_of_images():
+    # image A: 1 pixel of class 0 right; image B: 99 pixels of class 0, 1 predicted wrong
+    acc = ConfusionMatrix(num_classes=2)
+    acc.update(torch.tensor([0]), torch.tensor([0]))
+    acc.update(torch.tensor([0] * 98 + [1]), torch.tensor([0] * 99))
+    # class 0: TP = 1 + 98, FN = 1, FP = 0 -> 99/100 ; class 1: TP 0, FP 1 -> 0
+    iou0 = 99 / 100
+    assert acc.iou() == pytest.approx([iou0, 0.0])
+    assert acc.miou() == pytest.approx(100 * iou0 / 2)
+
+
+def test_synthia_sixteen_class_mean():
+    conf = np.eye(19, dtype=np.int64) * 10
+    conf[9, 0] = 10  # terrain, not evaluated on SYNTHIA, all wrong
+    conf[9, 9] = 0
+    assert mean_iou(conf, SYNTHIA_EVAL_CLASSES) > mean_iou(conf)
+    # the 16 classes are otherwise perfect except road, which got 10 false positives
+    iou = per_class_iou(conf)
+    expected = (15 + iou[0]) / 16 * 100
+    assert mean_iou(conf, SYNTHIA_EVAL_CLASSES) == pytest.approx(expected)
+
+
+def test_bad_values_raise():
+    with pytest.raises(ValueError, match="outside"):
+        confusion_matrix(torch.tensor([0]), torch.tensor([19]))
+    with pytest.raises(ValueError, match="differ in size"):
+        confusion_matrix(torch.tensor([0, 1]), torch.tensor([0]))

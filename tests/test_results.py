@@ -1,0 +1,33 @@
+"""Results are written atomically and every run leaves a manifest."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from diffprompt.results import Run, atomic_path, atomic_write_text
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "t.csv"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+
+def test_run_writes_tables_and_manifest(tmp_path):
+    run = Run("demo", params={"steps": 3}, seed=7, root=tmp_path)
+    df = pd.DataFrame({"mIoU": [12.345, 50.0]}, index=["a", "b"])
+    run.table(df, "demo_table", caption="a caption")
+    path = run.finish(note="x")
+    m = json.loads(path.read_text())
+    assert m["params"] == {"steps": 3} and m["seed"] == 7 and m["note"] == "x"
+    assert {"sha", "dirty"} <= set(m["git"]) and "torch" in m["versions"]
+    assert m["device"]["device"] in ("cpu", "cuda", "mps")
+    assert "tables/demo_table.csv" in m["outputs"] and m["wall_seconds"] >= 0
+    assert (tmp_path / "tables" / "demo_table.md").read_text().count("12.35") == 1
+    assert "\\toprule" in (tmp_path / "tables" / "demo_table.tex").read_text()
+    assert pd.read_csv(tmp_path / "tables" / "demo_table.csv", index_col=0).loc["b", "mIoU"] == 50
