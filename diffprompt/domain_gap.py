@@ -8,8 +8,11 @@ from its own labels. ``run_domain_gap`` trains the CNNs and returns the table.
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -64,12 +67,13 @@ class SmallSegNet(nn.Module):
 class GapConfig:
     """Training recipe of the small CNN (the same for every domain)."""
 
-    steps: int = 1500  # optimisation steps
+    steps: int = 1000  # optimisation steps
     batch_size: int = 8
     lr: float = 2e-3  # AdamW, cosine decay to 0
     weight_decay: float = 1e-4
     input_scale: float = 1.0  # images are resized by this factor (1 = as stored)
     width: int = 32  # channel width of SmallSegNet
+    class_balance: float = 0.5  # loss weight of a class = frequency ** -class_balance (0 = off)
     seed: int = 0
     threads: int = 2
 
@@ -94,6 +98,7 @@ def train_cnn(
     model = SmallSegNet(width=cfg.width)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    weight = class_weights(train_set, cfg.class_balance) if cfg.class_balance else None
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=g,
                         drop_last=len(train_set) > cfg.batch_size)  # fmt: skip
     step = 0
@@ -105,7 +110,7 @@ def train_cnn(
                 x, y = x.flip(-1), y.flip(-1)
             logits = model(x)
             logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear")
-            loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(logits, y, weight=weight, ignore_index=IGNORE_INDEX)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -116,6 +121,20 @@ def train_cnn(
             if step >= cfg.steps:
                 break
     return model
+
+
+def class_weights(dataset: Dataset, power: float, max_images: int = 200) -> torch.Tensor:
+    """Return (19,) loss weights ``freq ** -power`` from the label histogram, mean 1.
+
+    Classes absent from the data set get weight 0. Counted on at most ``max_images``.
+    """
+    counts = torch.zeros(NUM_CLASSES, dtype=torch.float64)
+    for i in range(min(len(dataset), max_images)):
+        m = dataset[i]["mask"].reshape(-1)
+        counts += torch.bincount(m[m != IGNORE_INDEX], minlength=NUM_CLASSES)[:NUM_CLASSES]
+    freq = counts / counts.sum().clamp(min=1)
+    w = torch.where(freq > 0, freq.clamp(min=1e-6) ** -power, torch.zeros_like(freq))
+    return (w / w[freq > 0].mean()).float()
 
 
 @torch.no_grad()
@@ -216,6 +235,76 @@ def run_domain_gap(
     return df
 
 
+#: Bump when the experiment's code changes its numbers (invalidates reused tables).
+EXPERIMENT_VERSION = 1
+
+
+def experiment_key(
+    root, source: str, targets: Sequence[str], cfg: GapConfig, max_images: int
+) -> dict:
+    """Return what identifies a domain-gap run: code version, recipe and data.
+
+    For the miniature the data is identified by its generator stamp (version + parameters);
+    for a real data root by its path.
+    """
+    stamp_file = Path(root) / "toyworld.json"
+    if stamp_file.is_file():
+        stamp = json.loads(stamp_file.read_text())
+        data = {k: v for k, v in stamp.items() if k not in ("images", "seconds")}
+    else:
+        data = {"root": str(Path(root).resolve())}
+    return {"experiment_version": EXPERIMENT_VERSION, "source": source,
+            "targets": list(targets), "recipe": asdict(cfg), "max_images": max_images,
+            "data": data}  # fmt: skip
+
+
+def load_or_run_domain_gap(
+    root,
+    source: str,
+    targets: Sequence[str],
+    cfg: GapConfig,
+    results_dir,
+    max_images: int = 0,
+    reuse: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Return the domain-gap table, reusing a stored run when its key matches exactly.
+
+    A run's table is stored as ``tables/domain_gap.csv`` with ``tables/domain_gap.json``
+    holding its key, checks and provenance (git sha, time). With ``reuse`` and a matching
+    key the stored table is returned (``df.attrs["reused"]`` says from when); otherwise the
+    CNNs are trained (minutes per CNN on a CPU) and the caller writes the new table.
+    """
+    key = experiment_key(root, source, targets, cfg, max_images)
+    side = Path(results_dir) / "tables" / "domain_gap.json"
+    if reuse and side.is_file():
+        stored = json.loads(side.read_text())
+        csv = side.with_suffix(".csv")
+        if stored.get("key") == json.loads(json.dumps(key)) and csv.is_file():
+            df = pd.read_csv(csv, index_col=0)
+            df.attrs.update(checks=stored["checks"], source_in_domain=stored["source_in_domain"],
+                            reused=stored["provenance"])  # fmt: skip
+            if log:
+                log(f"reusing the domain-gap run of {stored['provenance']['finished_utc']} "
+                    f"(same code, recipe and data); pass reuse=False to rerun")  # fmt: skip
+            return df
+    df = run_domain_gap(root, source, targets, cfg, max_images=max_images, log=log)
+    df.attrs["key"] = key
+    return df
+
+
+def store_domain_gap_key(df: pd.DataFrame, results_dir) -> Path:
+    """Write ``tables/domain_gap.json`` (key, checks, provenance) beside a fresh table."""
+    from diffprompt.results import atomic_write_text, git_info
+
+    prov = {"finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "git": git_info()}  # fmt: skip
+    blob = {"key": df.attrs["key"], "checks": df.attrs["checks"],
+            "source_in_domain": df.attrs["source_in_domain"], "provenance": prov}  # fmt: skip
+    return atomic_write_text(Path(results_dir) / "tables" / "domain_gap.json",
+                             json.dumps(blob, indent=1, default=str) + "\n")  # fmt: skip
+
+
 def gap_checks(df: pd.DataFrame, min_gap: float = 15.0, min_own: float = 50.0) -> dict[str, bool]:
     """Return the data issue's acceptance checks on a domain-gap table.
 
@@ -261,3 +350,25 @@ def class_frequencies(root, names: Sequence[str], max_images: int = 0) -> pd.Dat
             counts += np.bincount(m[m != IGNORE_INDEX], minlength=NUM_CLASSES)[:NUM_CLASSES]
         rows[name] = counts / max(counts.sum(), 1)
     return pd.DataFrame.from_dict(rows, orient="index", columns=list(CLASSES))
+
+
+def record_domain_gap(run, df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Write a fresh domain-gap table (CSV/Markdown/LaTeX + key) through ``run``.
+
+    A reused table is left as it is and listed among the run's outputs. Returns ``df``.
+    """
+    checks = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in df.attrs["checks"].items())
+    caption = (
+        f"mIoU (%) of a small CNN trained on {source} (source-trained, "
+        f"{df.attrs['source_in_domain']:.1f} on {source}'s held-out val split) or on the "
+        f"target's own labels (target-trained). Checks: {checks}."
+    )
+    if "reused" in df.attrs:
+        run.outputs += [f"tables/domain_gap.{s}" for s in ("csv", "md", "tex", "json")]
+    else:
+        run.table(df, "domain_gap", caption=caption)
+        store_domain_gap_key(df, run.root)
+        run.outputs.append("tables/domain_gap.json")
+    run.extra.update(domain_gap_checks=df.attrs["checks"],
+                     domain_gap_reused_from=df.attrs.get("reused"))  # fmt: skip
+    return df

@@ -48,7 +48,7 @@ def _mean_stats(domain, n=8):
         img, lab, _, _ = tw.render_sample(domain, (0, 1, 0, i), 64, 128)
         hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
         sat.append(hsv[..., 1].mean())
-        val.append(hsv[..., 2].mean())
+        val.append(np.median(hsv[..., 2]))  # exposure: robust to lamps and windows
         ground.append(np.isin(lab, (0, 1)).mean())  # ground share: road and sidewalk
     return np.mean(sat), np.mean(val), np.mean(ground)
 
@@ -61,7 +61,7 @@ def test_domains_differ_as_the_real_ones_do():
     s_fog, _, _ = _mean_stats("acdc_fog")
     assert s_gta > 1.3 * s_cs  # saturated synthetic palette
     assert ground_syn > 1.2 * ground_gta  # SYNTHIA looks down from a higher viewpoint
-    assert v_night < 0.6 * v_cs  # night: low exposure
+    assert v_night < 0.65 * v_cs  # night: low exposure (median, so lamps do not count)
     assert s_fog < s_cs  # fog washes colours out
 
 

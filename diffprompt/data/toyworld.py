@@ -79,11 +79,11 @@ DEFAULT_COUNTS: dict[str, dict[str, int]] = {
     "cityscapes": {"train": 200, "val": 100},
     "bdd100k": {"train": 150, "val": 100},
     "mapillary": {"train": 150, "val": 100},
-    "acdc_fog": {"train": 100, "val": 60, "test": 40},
-    "acdc_night": {"train": 100, "val": 60, "test": 40},
-    "acdc_rain": {"train": 100, "val": 60, "test": 40},
-    "acdc_snow": {"train": 100, "val": 60, "test": 40},
-    "darkzurich": {"train": 120, "val": 60, "test": 30},
+    "acdc_fog": {"train": 150, "val": 60, "test": 40},
+    "acdc_night": {"train": 150, "val": 60, "test": 40},
+    "acdc_rain": {"train": 150, "val": 60, "test": 40},
+    "acdc_snow": {"train": 150, "val": 60, "test": 40},
+    "darkzurich": {"train": 120, "val": 200, "test": 30},
 }
 
 
@@ -614,7 +614,7 @@ class SceneBuilder:
                 x = self.road_xc + rng.uniform(-self.road_hw, self.road_hw)
             objs.append((rng.uniform(3.5, 40), "person", dict(x=x)))
         # cyclists and motorcyclists near the kerb; parked bicycles
-        for _ in range(rng.integers(0, 4)):
+        for _ in range(rng.integers(1, 4)):
             sign = rng.choice([-1, 1])
             x = self.road_xc + sign * (self.road_hw - rng.uniform(0.6, 1.5))
             objs.append((rng.uniform(4, 35), "twowheeler",
@@ -1070,7 +1070,7 @@ def render_appearance(layout: Layout, domain: Domain, rng: np.random.Generator) 
     elif cond == "night":
         sodium = domain.name == "darkzurich"
         lamp_c = np.array((1.0, 0.62, 0.25) if sodium else (1.0, 0.9, 0.75), np.float32)
-        ambient = rng.uniform(0.12, 0.2)
+        ambient = rng.uniform(0.15, 0.25)
         night = img * ambient * np.array([0.8, 0.85, 1.1])
         # light pools of street lamps on the ground and nearby surfaces
         vv, uu = np.mgrid[0:h, 0:w].astype(np.float32)
