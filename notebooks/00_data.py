@@ -27,7 +27,7 @@
 
 # %% tags=["parameters"]
 data_root = "miniature"  # "miniature" (embedded, generated on demand) or a data folder
-samples_per_domain = 3  # pictures per domain in the sample figure
+samples_per_domain = 2  # pictures per domain in the sample figure
 freq_images = 60  # images per domain counted for the class frequencies (0 = all)
 gap_source = "gta5"  # the CNN trained on this data set's "train" split
 gap_targets = ["cityscapes", "bdd100k", "mapillary", "acdc_fog", "acdc_night", "acdc_rain",
@@ -72,7 +72,7 @@ names = ["gta5", "synthia", "cityscapes", "bdd100k", "mapillary", "acdc_fog", "a
          "acdc_rain", "acdc_snow", "darkzurich"]  # fmt: skip
 rows = pick_samples(root, names, samples_per_domain, seed=seed)
 fig = sample_grid(rows)
-run.figure(fig, "data_samples")
+run.figure(fig, "data_samples", formats=("png",), dpi=72)  # raster content: PNG only
 for name, samples in rows.items():
     print(f"{name:12s} {samples[0]['meta']['caption']}")
 

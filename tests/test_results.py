@@ -1,6 +1,7 @@
 """Results are written atomically and every run leaves a manifest."""
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -15,6 +16,9 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("killed")
     assert target.read_text() == "old"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # like any new file, not 0600
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
 
 

@@ -963,13 +963,17 @@ def _saturate(img: np.ndarray, s: float) -> np.ndarray:
 def _glow(h, w, lights, scale=1.0) -> np.ndarray:
     """Return (H, W, 3) additive light halos of point lights."""
     out = np.zeros((h, w, 3), np.float32)
-    vv, uu = np.mgrid[0:h, 0:w].astype(np.float32)
     for lt in lights:
         r = max(lt.radius * scale, 0.8)
         if lt.u < -3 * r or lt.u > w + 3 * r or lt.v < -3 * r or lt.v > h + 3 * r:
             continue
+        # only a window of +-6 radii: beyond it the halo is below 1e-15
+        v0, v1 = max(0, int(lt.v - 6 * r)), min(h, int(lt.v + 6 * r) + 2)
+        u0, u1 = max(0, int(lt.u - 6 * r)), min(w, int(lt.u + 6 * r) + 2)
+        vv, uu = np.mgrid[v0:v1, u0:u1].astype(np.float32)
         d2 = ((uu - lt.u) ** 2 + (vv - lt.v) ** 2) / (r * r)
-        out += np.exp(-d2)[..., None] * (np.asarray(lt.color, np.float32) * lt.strength)
+        color = np.asarray(lt.color, np.float32) * lt.strength
+        out[v0:v1, u0:u1] += np.exp(-d2)[..., None] * color
     return out
 
 
