@@ -220,7 +220,9 @@ def run_domain_gap(
     for name in targets:
         train, evaluation, note = target_splits(name, root)
         train, evaluation = _subset(train, max_images), _subset(evaluation, max_images)
-        base = getattr(evaluation, "dataset", evaluation)
+        base = evaluation
+        while isinstance(base, Subset):  # the data set under (nested) subsets
+            base = base.dataset
         src_miou, _ = evaluate_cnn(src_model, evaluation, cfg, base.eval_classes)
         say(f"training on {name} ({len(train)} images, {note})")
         own = train_cnn(train, cfg, log)

@@ -1,6 +1,7 @@
 """The small CNN of the domain-gap check learns a task with a known answer."""
 
 import pandas as pd
+import pytest
 import torch
 from torch.utils.data import Dataset
 
@@ -33,7 +34,7 @@ def test_smallsegnet_shape():
 
 
 def test_cnn_learns_colour_coded_classes():
-    cfg = GapConfig(steps=60, batch_size=4, lr=5e-3, width=16)
+    cfg = GapConfig(steps=80, batch_size=4, lr=5e-3, width=16)
     model = train_cnn(ColourCoded(8), cfg)
     miou, iou = evaluate_cnn(model, ColourCoded(4), cfg)
     assert miou > 90, iou
@@ -51,3 +52,26 @@ def test_gap_checks():
         "adverse_costs_more": False,
         "learnable": False,
     }
+
+
+def test_stored_run_is_reused_only_for_the_same_key(mini_root, tmp_path):
+    from diffprompt.domain_gap import load_or_run_domain_gap, record_domain_gap
+    from diffprompt.results import Run
+
+    cfg = GapConfig(steps=2, batch_size=2)
+    kw = dict(max_images=2, log=None)
+    first = load_or_run_domain_gap(mini_root, "gta5", ["cityscapes"], cfg, tmp_path, **kw)
+    assert "reused" not in first.attrs
+    record_domain_gap(Run("t", {}, root=tmp_path), first, "gta5")
+    again = load_or_run_domain_gap(mini_root, "gta5", ["cityscapes"], cfg, tmp_path, **kw)
+    assert again.attrs["reused"]["finished_utc"]
+    # the stored CSV holds two decimals
+    assert again["source-trained"].tolist() == first["source-trained"].round(2).tolist()
+    other = GapConfig(steps=3, batch_size=2)
+    fresh = load_or_run_domain_gap(mini_root, "gta5", ["cityscapes"], other, tmp_path, **kw)
+    assert "reused" not in fresh.attrs
+    no_reuse = load_or_run_domain_gap(mini_root, "gta5", ["cityscapes"], cfg, tmp_path,
+                                      reuse=False, **kw)  # fmt: skip
+    assert "reused" not in no_reuse.attrs
+    # the same seed on the same machine gives the same numbers
+    assert no_reuse["source-trained"].tolist() == pytest.approx(first["source-trained"].tolist())
