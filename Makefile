@@ -11,6 +11,7 @@ RUNS := results/runs
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 
 .PHONY: setup main data test lint format notebooks clean distclean
+.DELETE_ON_ERROR:
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
