@@ -23,7 +23,11 @@ setup: $(VENV)/.installed
 
 # the embedded miniature (regenerated only when the generator or its parameters change)
 data: setup
+ifeq ($(DATA_ROOT),miniature)
 	$(PY) -m diffprompt.data.toyworld
+else
+	@echo "data root: $(DATA_ROOT) (the miniature is not needed)"
+endif
 
 # the main job on the embedded default (for now: the data notebook)
 main: setup data $(RUNS)/00_data.ipynb
