@@ -61,7 +61,7 @@ from diffprompt import labels as L
 from diffprompt.paths import miniature_root
 
 #: Bump when the generator's output changes; a stale miniature is regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # trainIds, by name, for readability below
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEG, TERRAIN, SKY = range(11)
@@ -74,15 +74,15 @@ VOID = L.IGNORE_INDEX
 
 #: Images per (data set, split) at the default size. Labeled unless noted in the layouts.
 DEFAULT_COUNTS: dict[str, dict[str, int]] = {
-    "gta5": {"all": 300},
-    "synthia": {"all": 300},
+    "gta5": {"all": 250},
+    "synthia": {"all": 250},
     "cityscapes": {"train": 200, "val": 100},
     "bdd100k": {"train": 150, "val": 100},
     "mapillary": {"train": 150, "val": 100},
-    "acdc_fog": {"train": 150, "val": 60, "test": 40},
-    "acdc_night": {"train": 150, "val": 60, "test": 40},
-    "acdc_rain": {"train": 150, "val": 60, "test": 40},
-    "acdc_snow": {"train": 150, "val": 60, "test": 40},
+    "acdc_fog": {"train": 200, "val": 60, "test": 40},
+    "acdc_night": {"train": 200, "val": 60, "test": 40},
+    "acdc_rain": {"train": 200, "val": 60, "test": 40},
+    "acdc_snow": {"train": 200, "val": 60, "test": 40},
     "darkzurich": {"train": 120, "val": 200, "test": 30},
 }
 
@@ -1024,7 +1024,7 @@ def render_appearance(layout: Layout, domain: Domain, rng: np.random.Generator) 
         img = img * trans + airlight * (1 - trans)
         img = _saturate(img, 0.7)
     elif cond == "rain":
-        img = _saturate(img, 0.6) * 0.72
+        img = _saturate(img, 0.6) * 0.8
         grey_sky = rng.uniform(0.45, 0.6)
         img = np.where(sky[..., None], grey_sky + 0.05 * (img - img.mean()), img)
         wet = layout.ground & ~sky
@@ -1034,23 +1034,24 @@ def render_appearance(layout: Layout, domain: Domain, rng: np.random.Generator) 
         mirror = np.clip(2 * last - np.arange(h)[:, None], 0, h - 1)
         refl = img[mirror, np.arange(w)[None, :]]
         refl = cv2.GaussianBlur(refl, (0, 0), 1.2)
-        k = np.where(wet & (last >= 0), rng.uniform(0.35, 0.55), 0.0)[..., None]
-        img = np.where(wet[..., None], img * 0.6, img) * (1 - k) + refl * k
+        k = np.where(wet & (last >= 0), rng.uniform(0.25, 0.4), 0.0)[..., None]
+        img = np.where(wet[..., None], img * 0.7, img) * (1 - k) + refl * k
         # streaks
         streak = Image.new("L", (w, h), 0)
         sd = ImageDraw.Draw(streak)
         ang = rng.uniform(-0.3, 0.3)
-        for _ in range(int(rng.uniform(120, 260) * w * h / (128 * 256))):
+        for _ in range(int(rng.uniform(60, 140) * w * h / (128 * 256))):
             x0, y0 = rng.uniform(-20, w + 20), rng.uniform(-20, h)
             ln = rng.uniform(6, 16)
             sd.line([(x0, y0), (x0 + ln * ang, y0 + ln)], fill=int(rng.uniform(60, 140)), width=1)
         st = np.asarray(streak, np.float32)[..., None] / 255.0
-        img = img * (1 - 0.6 * st) + 0.85 * 0.6 * st
+        img = img * (1 - 0.45 * st) + 0.85 * 0.45 * st
     elif cond == "snow":
         img = _saturate(img, 0.6)
         cover = layout.ground & ~sky
-        tracks = layout.lane_dist < rng.uniform(0.35, 0.6)
-        snow_m = cover & ~(tracks & (np.abs(layout.lane_dist - 0.8) > 0.25))
+        # two tyre tracks per lane, 0.8 m either side of its centre, show the asphalt
+        tracks = np.abs(layout.lane_dist - 0.8) < rng.uniform(0.15, 0.25)
+        snow_m = cover & ~tracks
         snow_m |= layout.top_faces
         # the upper edges of foliage, walls and fences carry snow
         cls = layout.label
@@ -1061,12 +1062,17 @@ def render_appearance(layout: Layout, domain: Domain, rng: np.random.Generator) 
         speck = _crop_tile(rng, tiles[0], h, w) > 0.55
         snow_m |= upper | (np.isin(cls, (VEG, TERRAIN)) & speck)
         white = rng.uniform(0.82, 0.95) * (1 + 0.05 * (_crop_tile(rng, tiles[1], h, w) - 0.5))
-        img = np.where(snow_m[..., None], white[..., None] * np.array([0.97, 0.98, 1.0]), img)
+        # partial cover: slush on the road, more on sidewalks, most on grass and edges
+        cover_of = np.full(256, 0.85, np.float32)
+        cover_of[ROAD] = rng.uniform(0.5, 0.7)
+        cover_of[SIDEWALK] = rng.uniform(0.75, 0.9)
+        alpha = (snow_m * cover_of[cls])[..., None]
+        img = img * (1 - alpha) + alpha * white[..., None] * np.array([0.97, 0.98, 1.0])
         img = np.where(sky[..., None], rng.uniform(0.78, 0.88), img)
         img = img * 0.85 + 0.1
         flakes = Image.new("L", (w, h), 0)
         fd = ImageDraw.Draw(flakes)
-        for _ in range(int(rng.uniform(150, 350) * w * h / (128 * 256))):
+        for _ in range(int(rng.uniform(80, 200) * w * h / (128 * 256))):
             x0, y0, r = rng.uniform(0, w), rng.uniform(0, h), rng.choice([0.5, 0.8, 1.3])
             fd.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=int(rng.uniform(150, 255)))
         fl = np.asarray(flakes, np.float32)[..., None] / 255.0
@@ -1074,7 +1080,7 @@ def render_appearance(layout: Layout, domain: Domain, rng: np.random.Generator) 
     elif cond == "night":
         sodium = domain.name == "darkzurich"
         lamp_c = np.array((1.0, 0.62, 0.25) if sodium else (1.0, 0.9, 0.75), np.float32)
-        ambient = rng.uniform(0.15, 0.25)
+        ambient = rng.uniform(0.22, 0.32)
         night = img * ambient * np.array([0.8, 0.85, 1.1])
         # light pools of street lamps on the ground and nearby surfaces
         vv, uu = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -1105,7 +1111,7 @@ def render_appearance(layout: Layout, domain: Domain, rng: np.random.Generator) 
         night += _glow(h, w, layout.lights, 1.0) * 0.5
         img = night
         # night photographs are noisy and a little blurred
-        img = img + rng.normal(0, rng.uniform(0.02, 0.035), img.shape).astype(np.float32)
+        img = img + rng.normal(0, rng.uniform(0.012, 0.022), img.shape).astype(np.float32)
 
     # camera: tint/exposure (varied cameras), blur, vignetting, sensor noise
     if domain.vary_camera:
