@@ -151,11 +151,6 @@ def evaluate_cnn(
     return cm.miou(classes), cm.iou()
 
 
-def gap_config_dict(cfg: GapConfig) -> dict:
-    """Return the recipe as a plain dict (for manifests)."""
-    return asdict(cfg)
-
-
 # ---------------------------------------------------------------------------------------
 # The experiment on registry data sets
 # ---------------------------------------------------------------------------------------
