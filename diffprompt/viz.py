@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from diffprompt.labels import CLASSES, IGNORE_INDEX, PALETTE, colorize
+from diffprompt.labels import IGNORE_INDEX, colorize
 
 
 def to_uint8_image(image) -> np.ndarray:
@@ -83,14 +83,3 @@ def class_frequency_plot(freq, title: str = "pixel share of each class per domai
     fig.tight_layout()
     return fig
 
-
-def palette_legend(classes: Sequence[str] = CLASSES):
-    """Return a small figure showing the colour of every class."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    fig, ax = plt.subplots(figsize=(10, 0.9))
-    ax.axis("off")
-    handles = [Patch(color=PALETTE[i] / 255.0, label=c) for i, c in enumerate(classes)]
-    ax.legend(handles=handles, ncol=10, loc="center", fontsize=7, frameon=False)
-    return fig

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -1411,12 +1410,6 @@ def ensure_miniature(
         if verbose:
             print(f"{summary['images']} images in {summary['seconds']} s", flush=True)
     return root
-
-
-def config_hash(cfg: ToyWorldConfig | None = None) -> str:
-    """Return a short hash of the generator version and parameters."""
-    blob = json.dumps((cfg or ToyWorldConfig()).stamp(), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def main(argv: list[str] | None = None) -> int:
