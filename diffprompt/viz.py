@@ -82,4 +82,3 @@ def class_frequency_plot(freq, title: str = "pixel share of each class per domai
     ax.legend(ncol=4, fontsize=7)
     fig.tight_layout()
     return fig
-
