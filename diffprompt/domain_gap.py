@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from diffprompt.data import SPLITS, DatasetError, build_dataset
 from diffprompt.evaluate import ConfusionMatrix
 from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
+from diffprompt.runtime import resolve_device
 
 
 def _block(cin: int, cout: int, stride: int = 1, dil: int = 1, k: int = 3) -> nn.Sequential:
@@ -75,18 +76,19 @@ class GapConfig:
     width: int = 32  # channel width of SmallSegNet
     class_balance: float = 0.5  # loss weight of a class = frequency ** -class_balance (0 = off)
     seed: int = 0
-    threads: int = 2
+    threads: int = 2  # CPU threads of torch
+    device: str = "auto"  # where the CNNs train: auto (CUDA if present), cpu, cuda, ...
 
 
 def _normalise(img: torch.Tensor) -> torch.Tensor:
     return (img - 0.45) / 0.25
 
 
-def _prepare(batch: dict, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    x = _normalise(batch["image"].float())
+def _prepare(batch: dict, scale: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    x = _normalise(batch["image"].float().to(device))
     if scale != 1.0:
         x = F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True)
-    return x, batch["mask"].long()
+    return x, batch["mask"].long().to(device)
 
 
 def train_cnn(
@@ -95,17 +97,18 @@ def train_cnn(
     """Return a SmallSegNet trained on ``train_set`` (samples with image and mask)."""
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    model = SmallSegNet(width=cfg.width)
+    dev = resolve_device(cfg.device)
+    model = SmallSegNet(width=cfg.width).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-    weight = class_weights(train_set, cfg.class_balance) if cfg.class_balance else None
+    weight = class_weights(train_set, cfg.class_balance).to(dev) if cfg.class_balance else None
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=g,
                         drop_last=len(train_set) > cfg.batch_size)  # fmt: skip
     step = 0
     model.train()
     while step < cfg.steps:
         for batch in loader:
-            x, y = _prepare(batch, cfg.input_scale)
+            x, y = _prepare(batch, cfg.input_scale, dev)
             if torch.rand((), generator=g) < 0.5:
                 x, y = x.flip(-1), y.flip(-1)
             logits = model(x)
@@ -143,11 +146,12 @@ def evaluate_cnn(
 ) -> tuple[float, np.ndarray]:
     """Return (mIoU in percent, per-class IoU) of ``model`` on a labeled data set."""
     model.eval()
+    dev = next(model.parameters()).device
     cm = ConfusionMatrix()
     for batch in DataLoader(dataset, batch_size=16):
-        x, y = _prepare(batch, cfg.input_scale)
+        x, y = _prepare(batch, cfg.input_scale, dev)
         logits = F.interpolate(model(x), size=y.shape[-2:], mode="bilinear")
-        cm.update(logits.argmax(1), y)
+        cm.update(logits.argmax(1).cpu(), y.cpu())
     return cm.miou(classes), cm.iou()
 
 
@@ -205,6 +209,7 @@ def run_domain_gap(
     """
     torch.set_num_threads(cfg.threads)
     say = log or (lambda s: None)
+    say(f"device: {resolve_device(cfg.device)}")  # fails here if the device is absent
     src_train = build_dataset(source, "train", root)
     src_eval = build_dataset(source, "val", root)
     say(f"training on {source} ({len(src_train)} images)")

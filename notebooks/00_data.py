@@ -38,6 +38,7 @@ gap_input_scale = 1.0  # the CNN sees images resized by this factor
 gap_max_images = 0  # cap on training/evaluation images per set (0 = all; tests use a few)
 gap_reuse = True  # reuse a stored run with the same code, recipe and data (else retrain)
 seed = 0  # seeds the CNNs and the sampling of pictures
+device = "auto"  # where the CNNs train: "auto" (CUDA if present), "cpu", "cuda", ...
 results_dir = ""  # "" = results/ of the repository
 
 # %%
@@ -57,7 +58,7 @@ params = dict(data_root=data_root, samples_per_domain=samples_per_domain,
               freq_images=freq_images, gap_source=gap_source, gap_targets=gap_targets,
               gap_steps=gap_steps, gap_batch_size=gap_batch_size,
               gap_input_scale=gap_input_scale, gap_max_images=gap_max_images,
-              gap_reuse=gap_reuse, seed=seed)  # fmt: skip
+              gap_reuse=gap_reuse, seed=seed, device=device)  # fmt: skip
 run = Run("00_data", params, seed=seed, root=results_dir or None)
 print("data root:", root)
 
@@ -99,7 +100,7 @@ freq.round(4) * 100
 
 # %%
 cfg = GapConfig(steps=gap_steps, batch_size=gap_batch_size, input_scale=gap_input_scale,
-                seed=seed)  # fmt: skip
+                seed=seed, device=device)  # fmt: skip
 gap = load_or_run_domain_gap(root, gap_source, gap_targets, cfg, run.root,
                              max_images=gap_max_images, reuse=gap_reuse, log=print)  # fmt: skip
 record_domain_gap(run, gap, gap_source)

@@ -60,7 +60,7 @@ from diffprompt import labels as L
 from diffprompt.paths import miniature_root
 
 #: Bump when the generator's output changes; a stale miniature is regenerated.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 # trainIds, by name, for readability below
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEG, TERRAIN, SKY = range(11)
@@ -1058,20 +1058,20 @@ def render_appearance(layout: Layout, domain: Domain, rng: np.random.Generator) 
         upper[1:] = (cls[1:] != cls[:-1]) & np.isin(cls[1:], (VEG, WALL, FENCE, BUILDING))
         for _ in range(2):
             upper[1:] |= upper[:-1] & np.isin(cls[1:], (VEG,))
-        speck = _crop_tile(rng, tiles[0], h, w) > 0.55
+        speck = _crop_tile(rng, tiles[0], h, w) > 0.72
         snow_m |= upper | (np.isin(cls, (VEG, TERRAIN)) & speck)
         white = rng.uniform(0.82, 0.95) * (1 + 0.05 * (_crop_tile(rng, tiles[1], h, w) - 0.5))
         # partial cover: slush on the road, more on sidewalks, most on grass and edges
-        cover_of = np.full(256, 0.8, np.float32)
-        cover_of[ROAD] = rng.uniform(0.3, 0.5)
-        cover_of[SIDEWALK] = rng.uniform(0.55, 0.75)
+        cover_of = np.full(256, 0.7, np.float32)
+        cover_of[ROAD] = rng.uniform(0.15, 0.3)
+        cover_of[SIDEWALK] = rng.uniform(0.45, 0.6)
         alpha = (snow_m * cover_of[cls])[..., None]
         img = img * (1 - alpha) + alpha * white[..., None] * np.array([0.97, 0.98, 1.0])
         img = np.where(sky[..., None], rng.uniform(0.78, 0.88), img)
         img = img * 0.85 + 0.1
         flakes = Image.new("L", (w, h), 0)
         fd = ImageDraw.Draw(flakes)
-        for _ in range(int(rng.uniform(50, 120) * w * h / (128 * 256))):
+        for _ in range(int(rng.uniform(30, 80) * w * h / (128 * 256))):
             x0, y0, r = rng.uniform(0, w), rng.uniform(0, h), rng.choice([0.5, 0.8, 1.3])
             fd.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=int(rng.uniform(150, 255)))
         fl = np.asarray(flakes, np.float32)[..., None] / 255.0
