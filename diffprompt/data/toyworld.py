@@ -60,7 +60,7 @@ from diffprompt import labels as L
 from diffprompt.paths import miniature_root
 
 #: Bump when the generator's output changes; a stale miniature is regenerated.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 
 # trainIds, by name, for readability below
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEG, TERRAIN, SKY = range(11)
@@ -1139,8 +1139,25 @@ _PLURAL = {"person": "people", "bus": "buses", "tree": "trees", "traffic light":
            "train": "trains", "pole": "poles"}  # fmt: skip
 
 
-def caption_for(layout: Layout, domain: Domain, min_area: int = 12, max_items: int = 5) -> str:
-    """Return a caption naming style, condition and the visible objects of a layout."""
+#: Stuff classes a caption names when they cover at least this share of the picture
+#: (by Cityscapes class name, largest first; at most ``max_stuff`` of them).
+_STUFF_SHARE = {ROAD: 0.01, SIDEWALK: 0.01, BUILDING: 0.01, WALL: 0.005, FENCE: 0.005,
+                POLE: 0.003, VEG: 0.01, TERRAIN: 0.01, SKY: 0.01}  # fmt: skip
+
+
+def caption_for(
+    layout: Layout, domain: Domain, min_area: int = 12, max_items: int = 5, max_stuff: int = 6
+) -> str:
+    """Return a caption naming style, condition, the visible stuff and the objects of a layout.
+
+    E.g. "a photo of a street scene at night showing road, building, sky and sidewalk, with
+    two cars and a person". Stuff is named by its Cityscapes class name, so that the class
+    names of category prompts occur in the captions the embedded model is pretrained on.
+    """
+    lab = layout.label
+    share = np.bincount(lab.ravel(), minlength=256)[: len(L.CLASSES)] / lab.size
+    stuff = sorted((c for c, t in _STUFF_SHARE.items() if share[c] >= t), key=lambda c: -share[c])
+    stuff = [L.CLASSES[c] for c in stuff[:max_stuff]]
     parts = layout.parts
     area = np.bincount(layout.part.ravel(), minlength=len(parts))
     per_kind: dict[str, dict[int, int]] = {}
@@ -1163,6 +1180,12 @@ def caption_for(layout: Layout, domain: Domain, min_area: int = 12, max_items: i
         else:
             words.append(f"{_NUMBER.get(n, 'many')} {_PLURAL[kind]}")
     text = f"{domain.style_words} {CONDITION_WORDS[domain.condition]}"
+    if stuff:
+        text += " showing " + (
+            stuff[0] if len(stuff) == 1 else ", ".join(stuff[:-1]) + " and " + stuff[-1]
+        )
+    if words:
+        text += ","
     if words:
         text += " with " + (
             words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
