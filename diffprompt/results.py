@@ -61,13 +61,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def git_info(repo: Path = REPO_ROOT) -> dict[str, Any]:
-    """Return {"sha": str | None, "dirty": bool | None} of the repository."""
+    """Return {"sha": str | None, "dirty": bool | None} of the repository.
+
+    ``dirty`` says whether tracked files other than ``results/`` (what runs write) differ
+    from the commit.
+    """
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                cwd=repo, capture_output=True, text=True, timeout=10,
-                                check=True).stdout  # fmt: skip
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                 ".", ":(exclude)results"], cwd=repo, capture_output=True,
+                                text=True, timeout=10, check=True).stdout  # fmt: skip
         return {"sha": sha, "dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None}
@@ -119,6 +123,7 @@ class Run:
         self.root = Path(root) if root is not None else results_root()
         self.started = _dt.datetime.now(_dt.UTC)
         self._t0 = time.time()
+        self.git = git_info()  # the code as the run started
         self.outputs: list[str] = []
         self.extra: dict[str, Any] = {}
 
@@ -163,7 +168,7 @@ class Run:
             "name": self.name,
             "params": self.params,
             "seed": self.seed,
-            "git": git_info(),
+            "git": self.git,
             "versions": versions(),
             "device": device_info(),
             "started_utc": self.started.isoformat(timespec="seconds"),

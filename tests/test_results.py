@@ -35,3 +35,24 @@ def test_run_writes_tables_and_manifest(tmp_path):
     assert (tmp_path / "tables" / "demo_table.md").read_text().count("12.35") == 1
     assert "\\toprule" in (tmp_path / "tables" / "demo_table.tex").read_text()
     assert pd.read_csv(tmp_path / "tables" / "demo_table.csv", index_col=0).loc["b", "mIoU"] == 50
+
+
+def test_dirty_flag_ignores_run_outputs(tmp_path):
+    import subprocess
+
+    from diffprompt.results import git_info
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "t.csv").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "t.csv").write_text("b\n")  # a run rewrote its table
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")  # the code changed
+    assert git_info(tmp_path)["dirty"] is True
