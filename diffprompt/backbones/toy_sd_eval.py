@@ -1,0 +1,364 @@
+"""Evidence of what the embedded model learned (and what it did not).
+
+Each function measures one claim of the model card on held-out data (evaluation splits are
+never used for training, so they are fair here):
+
+- :func:`text_usage_by_timestep`: does the caption lower the denoising loss?
+- :func:`class_word_attention`: do class words' cross-attention maps find their classes?
+- :func:`reconstruction_by_class`: what does the VAE keep of each class?
+- :func:`probe`: do the UNet's features beat the same UNet with random weights?
+- :func:`sample_figure`: images sampled from captions.
+
+``python -m diffprompt.backbones.toy_sd_eval`` runs them all on the bundled model and writes
+tables, figures and a manifest to ``results/`` (run ``toy_sd_evidence``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
+from diffprompt.backbones.toy_sd import DEMO_CAPTIONS, denoising_loss, tokenize
+from diffprompt.evaluate import ConfusionMatrix
+from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
+
+#: How each class is named inside a prompt that lists all 19 (as the captions name them).
+CLASS_WORDS = CLASSES
+
+
+def _stack(dataset, n: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+    idx = range(start, min(len(dataset), start + n))
+    samples = [dataset[i] for i in idx]
+    x = torch.stack([s["image"] for s in samples])
+    y = torch.stack([s["mask"] for s in samples]) if "mask" in samples[0] else None
+    return x, y, [s["meta"]["caption"] for s in samples]
+
+
+@torch.no_grad()
+def text_usage_by_timestep(
+    bb: DiffusionBackbone, images: torch.Tensor, captions: Sequence[str],
+    timesteps: Sequence[int] = (50, 200, 400, 600, 800, 950), seed: int = 0, repeats: int = 2,
+) -> pd.DataFrame:  # fmt: skip
+    """Return, per timestep, the denoising loss with the true caption and with "".
+
+    Same images, noise and timestep for both; ``caption wins`` is the share of (image, noise)
+    pairs where the caption gives the lower loss (0.5 = the text is ignored).
+    """
+    dev = bb.unet.device
+    z = bb.encode(images) * (1.0 if bb.cfg.scale_latents else bb.vae.config.scaling_factor)
+    cap = tokenize(bb.tokenizer, captions, dev)
+    emp = tokenize(bb.tokenizer, [""] * len(captions), dev)
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for t in timesteps:
+        lc, le = [], []
+        for _ in range(repeats):
+            tt = torch.full((len(z),), int(t))
+            noise = torch.randn(z.shape, generator=g)
+            lc.append(denoising_loss(bb.unet, bb.text_encoder, bb.scheduler, z, cap, g, tt, noise))
+            le.append(denoising_loss(bb.unet, bb.text_encoder, bb.scheduler, z, emp, g, tt, noise))
+        c, e = torch.cat(lc).cpu(), torch.cat(le).cpu()
+        rows.append({"timestep": int(t), "caption loss": c.mean().item(), "empty loss": e.mean().item(),
+                     "relative gap %": 100 * (e.mean() - c.mean()).item() / e.mean().item(),
+                     "caption wins": (c < e).float().mean().item()})  # fmt: skip
+    return pd.DataFrame(rows).set_index("timestep")
+
+
+def class_prompt(style: str = "a rendered street scene in daylight") -> str:
+    """Return a caption-style prompt that names all 19 classes (as the captions do)."""
+    return f"{style} showing " + ", ".join(CLASS_WORDS[:-1]) + " and " + CLASS_WORDS[-1]
+
+
+def _word_positions(tokenizer, prompt: str, words: Sequence[str]) -> list[list[int]]:
+    ids = tokenize(tokenizer, [prompt], "cpu")[0].tolist()
+    out = []
+    for w in words:
+        sub = tokenizer(w, add_special_tokens=False).input_ids
+        s = next((s for s in range(len(ids) - len(sub) + 1) if ids[s : s + len(sub)] == sub), None)
+        if s is None:
+            raise ValueError(f"{w!r} is not a token sequence of the prompt {prompt!r}")
+        out.append(list(range(s, s + len(sub))))
+    return out
+
+
+@torch.no_grad()
+def class_word_maps(bb: DiffusionBackbone, images: torch.Tensor, prompt: str | None = None,
+                    timestep: int = 1, noise: bool = False, seed: int = 0) -> torch.Tensor:  # fmt: skip
+    """Return the cross-attention maps of the 19 class words (B, 19, H, W), image resolution.
+
+    The context is one prompt naming every class (:func:`class_prompt`); a class's map is the
+    mean over its word's tokens, summed over the UNet blocks that have cross-attention,
+    each resized to the image.
+    """
+    from diffprompt.prompts import encode_texts
+
+    prompt = prompt or class_prompt()
+    n_ctx = bb.tokenizer.model_max_length
+    probe = copy.copy(bb.cfg)
+    cfg = FeatureConfig(blocks=bb.blocks, timesteps=(timestep,), noise=noise, seed=seed,
+                        attention_tokens=n_ctx, scale_latents=probe.scale_latents)  # fmt: skip
+    old, bb.cfg = bb.cfg, cfg
+    try:
+        ctx = encode_texts(bb.text_encoder, bb.tokenizer, [prompt]).last_hidden_state
+        f = bb(images, ctx)
+    finally:
+        bb.cfg = old
+    pos = _word_positions(bb.tokenizer, prompt, CLASS_WORDS)
+    maps = 0
+    for k in [k for k in f if k.startswith("a")]:
+        a = torch.stack([f[k][:, p].mean(1) for p in pos], 1)  # (B, 19, h, w)
+        maps = maps + F.interpolate(a.float(), size=images.shape[-2:], mode="bilinear")
+    return maps
+
+
+def class_word_attention(bb: DiffusionBackbone, dataset, n_images: int = 32, batch: int = 8,
+                         timesteps: Sequence[int] = (1, 200), seed: int = 0) -> pd.DataFrame:  # fmt: skip
+    """Return, per timestep, the mIoU of the argmax over class-word attention maps (no head)
+    and the per-class IoU, on the first ``n_images`` of a labeled data set."""
+    rows = []
+    for t in timesteps:
+        cm = ConfusionMatrix()
+        for s in range(0, min(n_images, len(dataset)), batch):
+            x, y, _ = _stack(dataset, min(batch, n_images - s), s)
+            m = class_word_maps(bb, x, timestep=t, noise=t > 1, seed=seed)
+            cm.update(m.argmax(1), y)
+        iou = cm.iou() * 100
+        rows.append({"timestep": t, "mIoU": cm.miou(getattr(dataset, "eval_classes", None)),
+                     **{c: iou[i] for i, c in enumerate(CLASSES)}})  # fmt: skip
+    return pd.DataFrame(rows).set_index("timestep")
+
+
+@torch.no_grad()
+def reconstruction_by_class(vae, dataset, n_images: int = 32, batch: int = 8) -> pd.Series:
+    """Return the VAE's reconstruction PSNR (dB) over all pixels and over each class's pixels."""
+    se = torch.zeros(NUM_CLASSES + 1, dtype=torch.float64)
+    cnt = torch.zeros(NUM_CLASSES + 1, dtype=torch.float64)
+    dev = vae.device
+    for s in range(0, min(n_images, len(dataset)), batch):
+        x, y, _ = _stack(dataset, min(batch, n_images - s), s)
+        xi = x.to(dev, vae.dtype) * 2 - 1
+        rec = vae.decode(vae.encode(xi).latent_dist.mode()).sample.float().cpu().clamp(-1, 1)
+        err = ((rec - (x * 2 - 1)) ** 2).mean(1).double()  # (B, H, W)
+        se[-1] += err.sum()
+        cnt[-1] += err.numel()
+        valid = y != IGNORE_INDEX
+        se[:-1] += torch.bincount(y[valid], err[valid], minlength=NUM_CLASSES)[:NUM_CLASSES]
+        cnt[:-1] += torch.bincount(y[valid], minlength=NUM_CLASSES)[:NUM_CLASSES].double()
+    psnr = 10 * torch.log10(4 / (se / cnt.clamp(min=1)))  # images span [-1, 1]: peak 2
+    psnr[cnt == 0] = float("nan")
+    return pd.Series(psnr.numpy(), index=[*CLASSES, "all pixels"])
+
+
+def random_unet_copy(bb: DiffusionBackbone, seed: int = 0) -> DiffusionBackbone:
+    """Return a backbone with the same VAE, text encoder and UNet architecture, but the UNet
+    re-initialised with random weights (the baseline of the probe)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(bb.unet.config).to(bb.unet.device, bb.unet.dtype)
+    return DiffusionBackbone(bb.vae, unet, bb.text_encoder, bb.tokenizer, bb.scheduler,
+                             copy.deepcopy(bb.cfg), source=bb.source + " (random UNet)")  # fmt: skip
+
+
+@torch.no_grad()
+def _features(bb: DiffusionBackbone, dataset, n: int, context: torch.Tensor, stride: int,
+              batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    feats, masks = [], []
+    for s in range(0, min(n, len(dataset)), batch):
+        x, y, _ = _stack(dataset, min(batch, n - s), s)
+        f = bb(x, context)
+        size = (x.shape[-2] // stride, x.shape[-1] // stride)
+        feats.append(torch.cat([F.interpolate(f[k].float(), size=size, mode="bilinear")
+                                for k in sorted(f) if k.startswith("s")], 1).cpu())  # fmt: skip
+        masks.append(y)
+    return torch.cat(feats), torch.cat(masks)
+
+
+def probe(bb: DiffusionBackbone, train_set, eval_set, context: torch.Tensor, n_train: int = 120,
+          n_eval: int = 64, steps: int = 300, lr: float = 1e-2, stride: int = 4,
+          seed: int = 0) -> float:  # fmt: skip
+    """Return the mIoU (%) of a linear probe (1x1 conv + batch norm) on frozen features.
+
+    Features of ``n_train`` images are computed once (maps resized to 1/``stride``), the
+    probe is trained with AdamW on random batches of them, and its upsampled logits are
+    scored on ``eval_set``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    ft, mt = _features(bb, train_set, n_train, context, stride)
+    fe, me = _features(bb, eval_set, n_eval, context, stride)
+    head = nn.Sequential(nn.BatchNorm2d(ft.shape[1]), nn.Conv2d(ft.shape[1], NUM_CLASSES, 1))
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        idx = torch.randint(0, len(ft), (8,), generator=g)
+        logits = F.interpolate(head(ft[idx]), size=mt.shape[-2:], mode="bilinear")
+        loss = F.cross_entropy(logits, mt[idx], ignore_index=IGNORE_INDEX)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    head.eval()
+    cm = ConfusionMatrix()
+    with torch.no_grad():
+        for s in range(0, len(fe), 16):
+            logits = F.interpolate(head(fe[s : s + 16]), size=me.shape[-2:], mode="bilinear")
+            cm.update(logits.argmax(1), me[s : s + 16])
+    return cm.miou(getattr(eval_set, "eval_classes", None))
+
+
+def sample_images(folder: str | Path, captions: Sequence[str] = DEMO_CAPTIONS, steps: int = 30,
+                  guidance: float = 4.0, seed: int = 0, height: int = 128,
+                  width: int = 256) -> np.ndarray:  # fmt: skip
+    """Return images (N, H, W, 3) in [0, 1] sampled from captions with DDIM and guidance."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None,
+                                                   requires_safety_checker=False,
+                                                   torch_dtype=torch.float32,
+                                                   local_files_only=True)  # fmt: skip
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(seed)
+    out = pipe(list(captions), height=height, width=width, num_inference_steps=steps,
+               guidance_scale=guidance, generator=g, output_type="np")  # fmt: skip
+    return out.images
+
+
+def sample_figure(images: np.ndarray, captions: Sequence[str]):
+    """Return a matplotlib figure: one sampled image per caption, the caption as title."""
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    cols = 2
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 4.2, rows * 2.5), squeeze=False)
+    for ax, img, cap in zip(axes.flat, images, captions, strict=False):
+        ax.imshow(img)
+        ax.set_title(cap.replace(" showing", "\nshowing"), fontsize=6.5)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def attention_figure(bb: DiffusionBackbone, samples: dict[str, dict],
+                     words: Sequence[str] = ("road", "building", "vegetation", "sky", "car")):  # fmt: skip
+    """Return a figure: per domain, the image, maps of a few class words and their argmax."""
+    import matplotlib.pyplot as plt
+
+    from diffprompt.labels import colorize
+
+    idx = [CLASSES.index(w) for w in words]
+    fig, axes = plt.subplots(len(samples), len(words) + 2,
+                             figsize=(1.6 * (len(words) + 2), 0.9 * len(samples)), squeeze=False)  # fmt: skip
+    for r, (name, s) in enumerate(samples.items()):
+        m = class_word_maps(bb, s["image"][None])[0]  # (19, H, W)
+        axes[r, 0].imshow(s["image"].permute(1, 2, 0).numpy())
+        axes[r, 0].set_ylabel(name, fontsize=6)
+        for c, i in enumerate(idx):
+            axes[r, c + 1].imshow(m[i].numpy(), cmap="magma")
+            if r == 0:
+                axes[r, c + 1].set_title(CLASSES[i], fontsize=7)
+        axes[r, -1].imshow(colorize(m.argmax(0).numpy()))
+        if r == 0:
+            axes[r, 0].set_title("image", fontsize=7)
+            axes[r, -1].set_title("argmax of 19", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout(pad=0.2)
+    return fig
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from diffprompt.backbones.hub import BUNDLED
+    from diffprompt.backbones.toy_sd import load_training_record
+    from diffprompt.data import build_dataset
+    from diffprompt.paths import resolve_data_root
+    from diffprompt.prompts import encode_texts
+    from diffprompt.results import Run
+
+    p = argparse.ArgumentParser(description="Measure what the embedded model learned.")
+    p.add_argument("--model", default=str(BUNDLED["toy-sd"]))
+    p.add_argument("--data-root", default="miniature")
+    p.add_argument("--results", default=None, help="results folder (default: results/)")
+    p.add_argument("--images", type=int, default=32, help="held-out images per measurement")
+    p.add_argument("--probe-steps", type=int, default=300)
+    p.add_argument("--sample-steps", type=int, default=30)
+    p.add_argument("--compare-vae", nargs="*", default=[], metavar="NAME=VAE_FOLDER",
+                   help="other VAEs (diffusers folders) to compare per class, e.g. x8=...")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    root = resolve_data_root(a.data_root)
+    run = Run("toy_sd_evidence", vars(a), seed=a.seed, root=a.results)
+    bb = DiffusionBackbone.from_pretrained(a.model, FeatureConfig(blocks=(0, 1, 2)))
+    rec = load_training_record(a.model)
+    log = pd.DataFrame(rec["log"])
+    run.table(log[log.stage == "unet"].set_index("step")[["loss", "caption_loss", "empty_loss"]]
+              .dropna(how="all"), "toy_sd_training_log", float_format="%.4f")  # fmt: skip
+    # 1. text
+    cs_val = build_dataset("cityscapes", "val", root)
+    x, _, caps = _stack(cs_val, a.images)
+    use = text_usage_by_timestep(bb, x, caps, seed=a.seed)
+    run.table(use, "toy_sd_text_usage", float_format="%.4f",
+              caption="Denoising loss of held-out Cityscapes-val latents with their caption and "
+                      "with the empty prompt (same noise).")  # fmt: skip
+    print(use)
+    # 2. class words
+    gta_val = build_dataset("gta5", "val", root)
+    att = class_word_attention(bb, gta_val, a.images, seed=a.seed)
+    run.table(att, "toy_sd_class_word_attention", float_format="%.1f",
+              caption="mIoU (%) of the argmax over the 19 class words' cross-attention maps, "
+                      "GTA5 val, no head.")  # fmt: skip
+    print(att[["mIoU"]])
+    names = ["gta5", "synthia", "cityscapes", "bdd100k", "mapillary", "acdc_fog", "acdc_night",
+             "acdc_rain", "acdc_snow", "darkzurich"]  # fmt: skip
+    from diffprompt.data import DEFAULT_SPLIT
+
+    samples = {n: build_dataset(n, DEFAULT_SPLIT.get(n, "val"), root)[0] for n in names}
+    run.figure(attention_figure(bb, samples), "toy_sd_attention_maps", formats=("png",), dpi=90)
+    # 3. VAE
+    vaes = {"bundled": bb.vae}
+    for spec in a.compare_vae:
+        from diffusers import AutoencoderKL
+
+        name, folder = spec.split("=", 1)
+        vaes[name] = AutoencoderKL.from_pretrained(folder, local_files_only=True)
+    recon = pd.DataFrame(
+        {k: reconstruction_by_class(v, gta_val, a.images) for k, v in vaes.items()}
+    )
+    run.table(recon, "toy_sd_vae_reconstruction", float_format="%.1f",
+              caption="VAE reconstruction PSNR (dB) per class, GTA5 val.")  # fmt: skip
+    print(recon.T)
+    # 4. probe
+    gta_train = build_dataset("gta5", "train", root)
+    ctx = encode_texts(bb.text_encoder, bb.tokenizer, [""]).last_hidden_state
+    pre = probe(bb, gta_train, gta_val, ctx, steps=a.probe_steps, seed=a.seed)
+    rnd = probe(random_unet_copy(bb, a.seed), gta_train, gta_val, ctx, steps=a.probe_steps,
+                seed=a.seed)  # fmt: skip
+    pr = pd.DataFrame({"mIoU": [pre, rnd]}, index=["pretrained UNet", "random UNet"])
+    run.table(pr, "toy_sd_probe", caption="Linear probe on UNet features (empty prompt, t=1), "
+              "trained on GTA5 train, mIoU (%) on GTA5 val.")  # fmt: skip
+    print(pr)
+    # 5. samples
+    imgs = sample_images(a.model, DEMO_CAPTIONS, steps=a.sample_steps, seed=a.seed)
+    run.figure(sample_figure(imgs, DEMO_CAPTIONS), "toy_sd_samples", formats=("png",), dpi=100)
+    run.finish(model=a.model, training_steps={"vae": rec["recipe"]["vae_steps"],
+                                              "unet": rec["recipe"].get("unet_stop") or rec["recipe"]["unet_steps"]})  # fmt: skip
+    print("wrote", run.root)
+
+
+if __name__ == "__main__":
+    main()
