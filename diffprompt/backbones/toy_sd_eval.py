@@ -282,7 +282,7 @@ def attention_figure(bb: DiffusionBackbone, samples: dict[str, dict],
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from diffprompt.backbones.hub import BUNDLED
+    from diffprompt.backbones.hub import resolve_model_folder
     from diffprompt.backbones.toy_sd import load_training_record
     from diffprompt.data import build_dataset
     from diffprompt.paths import resolve_data_root
@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from diffprompt.results import Run
 
     p = argparse.ArgumentParser(description="Measure what the embedded model learned.")
-    p.add_argument("--model", default=str(BUNDLED["toy-sd"]))
+    p.add_argument("--model", default="toy-sd", help="toy-sd (bundled) or a model folder")
     p.add_argument("--data-root", default="miniature")
     p.add_argument("--results", default=None, help="results folder (default: results/)")
     p.add_argument("--images", type=int, default=32, help="held-out images per measurement")
@@ -303,8 +303,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     root = resolve_data_root(a.data_root)
     run = Run("toy_sd_evidence", vars(a), seed=a.seed, root=a.results)
-    bb = DiffusionBackbone.from_pretrained(a.model, FeatureConfig(blocks=(0, 1, 2)))
-    rec = load_training_record(a.model)
+    folder = resolve_model_folder(a.model)
+    bb = DiffusionBackbone.from_pretrained(folder, FeatureConfig(blocks=(0, 1, 2)))
+    rec = load_training_record(folder)
     log = pd.DataFrame(rec["log"])
     run.table(log[log.stage == "unet"].set_index("step")[["loss", "caption_loss", "empty_loss"]]
               .dropna(how="all"), "toy_sd_training_log", float_format="%.4f")  # fmt: skip
@@ -353,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               "trained on GTA5 train, mIoU (%) on GTA5 val.")  # fmt: skip
     print(pr)
     # 5. samples
-    imgs = sample_images(a.model, DEMO_CAPTIONS, steps=a.sample_steps, seed=a.seed)
+    imgs = sample_images(folder, DEMO_CAPTIONS, steps=a.sample_steps, seed=a.seed)
     run.figure(sample_figure(imgs, DEMO_CAPTIONS), "toy_sd_samples", formats=("png",), dpi=100)
     run.finish(model=a.model, training_steps={"vae": rec["recipe"]["vae_steps"],
                                               "unet": rec["recipe"].get("unet_stop") or rec["recipe"]["unet_steps"]})  # fmt: skip
