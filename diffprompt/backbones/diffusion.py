@@ -49,7 +49,7 @@ DOWNLOAD_PATTERNS = ["model_index.json"] + [
 class FeatureConfig:
     """How features are taken from the UNet (defaults follow VPD)."""
 
-    blocks: tuple[int, ...] = (0, 1, 2, 3)  # up_blocks to read, 0 = coarsest (clipped to the UNet)
+    blocks: tuple[int, ...] | None = None  # up_blocks to read, 0 = coarsest; None = all (VPD)
     timesteps: tuple[int, ...] = (1,)  # UNet timestep(s); VPD: a single pass at t = 1
     noise: bool = False  # add noise at each timestep (seeded) before the UNet; VPD: no
     combine: str = "mean"  # several timesteps: "mean" or "concat" along channels
@@ -59,11 +59,11 @@ class FeatureConfig:
     seed: int = 0  # seeds the noise when no generator is passed
 
     def __post_init__(self):
-        self.blocks = tuple(int(b) for b in self.blocks)
+        self.blocks = None if self.blocks is None else tuple(int(b) for b in self.blocks)
         self.timesteps = tuple(int(t) for t in self.timesteps)
         if self.combine not in ("mean", "concat"):
             raise ValueError(f"combine must be 'mean' or 'concat', got {self.combine!r}")
-        if not self.blocks or not self.timesteps:
+        if self.blocks == () or not self.timesteps:
             raise ValueError("FeatureConfig needs at least one block and one timestep")
 
 
@@ -135,10 +135,11 @@ class DiffusionBackbone(nn.Module):
         self.cfg = cfg or FeatureConfig()
         self.source = source
         n_up = len(unet.up_blocks)
-        bad = [b for b in self.cfg.blocks if not 0 <= b < n_up]
+        blocks = range(n_up) if self.cfg.blocks is None else self.cfg.blocks
+        bad = [b for b in blocks if not 0 <= b < n_up]
         if bad:
             raise ValueError(f"blocks {bad} do not exist: this UNet has up_blocks 0..{n_up - 1}")
-        self.blocks = tuple(sorted(set(self.cfg.blocks)))
+        self.blocks = tuple(sorted(set(blocks)))
         self._capture = _Capture()
         self._hooks: list = []
         self._install_hooks()

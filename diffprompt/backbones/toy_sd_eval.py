@@ -9,8 +9,9 @@ never used for training, so they are fair here):
 - :func:`probe`: do the UNet's features beat the same UNet with random weights?
 - :func:`sample_figure`: images sampled from captions.
 
-``python -m diffprompt.backbones.toy_sd_eval`` runs them all on the bundled model and writes
-tables, figures and a manifest to ``results/`` (run ``toy_sd_evidence``).
+Notebook ``06_embedded_model`` runs them all and writes tables, figures and a manifest to
+``results/``; ``python -m diffprompt.backbones.toy_sd_eval`` then writes the model card
+(``README.md`` of the model folder) from them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import nn
 
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.toy_sd import DEMO_CAPTIONS, denoising_loss, tokenize
+from diffprompt.backbones.variants import random_unet
 from diffprompt.evaluate import ConfusionMatrix
 from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
 
@@ -159,17 +161,6 @@ def reconstruction_by_class(vae, dataset, n_images: int = 32, batch: int = 8) ->
     return pd.Series(psnr.numpy(), index=[*CLASSES, "all pixels"])
 
 
-def random_unet_copy(bb: DiffusionBackbone, seed: int = 0) -> DiffusionBackbone:
-    """Return a backbone with the same VAE, text encoder and UNet architecture, but the UNet
-    re-initialised with random weights (the baseline of the probe)."""
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config(bb.unet.config).to(bb.unet.device, bb.unet.dtype)
-    return DiffusionBackbone(bb.vae, unet, bb.text_encoder, bb.tokenizer, bb.scheduler,
-                             copy.deepcopy(bb.cfg), source=bb.source + " (random UNet)")  # fmt: skip
-
-
 @torch.no_grad()
 def _features(bb: DiffusionBackbone, dataset, n: int, context: torch.Tensor, stride: int,
               batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -281,84 +272,226 @@ def attention_figure(bb: DiffusionBackbone, samples: dict[str, dict],
     return fig
 
 
+def training_figure(record: dict):
+    """Return a figure of the pretraining curves: VAE loss, UNet loss (smoothed) and the
+    held-out loss with the caption and with the empty prompt."""
+    import matplotlib.pyplot as plt
+
+    log = pd.DataFrame(record["log"])
+    fig, axes = plt.subplots(1, 3, figsize=(11, 2.8))
+    vae = log[log.stage == "vae"]
+    axes[0].plot(vae.step, vae.loss, lw=0.8)
+    axes[0].set(title="VAE: L1 + MSE + KL", xlabel="step", yscale="log")
+    unet = log[(log.stage == "unet") & log.loss.notna()]
+    axes[1].plot(unet.step, unet.loss, lw=0.5, alpha=0.5, label="batch")
+    axes[1].plot(unet.step, unet.loss.rolling(10, min_periods=1).mean(), lw=1.2, label="mean of 10")
+    axes[1].set(title="UNet: noise-prediction MSE", xlabel="step")
+    axes[1].legend(fontsize=7)
+    ev = (
+        log[log.get("caption_loss", pd.Series(dtype=float)).notna()]
+        if "caption_loss" in log
+        else log[:0]
+    )
+    axes[2].plot(ev.step, ev.caption_loss, marker=".", label="with caption")
+    axes[2].plot(ev.step, ev.empty_loss, marker=".", label='with ""')
+    axes[2].set(title="held-out loss (same noise)", xlabel="step")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def model_card(record: dict, tables: dict[str, pd.DataFrame], manifest: dict | None = None) -> str:
+    """Return the model card (markdown) from the training record and the evidence tables."""
+    r = record["recipe"]
+    log = pd.DataFrame(record["log"])
+    vae_done = log[log.stage == "vae_done"].iloc[0]
+    unet = log[log.stage == "unet"]
+    last = unet.iloc[-1]
+    steps = r.get("unet_stop") or r["unet_steps"]
+    params = record["parameters"]
+    use, att, rec, pr = (tables[k] for k in ("text_usage", "attention", "vae", "probe"))
+    lines = [
+        "# toy-sd: the embedded Stable-Diffusion-style model",
+        "",
+        "A tiny latent diffusion model in diffusers format (AutoencoderKL, UNet2DConditionModel,",
+        "CLIPTextModel, CLIPTokenizer, DDPMScheduler), pretrained by `diffprompt.backbones.toy_sd`",
+        "on the embedded miniature so that every notebook runs on a laptop CPU. It stands in",
+        "for Stable Diffusion; it is not a replica of it.",
+        "",
+        "## Data",
+        f"- {record['training_images']} images ({r['height']}x{r['width']}) of the *training* splits "
+        "of the ten miniature data sets (GTA5 train, SYNTHIA, Cityscapes/BDD100K/Mapillary train, "
+        "ACDC fog/night/rain/snow train, Dark Zurich train) with their captions; no evaluation "
+        "split is used. Horizontal flips.",
+        "",
+        "## Architecture",
+        f"- VAE: {len(r['vae_channels']) - 1} downsamplings ({2 ** (len(r['vae_channels']) - 1)}x), "
+        f"channels {tuple(r['vae_channels'])}, {r['latent_channels']} latent channels, "
+        f"{params['vae'] / 1e6:.2f}M parameters; latent scaling factor "
+        f"{record['scaling_factor']:.4f} (1 / std of the training latents).",
+        f"- UNet: channels {tuple(r['unet_channels'])}, heads {tuple(r['attention_heads'])}, "
+        "cross-attention in every level but the coarsest (only cross-attention at the finest), "
+        f"{params['unet'] / 1e6:.2f}M parameters.",
+        f"- Text encoder: CLIP text transformer, width {r['text_width']}, {r['text_layers']} layers, "
+        f"{params['text_encoder'] / 1e6:.2f}M parameters; tokenizer: CLIP BPE over the caption and "
+        "prompt words (each one token) plus byte symbols, max length "
+        f"{r['max_length']}.",
+        "- Weights stored in fp16 (loaded as fp32 by default).",
+        "",
+        "## Training",
+        f"- VAE: {r['vae_steps']} steps, batch {r['vae_batch']}, AdamW lr {r['vae_lr']}, "
+        f"L1 + MSE + {r['kl_weight']} KL; {vae_done.seconds / 60:.1f} min.",
+        f"- UNet + text encoder (trained jointly: a random text encoder has no meaning to "
+        f"freeze): {steps} steps"
+        + (
+            f" of a cosine schedule laid out for {r['unet_steps']}"
+            if steps != r["unet_steps"]
+            else ""
+        )
+        + f", batch {r['unet_batch']}, AdamW lr {r['unet_lr']} (text {r['text_lr']}), caption "
+        f"dropout {r['caption_dropout']}; last logged batch loss {last.loss:.4f}; "
+        f"{last.seconds / 60:.1f} min.",
+        "- Regenerate: `python -m diffprompt.backbones.toy_sd --set "
+        + " ".join(
+            f"{k}={v}"
+            for k, v in (
+                ("vae_steps", r["vae_steps"]),
+                ("unet_steps", r["unet_steps"]),
+                ("unet_stop", steps),
+                ("unet_batch", r["unet_batch"]),
+            )
+        )
+        + "`"
+        " (deterministic for a device type).",
+        "",
+        "## Evidence (held-out data; `results/tables/toy_sd_*`)",
+        "",
+        "Denoising loss with the true caption and with the empty prompt (Cityscapes val):",
+        "",
+        use.to_markdown(floatfmt=".4f"),
+        "",
+        "Argmax over the 19 class words' cross-attention maps, no head (GTA5 val): "
+        + ", ".join(f"t={t}: {v:.1f} mIoU" for t, v in att["mIoU"].items())
+        + ".",
+        "",
+        "VAE reconstruction PSNR (dB), GTA5 val: "
+        + ", ".join(f"{c} {rec.loc['all pixels', c]:.1f}" for c in rec.columns)
+        + "; per class in `results/tables/toy_sd_vae_reconstruction.md`.",
+        "",
+        "Linear probe on the UNet's features, GTA5 train -> val: "
+        + ", ".join(f"{i} {v:.1f}" for i, v in pr["mIoU"].items())
+        + " mIoU.",
+    ]
+    if manifest:
+        lines += ["", f"Measured by run `{manifest['name']}` at git {manifest['git']['sha'][:10]} "
+                  f"on {manifest['device'].get('device', 'cpu')}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+#: Evidence tables: name -> (float format, caption).
+TABLES = {
+    "toy_sd_text_usage": ("%.4f", "Denoising loss of held-out Cityscapes-val latents with their "
+                          "caption and with the empty prompt (same noise and timestep)."),
+    "toy_sd_class_word_attention": ("%.1f", "mIoU (%) of the argmax over the 19 class words' "
+                                    "cross-attention maps, GTA5 val, no head."),
+    "toy_sd_vae_reconstruction": ("%.1f", "VAE reconstruction PSNR (dB) per class, GTA5 val."),
+    "toy_sd_probe": ("%.2f", "Linear probe on UNet features (empty prompt, t=1), trained on "
+                     "GTA5 train, mIoU (%) on GTA5 val."),
+}  # fmt: skip
+DOMAINS = ("gta5", "synthia", "cityscapes", "bdd100k", "mapillary", "acdc_fog", "acdc_night",
+           "acdc_rain", "acdc_snow", "darkzurich")  # fmt: skip
+
+
+def record(run, name: str, df: pd.DataFrame) -> pd.DataFrame:
+    """Write an evidence table with its format and caption through a results ``Run``."""
+    fmt, caption = TABLES[name]
+    run.table(df, name, float_format=fmt, caption=caption)
+    return df
+
+
+def evidence_text(bb: DiffusionBackbone, root, images: int = 32, seed: int = 0) -> pd.DataFrame:
+    """Text usage on the first ``images`` of Cityscapes val (see text_usage_by_timestep)."""
+    from diffprompt.data import build_dataset
+
+    x, _, caps = _stack(build_dataset("cityscapes", "val", root), images)
+    return text_usage_by_timestep(bb, x, caps, seed=seed)
+
+
+def evidence_attention(bb: DiffusionBackbone, root, images: int = 32, seed: int = 0):
+    """Return (class-word attention table on GTA5 val, figure of maps for every domain)."""
+    from diffprompt.data import DEFAULT_SPLIT, build_dataset
+
+    att = class_word_attention(bb, build_dataset("gta5", "val", root), images, seed=seed)
+    samples = {n: build_dataset(n, DEFAULT_SPLIT.get(n, "val"), root)[0] for n in DOMAINS}
+    return att, attention_figure(bb, samples)
+
+
+def evidence_vae(bb: DiffusionBackbone, root, images: int = 32,
+                 others: dict[str, str] | None = None) -> pd.DataFrame:  # fmt: skip
+    """Per-class reconstruction PSNR of the model's VAE and of ``others`` (name -> folder)."""
+    from diffusers import AutoencoderKL
+
+    from diffprompt.data import build_dataset
+
+    vaes = {"bundled": bb.vae}
+    for name, folder in (others or {}).items():
+        vaes[name] = AutoencoderKL.from_pretrained(folder, local_files_only=True)
+    ds = build_dataset("gta5", "val", root)
+    return pd.DataFrame({k: reconstruction_by_class(v, ds, images) for k, v in vaes.items()})
+
+
+def evidence_probe(bb: DiffusionBackbone, root, steps: int = 300, n_train: int = 120,
+                   n_eval: int = 64, seed: int = 0) -> pd.DataFrame:  # fmt: skip
+    """Linear-probe mIoU of the pretrained UNet and of the same UNet with random weights."""
+    from diffprompt.data import build_dataset
+    from diffprompt.prompts import encode_texts
+
+    train, val = build_dataset("gta5", "train", root), build_dataset("gta5", "val", root)
+    ctx = encode_texts(bb.text_encoder, bb.tokenizer, [""]).last_hidden_state
+    kw = dict(n_train=n_train, n_eval=n_eval, steps=steps, seed=seed)
+    pre = probe(bb, train, val, ctx, **kw)
+    rnd = probe(random_unet(bb, seed), train, val, ctx, **kw)
+    return pd.DataFrame({"mIoU": [pre, rnd]}, index=["pretrained UNet", "random UNet"])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from diffprompt.backbones.hub import resolve_model_folder
-    from diffprompt.backbones.toy_sd import load_training_record
-    from diffprompt.data import build_dataset
-    from diffprompt.paths import resolve_data_root
-    from diffprompt.prompts import encode_texts
-    from diffprompt.results import Run
 
-    p = argparse.ArgumentParser(description="Measure what the embedded model learned.")
-    p.add_argument("--model", default="toy-sd", help="toy-sd (bundled) or a model folder")
-    p.add_argument("--data-root", default="miniature")
-    p.add_argument("--results", default=None, help="results folder (default: results/)")
-    p.add_argument("--images", type=int, default=32, help="held-out images per measurement")
-    p.add_argument("--probe-steps", type=int, default=300)
-    p.add_argument("--sample-steps", type=int, default=30)
-    p.add_argument("--compare-vae", nargs="*", default=[], metavar="NAME=VAE_FOLDER",
-                   help="other VAEs (diffusers folders) to compare per class, e.g. x8=...")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    root = resolve_data_root(a.data_root)
-    run = Run("toy_sd_evidence", vars(a), seed=a.seed, root=a.results)
-    folder = resolve_model_folder(a.model)
-    bb = DiffusionBackbone.from_pretrained(folder, FeatureConfig(blocks=(0, 1, 2)))
-    rec = load_training_record(folder)
-    log = pd.DataFrame(rec["log"])
-    run.table(log[log.stage == "unet"].set_index("step")[["loss", "caption_loss", "empty_loss"]]
-              .dropna(how="all"), "toy_sd_training_log", float_format="%.4f")  # fmt: skip
-    # 1. text
-    cs_val = build_dataset("cityscapes", "val", root)
-    x, _, caps = _stack(cs_val, a.images)
-    use = text_usage_by_timestep(bb, x, caps, seed=a.seed)
-    run.table(use, "toy_sd_text_usage", float_format="%.4f",
-              caption="Denoising loss of held-out Cityscapes-val latents with their caption and "
-                      "with the empty prompt (same noise).")  # fmt: skip
-    print(use)
-    # 2. class words
-    gta_val = build_dataset("gta5", "val", root)
-    att = class_word_attention(bb, gta_val, a.images, seed=a.seed)
-    run.table(att, "toy_sd_class_word_attention", float_format="%.1f",
-              caption="mIoU (%) of the argmax over the 19 class words' cross-attention maps, "
-                      "GTA5 val, no head.")  # fmt: skip
-    print(att[["mIoU"]])
-    names = ["gta5", "synthia", "cityscapes", "bdd100k", "mapillary", "acdc_fog", "acdc_night",
-             "acdc_rain", "acdc_snow", "darkzurich"]  # fmt: skip
-    from diffprompt.data import DEFAULT_SPLIT
-
-    samples = {n: build_dataset(n, DEFAULT_SPLIT.get(n, "val"), root)[0] for n in names}
-    run.figure(attention_figure(bb, samples), "toy_sd_attention_maps", formats=("png",), dpi=90)
-    # 3. VAE
-    vaes = {"bundled": bb.vae}
-    for spec in a.compare_vae:
-        from diffusers import AutoencoderKL
-
-        name, folder = spec.split("=", 1)
-        vaes[name] = AutoencoderKL.from_pretrained(folder, local_files_only=True)
-    recon = pd.DataFrame(
-        {k: reconstruction_by_class(v, gta_val, a.images) for k, v in vaes.items()}
+    p = argparse.ArgumentParser(
+        description="Write the embedded model's card from its training record and the evidence "
+        "tables of notebook 06_embedded_model."
     )
-    run.table(recon, "toy_sd_vae_reconstruction", float_format="%.1f",
-              caption="VAE reconstruction PSNR (dB) per class, GTA5 val.")  # fmt: skip
-    print(recon.T)
-    # 4. probe
-    gta_train = build_dataset("gta5", "train", root)
-    ctx = encode_texts(bb.text_encoder, bb.tokenizer, [""]).last_hidden_state
-    pre = probe(bb, gta_train, gta_val, ctx, steps=a.probe_steps, seed=a.seed)
-    rnd = probe(random_unet_copy(bb, a.seed), gta_train, gta_val, ctx, steps=a.probe_steps,
-                seed=a.seed)  # fmt: skip
-    pr = pd.DataFrame({"mIoU": [pre, rnd]}, index=["pretrained UNet", "random UNet"])
-    run.table(pr, "toy_sd_probe", caption="Linear probe on UNet features (empty prompt, t=1), "
-              "trained on GTA5 train, mIoU (%) on GTA5 val.")  # fmt: skip
-    print(pr)
-    # 5. samples
-    imgs = sample_images(folder, DEMO_CAPTIONS, steps=a.sample_steps, seed=a.seed)
-    run.figure(sample_figure(imgs, DEMO_CAPTIONS), "toy_sd_samples", formats=("png",), dpi=100)
-    run.finish(model=a.model, training_steps={"vae": rec["recipe"]["vae_steps"],
-                                              "unet": rec["recipe"].get("unet_stop") or rec["recipe"]["unet_steps"]})  # fmt: skip
-    print("wrote", run.root)
+    p.add_argument("--model", default="toy-sd", help="toy-sd (bundled) or a model folder")
+    p.add_argument("--results", default=None, help="results folder (default: results/)")
+    a = p.parse_args(argv)
+    print(
+        "wrote", write_card(resolve_model_folder(a.model), Path(a.results) if a.results else None)
+    )
+
+
+def write_card(folder: Path, results: Path | None = None) -> Path:
+    """Write ``folder/README.md`` from the training record and the stored evidence tables."""
+    import json
+
+    from diffprompt.backbones.toy_sd import load_training_record
+    from diffprompt.paths import results_root
+    from diffprompt.results import atomic_write_text
+
+    root = Path(results) if results else results_root()
+    t = root / "tables"
+    tables = {
+        k: pd.read_csv(t / f"toy_sd_{f}.csv", index_col=0)
+        for k, f in (
+            ("text_usage", "text_usage"),
+            ("attention", "class_word_attention"),
+            ("vae", "vae_reconstruction"),
+            ("probe", "probe"),
+        )
+    }
+    record = load_training_record(folder)
+    mf = root / "manifests" / "06_embedded_model.json"
+    manifest = json.loads(mf.read_text()) if mf.is_file() else None
+    return atomic_write_text(Path(folder) / "README.md", model_card(record, tables, manifest))
 
 
 if __name__ == "__main__":
