@@ -24,13 +24,14 @@ training log and model card.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -72,7 +73,7 @@ class ToySDConfig:
     # --- VAE
     vae_channels: tuple[int, ...] = (32, 64, 64)  # one entry per level: 3 levels = 4x down
     latent_channels: int = 4  # as SD
-    vae_steps: int = 3000  # optimisation steps of the VAE
+    vae_steps: int = 2000  # optimisation steps of the VAE
     vae_batch: int = 32
     vae_lr: float = 1e-3  # AdamW, cosine decay after warm-up
     kl_weight: float = 1e-6  # weight of the KL term (SD's VAE: 1e-6)
@@ -89,9 +90,10 @@ class ToySDConfig:
     max_length: int = 64  # tokenizer model_max_length (captions are <= ~45 tokens)
     train_text_encoder: bool = True  # jointly with the UNet (see the module docstring)
     # --- UNet training
-    unet_steps: int = 12000  # the learning-rate schedule is laid out for this many steps
-    unet_stop: int = 0  # end the UNet stage after this many steps (0 = unet_steps)
-    unet_batch: int = 64
+    unet_steps: int = 9000  # the learning-rate schedule is laid out for this many steps
+    unet_stop: int = 8000  # end the UNet stage after this many steps (0 = unet_steps); the
+    #                        bundled model stopped at 8000 when its GPU lease ran out
+    unet_batch: int = 256
     unet_lr: float = 4e-4
     text_lr: float = 2e-4
     warmup: int = 300  # linear warm-up steps of each stage
@@ -399,7 +401,7 @@ def train_unet(components: dict, tokenizer, mean: torch.Tensor, std: torch.Tenso
     mean, std = mean.to(device), std.to(device)
     ho_lat = heldout[0].to(device)
     t0 = time.time() - state.seconds
-    end = cfg.unet_stop or cfg.unet_steps
+    end = min(cfg.unet_stop, cfg.unet_steps) if cfg.unet_stop else cfg.unet_steps
     while state.step < end:
         idx = _batch_indices(len(mean), cfg.unet_batch, g)
         eps = torch.randn((len(idx),) + tuple(mean.shape[1:]), generator=g).to(device)
@@ -542,13 +544,13 @@ def save_model(comps: dict, tokenizer, out_dir: str | Path, cfg: ToySDConfig,
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe = StableDiffusionPipeline(vae=comps["vae"], text_encoder=comps["text_encoder"],
-                                   tokenizer=tokenizer, unet=comps["unet"],
-                                   scheduler=comps["scheduler"], safety_checker=None,
+    c = {k: copy.deepcopy(v) for k, v in comps.items()}  # saving in fp16 must not round comps
+    pipe = StableDiffusionPipeline(vae=c["vae"], text_encoder=c["text_encoder"],
+                                   tokenizer=tokenizer, unet=c["unet"],
+                                   scheduler=c["scheduler"], safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)  # fmt: skip
     pipe.to("cpu", SAVE_DTYPE)  # fp16 on disk keeps the package small; loads as fp32
     pipe.save_pretrained(tmp, safe_serialization=True)
-    pipe.to("cpu", torch.float32)
     meta = {"recipe": _jsonable(cfg), "training_images": n_images,
             "scaling_factor": state.scaling_factor,
             "parameters": count_parameters(comps), "log": state.log}  # fmt: skip
@@ -564,6 +566,16 @@ def load_training_record(folder: str | Path = BUNDLED["toy-sd"]) -> dict:
     return json.loads((Path(folder) / "training.json").read_text())
 
 
+def _parse_value(like, text: str):
+    """Return ``text`` as a value of the type of ``like`` (bools: 1/0, true/false, yes/no, on/off)."""
+    if isinstance(like, bool):
+        t = text.strip().lower()
+        if t not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError("not a boolean")
+        return t in ("1", "true", "yes", "on")
+    return type(like)(text)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Pretrain the embedded tiny SD model on the miniature.")
     p.add_argument("--out", default=str(BUNDLED["toy-sd"]), help="model folder to write")
@@ -574,15 +586,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="override ToySDConfig fields, e.g. unet_steps=2000")  # fmt: skip
     a = p.parse_args(argv)
     cfg = ToySDConfig()
+    names = {f.name for f in fields(ToySDConfig)}
     over = {}
     for kv in a.set:
-        k, v = kv.split("=", 1)
-        if not hasattr(cfg, k):
+        k, eq, v = kv.partition("=")
+        if not eq:
+            raise SystemExit(f"--set takes KEY=VALUE, got {kv!r}")
+        if k not in names:
             raise SystemExit(f"unknown ToySDConfig field {k!r}")
         cur = getattr(cfg, k)
-        over[k] = (tuple(type(cur[0])(x) for x in v.split(",")) if isinstance(cur, tuple)
-                   else (v.lower() in ("1", "true", "yes")) if isinstance(cur, bool)
-                   else type(cur)(v))  # fmt: skip
+        try:
+            over[k] = (tuple(_parse_value(cur[0], x) for x in v.split(","))
+                       if isinstance(cur, tuple) else _parse_value(cur, v))  # fmt: skip
+        except ValueError as e:
+            raise SystemExit(f"bad value for {k}: {v!r} ({e})") from e
     cfg = ToySDConfig(**{**asdict(cfg), **over})
     out = pretrain(cfg, a.out, a.work, a.device, stop_after=a.stop_after)
     print("wrote", out if out else f"checkpoints in {a.work} (stopped after {a.stop_after})")

@@ -307,7 +307,7 @@ def model_card(record: dict, tables: dict[str, pd.DataFrame], manifest: dict | N
     vae_done = log[log.stage == "vae_done"].iloc[0]
     unet = log[log.stage == "unet"]
     last = unet.iloc[-1]
-    steps = r.get("unet_stop") or r["unet_steps"]
+    steps = min(r.get("unet_stop") or r["unet_steps"], r["unet_steps"])
     params = record["parameters"]
     use, att, rec, pr = (tables[k] for k in ("text_usage", "attention", "vae", "probe"))
     lines = [
