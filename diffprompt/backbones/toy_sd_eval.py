@@ -300,6 +300,50 @@ def training_figure(record: dict):
     return fig
 
 
+#: What the project asks of the embedded model (issue "backbone and embedded model").
+MIN_ATTENTION_MIOU = 25.0  # class-word attention argmax, mIoU on the source
+MIN_PROBE_GAIN = 5.0  # linear probe: pretrained minus random UNet, mIoU on the source
+THIN = ("pole", "traffic light", "traffic sign", "person", "rider", "bicycle")
+
+
+def _assessment(use: pd.DataFrame, att: pd.DataFrame, rec: pd.DataFrame,
+                pr: pd.DataFrame) -> list[str]:  # fmt: skip
+    wins = use["caption wins"]
+    best_att = att["mIoU"].max()
+    gain = pr["mIoU"].iloc[0] - pr["mIoU"].iloc[1]
+    out = [
+        f"- Uses its text: the caption gives the lower loss in {100 * wins.min():.0f}-"
+        f"{100 * wins.max():.0f}% of (image, noise) pairs per timestep (50% would mean it is "
+        f"ignored), but by little: {use['relative gap %'].min():.1f}-"
+        f"{use['relative gap %'].max():.1f}% of the loss. Images sampled from captions: "
+        "`results/figures/toy_sd_samples.png`.",
+        f"- Class words {'bind' if best_att >= MIN_ATTENTION_MIOU else 'do NOT bind'} to their "
+        f"regions: {best_att:.1f} mIoU from the class words' cross-attention argmax "
+        f"(asked: >= {MIN_ATTENTION_MIOU:.0f}). "
+        + (
+            ""
+            if best_att >= MIN_ATTENTION_MIOU
+            else "The maps follow image structure (edges, the road) rather than classes; prompts "
+            "still change the features, but not through class-specific attention."
+        ),
+        f"- Its features {'beat' if gain >= MIN_PROBE_GAIN else 'do not beat'} the same UNet "
+        f"with random weights by {gain:.1f} mIoU (asked: >= {MIN_PROBE_GAIN:.0f}).",
+    ]
+    others = [c for c in rec.columns if c != "bundled"]
+    x4 = next((c for c in others if "x4" in c), None)
+    x8 = next((c for c in others if "x8" in c), None)
+    if x4 and x8:
+        thin = rec.loc[list(THIN)]
+        better = int((thin[x4] > thin[x8]).sum())
+        out.append(
+            f"- VAE factor: trained alike, the 4x VAE reconstructs {better} of {len(THIN)} thin "
+            f"classes better than an 8x one (mean {thin[x4].mean():.1f} against "
+            f"{thin[x8].mean():.1f} dB; all pixels {rec.loc['all pixels', x4]:.1f} against "
+            f"{rec.loc['all pixels', x8]:.1f}), so the model uses 4x."
+        )
+    return out
+
+
 def model_card(record: dict, tables: dict[str, pd.DataFrame], manifest: dict | None = None) -> str:
     """Return the model card (markdown) from the training record and the evidence tables."""
     r = record["recipe"]
@@ -337,6 +381,9 @@ def model_card(record: dict, tables: dict[str, pd.DataFrame], manifest: dict | N
         "prompt words (each one token) plus byte symbols, max length "
         f"{r['max_length']}.",
         "- Weights stored in fp16 (loaded as fp32 by default).",
+        "- Features (`DiffusionBackbone`, all up_blocks): s0 (B, 128, H/16, W/16), s1 (B, 128, "
+        "H/8, W/8), s2 (B, 64, H/4, W/4); with `attention_tokens=C`, class-token maps a1, a2 "
+        "(B, C, ...) at the strides of s1, s2.",
         "",
         "## Training",
         f"- VAE: {r['vae_steps']} steps, batch {r['vae_batch']}, AdamW lr {r['vae_lr']}, "
@@ -382,6 +429,7 @@ def model_card(record: dict, tables: dict[str, pd.DataFrame], manifest: dict | N
         + ", ".join(f"{i} {v:.1f}" for i, v in pr["mIoU"].items())
         + " mIoU.",
     ]
+    lines += ["", "## Assessment", ""] + _assessment(use, att, rec, pr)
     if manifest:
         lines += ["", f"Measured by run `{manifest['name']}` at git {manifest['git']['sha'][:10]} "
                   f"on {manifest['device'].get('device', 'cpu')}."]  # fmt: skip
