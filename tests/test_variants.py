@@ -1,0 +1,95 @@
+"""The embedded study's UNet variants, and the bundled model's documented features."""
+
+import pytest
+import torch
+from test_diffusion_backbone import _context, _images, _parts
+
+from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
+from diffprompt.backbones.variants import (
+    SupervisedConfig,
+    load_variant,
+    random_unet,
+    save_unet,
+    train_supervised,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def bb(tmp_path_factory):
+    vae, unet, text, tok, sched = _parts(tmp_path_factory.mktemp("v"))
+    return DiffusionBackbone(vae, unet, text, tok, sched, FeatureConfig(blocks=(1, 2)))
+
+
+def test_random_variant_shares_all_but_the_unet(bb):
+    r = random_unet(bb, seed=1)
+    assert r.vae is bb.vae and r.text_encoder is bb.text_encoder
+    assert r.unet.config == bb.unet.config
+    a = dict(bb.unet.named_parameters())
+    assert any(not torch.equal(p, a[n]) for n, p in r.unet.named_parameters())
+    with torch.no_grad():
+        f, g = bb(_images(), _context()), r(_images(), _context())
+    assert {k: v.shape for k, v in f.items()} == {k: v.shape for k, v in g.items()}
+    r2 = random_unet(bb, seed=1)
+    assert all(
+        torch.equal(p, q) for p, q in zip(r.unet.parameters(), r2.unet.parameters(), strict=True)
+    )
+
+
+class _Labeled(torch.utils.data.Dataset):
+    """Images whose label is 0 left of the middle and 1 right of it."""
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        x = torch.rand(3, 32, 64, generator=g) * 0.2
+        x[0, :, 32:] += 0.8  # the right half is red
+        y = torch.zeros(32, 64, dtype=torch.long)
+        y[:, 32:] = 1
+        return {"image": x, "mask": y}
+
+
+def test_supervised_variant_learns_and_round_trips(bb, tmp_path):
+    sup, rec = train_supervised(bb, _Labeled(), SupervisedConfig(steps=25, batch_size=2, lr=3e-3))
+    assert sum(rec["losses"][-5:]) < sum(rec["losses"][:5])  # it learned
+    assert not any(p.requires_grad for p in sup.unet.parameters())
+    assert all(p.grad is None for p in bb.unet.parameters())  # the pretrained one untouched
+    save_unet(sup, tmp_path / "unet")
+    again = load_variant(bb, "supervised", tmp_path / "unet")
+    with torch.no_grad():
+        f, g = sup(_images(), _context()), again(_images(), _context())
+    for k in f:
+        torch.testing.assert_close(f[k], g[k])
+    assert load_variant(bb, "pretrained") is bb
+    with pytest.raises(FileNotFoundError, match="save_unet"):
+        load_variant(bb, "supervised", tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="unknown variant"):
+        load_variant(bb, "imagenet")
+
+
+def test_bundled_model_loads_offline_with_documented_features(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bb = DiffusionBackbone.from_pretrained("toy-sd", FeatureConfig(attention_tokens=19))
+    assert bb.vae_factor == 4 and bb.context_dim == 128
+    assert bb.tokenizer.model_max_length == 64
+    # documented in the model card: s0 (B, 128, H/16, W/16), s1 (B, 128, H/8, W/8),
+    # s2 (B, 64, H/4, W/4); class-token maps a1, a2 (B, 19, ...) at the strides of s1, s2
+    assert bb.feature_channels == {"s0": 128, "s1": 128, "s2": 64, "a1": 19, "a2": 19}
+    assert bb.feature_strides == {"s0": 16, "s1": 8, "s2": 4, "a1": 8, "a2": 4}
+    x = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(0))
+    ctx = torch.randn(1, 30, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        f = bb(x, ctx)
+    for k, c in bb.feature_channels.items():
+        s = bb.feature_strides[k]
+        assert f[k].shape == (1, c, 64 // s, 128 // s)
+        assert torch.isfinite(f[k]).all()
