@@ -10,7 +10,7 @@ DATA_ROOT ?= miniature
 RUNS := results/runs
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 
-.PHONY: setup main data test lint format notebooks clean distclean
+.PHONY: setup main data test lint format notebooks clean distclean embedded-model evidence
 .DELETE_ON_ERROR:
 
 $(VENV)/.installed: pyproject.toml
@@ -35,6 +35,16 @@ main: setup data $(RUNS)/00_data.ipynb
 $(RUNS)/00_data.ipynb: notebooks/00_data.ipynb diffprompt/data/toyworld.py diffprompt/domain_gap.py | setup
 	@mkdir -p $(RUNS)
 	$(VENV)/bin/papermill --log-output notebooks/00_data.ipynb $@ -p data_root $(DATA_ROOT)
+
+# regenerate the embedded model into diffprompt/assets/toy-sd (about 25 min on one H100,
+# hours on a CPU; resumable from results/runs/toy_sd), then measure it and rewrite its card
+embedded-model: setup data
+	$(PY) -m diffprompt.backbones.toy_sd --device auto
+
+evidence: setup data
+	@mkdir -p $(RUNS)
+	$(VENV)/bin/papermill --log-output notebooks/06_embedded_model.ipynb $(RUNS)/06_embedded_model.ipynb
+	$(PY) -m diffprompt.backbones.toy_sd_eval
 
 test: setup lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -529,7 +529,8 @@ def pretrain(cfg: ToySDConfig, out_dir: str | Path, work_dir: str | Path,
                    torch.optim.SGD([torch.zeros(1)]),
                    torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.zeros(1)]), lambda s: 1),
                    torch.Generator())  # fmt: skip
-    return save_model(comps, tok, out_dir, cfg, state, n_images=len(images))
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
+    return save_model(comps, tok, out_dir, cfg, state, n_images=len(images), device=name)
 
 
 def _jsonable(cfg: ToySDConfig) -> dict:
@@ -537,7 +538,7 @@ def _jsonable(cfg: ToySDConfig) -> dict:
 
 
 def save_model(comps: dict, tokenizer, out_dir: str | Path, cfg: ToySDConfig,
-               state: TrainState, n_images: int) -> Path:  # fmt: skip
+               state: TrainState, n_images: int, device: str = "") -> Path:  # fmt: skip
     """Write the model in diffusers format (atomically) with its config and training log."""
     from diffusers import StableDiffusionPipeline
 
@@ -551,7 +552,7 @@ def save_model(comps: dict, tokenizer, out_dir: str | Path, cfg: ToySDConfig,
                                    feature_extractor=None, requires_safety_checker=False)  # fmt: skip
     pipe.to("cpu", SAVE_DTYPE)  # fp16 on disk keeps the package small; loads as fp32
     pipe.save_pretrained(tmp, safe_serialization=True)
-    meta = {"recipe": _jsonable(cfg), "training_images": n_images,
+    meta = {"recipe": _jsonable(cfg), "training_images": n_images, "device": device,
             "scaling_factor": state.scaling_factor,
             "parameters": count_parameters(comps), "log": state.log}  # fmt: skip
     (tmp / "training.json").write_text(json.dumps(meta, indent=1))

@@ -385,7 +385,7 @@ def model_card(record: dict, tables: dict[str, pd.DataFrame], manifest: dict | N
         "H/8, W/8), s2 (B, 64, H/4, W/4); with `attention_tokens=C`, class-token maps a1, a2 "
         "(B, C, ...) at the strides of s1, s2.",
         "",
-        "## Training",
+        "## Training" + (f" (on {record['device']})" if record.get("device") else ""),
         f"- VAE: {r['vae_steps']} steps, batch {r['vae_batch']}, AdamW lr {r['vae_lr']}, "
         f"L1 + MSE + {r['kl_weight']} KL; {vae_done.seconds / 60:.1f} min.",
         f"- UNet + text encoder (trained jointly: a random text encoder has no meaning to "
