@@ -326,19 +326,25 @@ def category_embeddings(
     return _CATEGORY_CACHE[key].clone().to(_device(text_encoder))
 
 
-def _word_states(tokenizer, texts: Sequence[str], words: Sequence[str], states: Tensor) -> Tensor:
-    """Return (N, D): per text, the mean hidden state of the tokens of its ``words``."""
-    ids = tokenize(tokenizer, texts)
+def word_positions(tokenizer, text: str, words: Sequence[str]) -> list[list[int]]:
+    """Return, per word, the positions of its tokens (first occurrence) in ``text`` as
+    :func:`tokenize` encodes it. A word whose tokens are not found is a ValueError."""
+    row = tokenize(tokenizer, [text])[0].tolist()
     out = []
-    for i, w in enumerate(words):
+    for w in words:
         sub = tokenizer(w, add_special_tokens=False).input_ids
-        row = ids[i].tolist()
         start = next((s for s in range(len(row) - len(sub) + 1) if row[s : s + len(sub)] == sub),
                      None)  # fmt: skip
         if start is None:
-            raise ValueError(f"the tokens of {w!r} are not found in {texts[i]!r} (truncated?)")
-        out.append(states[i, start : start + len(sub)].mean(0))
-    return torch.stack(out)
+            raise ValueError(f"the tokens of {w!r} are not found in {text!r} (truncated?)")
+        out.append(list(range(start, start + len(sub))))
+    return out
+
+
+def _word_states(tokenizer, texts: Sequence[str], words: Sequence[str], states: Tensor) -> Tensor:
+    """Return (N, D): per text, the mean hidden state of the tokens of its ``words``."""
+    return torch.stack([states[i, word_positions(tokenizer, t, [w])[0]].mean(0)
+                        for i, (t, w) in enumerate(zip(texts, words, strict=True))])  # fmt: skip
 
 
 class TextAdapter(nn.Module):

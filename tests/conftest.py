@@ -209,3 +209,15 @@ def mini_root(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("mini") / "miniature"
     return ensure_miniature(root, ToyWorldConfig(height=64, width=128, scale=0.03))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny models on one torch thread: more only add overhead (and are ~100x
+    slower when the cores are busy). Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

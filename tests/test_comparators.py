@@ -28,13 +28,7 @@ from diffprompt.backbones.hub import ModelNotFoundError
 CUSTOM_MEAN, CUSTOM_STD = (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and lose a lot on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _clip_vision_config():

@@ -9,6 +9,8 @@ from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.hub import ModelNotFoundError
 from diffprompt.backbones.tokenizer import build_clip_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 WORDS = ["a", "photo", "of", "street", "road", "car", "sky", "building", "at", "night"]
 
 

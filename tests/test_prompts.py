@@ -31,13 +31,7 @@ FEW = ("road", "traffic light", "car")
 SCENE = "a photo of an urban street scene"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run the tiny models on one thread: more only add overhead (100x on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +143,27 @@ def test_category_embedding_is_the_template_average(encoder, tok):
     all_templates = category_embeddings(encoder, tok, FEW)
     assert all_templates.shape == emb.shape and not torch.allclose(all_templates, emb)
     assert not torch.allclose(emb[0], emb[1])  # classes differ
+
+
+def test_word_pooling_averages_the_class_name_tokens(encoder, tok):
+    emb = category_embeddings(encoder, tok, FEW, num_templates=2, pooling="word")
+    ref = []
+    with torch.no_grad():
+        for c in FEW:
+            per_template = []
+            for t in TEMPLATES[:2]:
+                text = t.format(c)
+                ids = ids_of(tok, [text])
+                name = tok(c, add_special_tokens=False).input_ids
+                row = ids[0].tolist()
+                s = next(i for i in range(len(row)) if row[i : i + len(name)] == name)
+                states = encoder(input_ids=ids).last_hidden_state[0]
+                per_template.append(states[s : s + len(name)].mean(0))
+            ref.append(torch.stack(per_template).mean(0))
+    torch.testing.assert_close(emb, torch.stack(ref))
+    assert not torch.allclose(emb, category_embeddings(encoder, tok, FEW, num_templates=2))
+    with pytest.raises(ValueError, match="pooling"):
+        category_embeddings(encoder, tok, FEW, pooling="cls")
 
 
 def test_category_cache_hit_skips_the_encoder(encoder, tok):

@@ -29,13 +29,7 @@ from diffprompt.labels import CLASSES
 H, W = 64, 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run ~100x faster on one thread than on two contending ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(root, **kw) -> ToySDConfig:

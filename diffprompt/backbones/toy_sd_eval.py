@@ -81,18 +81,6 @@ def class_prompt(style: str = "a rendered street scene in daylight") -> str:
     return f"{style} showing " + ", ".join(CLASS_WORDS[:-1]) + " and " + CLASS_WORDS[-1]
 
 
-def _word_positions(tokenizer, prompt: str, words: Sequence[str]) -> list[list[int]]:
-    ids = tokenize(tokenizer, [prompt], "cpu")[0].tolist()
-    out = []
-    for w in words:
-        sub = tokenizer(w, add_special_tokens=False).input_ids
-        s = next((s for s in range(len(ids) - len(sub) + 1) if ids[s : s + len(sub)] == sub), None)
-        if s is None:
-            raise ValueError(f"{w!r} is not a token sequence of the prompt {prompt!r}")
-        out.append(list(range(s, s + len(sub))))
-    return out
-
-
 @torch.no_grad()
 def class_word_maps(bb: DiffusionBackbone, images: torch.Tensor, prompt: str | None = None,
                     timestep: int = 1, noise: bool = False, seed: int = 0) -> torch.Tensor:  # fmt: skip
@@ -102,7 +90,7 @@ def class_word_maps(bb: DiffusionBackbone, images: torch.Tensor, prompt: str | N
     mean over its word's tokens, summed over the UNet blocks that have cross-attention,
     each resized to the image.
     """
-    from diffprompt.prompts import encode_texts
+    from diffprompt.prompts import encode_texts, word_positions
 
     prompt = prompt or class_prompt()
     n_ctx = bb.tokenizer.model_max_length
@@ -115,7 +103,7 @@ def class_word_maps(bb: DiffusionBackbone, images: torch.Tensor, prompt: str | N
         f = bb(images, ctx)
     finally:
         bb.cfg = old
-    pos = _word_positions(bb.tokenizer, prompt, CLASS_WORDS)
+    pos = word_positions(bb.tokenizer, prompt, CLASS_WORDS)
     maps = 0
     for k in [k for k in f if k.startswith("a")]:
         a = torch.stack([f[k][:, p].mean(1) for p in pos], 1)  # (B, 19, h, w)
