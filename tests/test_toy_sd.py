@@ -406,3 +406,22 @@ def test_cli_rejects_bad_overrides(fake_pretrain, bad):
     with pytest.raises(SystemExit):
         toy_sd.main(["--set", bad])
     assert not fake_pretrain
+
+
+def test_cross_attention_sharpness_knobs(mini_root, tmp_path):
+    from diffprompt.backbones.toy_sd import build_components, cross_attention_qk, param_groups
+
+    words = ["a", "street", "road", "car"]
+    tok = build_clip_tokenizer(words, tmp_path / "tok", model_max_length=48)
+    base = build_components(tiny(mini_root), tok)
+    sharp = build_components(tiny(mini_root, qk_init_scale=3.0), tok)
+    qk = {id(p) for p in cross_attention_qk(base["unet"])}
+    assert qk  # the tiny UNet has cross-attention
+    for (n, p), q in zip(base["unet"].named_parameters(), sharp["unet"].parameters(), strict=True):
+        torch.testing.assert_close(q, p * 3.0 if id(p) in qk else p, msg=n)
+    cfg = tiny(mini_root, qk_lr_mult=10.0)
+    groups = param_groups(base["unet"], base["text_encoder"], cfg)
+    assert [g["lr"] for g in groups] == [cfg.unet_lr, cfg.unet_lr * 10.0, cfg.text_lr]
+    assert {id(p) for p in groups[1]["params"]} == qk
+    covered = [id(p) for g in groups[:2] for p in g["params"]]
+    assert sorted(covered) == sorted(id(p) for p in base["unet"].parameters())

@@ -89,6 +89,10 @@ class ToySDConfig:
     text_heads: int = 4
     max_length: int = 64  # tokenizer model_max_length (captions are <= ~45 tokens)
     train_text_encoder: bool = True  # jointly with the UNet (see the module docstring)
+    # --- cross-attention sharpness (the bundled model's attention stayed nearly uniform;
+    #     these knobs are for the next recipe, 1.0 = stock diffusers)
+    qk_init_scale: float = 1.0  # multiplies the initial cross-attention query/key weights
+    qk_lr_mult: float = 1.0  # learning-rate multiplier of the cross-attention query/key
     # --- UNet training
     unet_steps: int = 9000  # the learning-rate schedule is laid out for this many steps
     unet_stop: int = 8000  # end the UNet stage after this many steps (0 = unet_steps); the
@@ -198,11 +202,34 @@ def build_components(cfg: ToySDConfig, tokenizer) -> dict:
             pad_token_id=tokenizer.pad_token_id,
         )
     )
+    if cfg.qk_init_scale != 1.0:
+        with torch.no_grad():
+            for p in cross_attention_qk(unet):
+                p.mul_(cfg.qk_init_scale)
     sched = DDPMScheduler(num_train_timesteps=cfg.timesteps, beta_start=0.00085,
                           beta_end=0.012, beta_schedule="scaled_linear",
                           prediction_type="epsilon", clip_sample=False,
                           steps_offset=1)  # fmt: skip
     return {"vae": vae, "unet": unet, "text_encoder": text, "scheduler": sched}
+
+
+def cross_attention_qk(unet) -> list[torch.nn.Parameter]:
+    """Return the query and key weights of the UNet's cross-attention layers."""
+    return [p for m in unet.modules() if getattr(m, "is_cross_attention", False)
+            for p in (m.to_q.weight, m.to_k.weight)]  # fmt: skip
+
+
+def param_groups(unet, text, cfg: ToySDConfig) -> list[dict]:
+    """Return the optimizer's parameter groups: the UNet (cross-attention query/key at
+    ``qk_lr_mult`` times the UNet's rate) and, when trained, the text encoder."""
+    qk = {id(p) for p in cross_attention_qk(unet)}
+    groups = [{"params": [p for p in unet.parameters() if id(p) not in qk], "lr": cfg.unet_lr}]
+    if qk:
+        groups.append({"params": [p for p in unet.parameters() if id(p) in qk],
+                       "lr": cfg.unet_lr * cfg.qk_lr_mult})  # fmt: skip
+    if cfg.train_text_encoder:
+        groups.append({"params": list(text.parameters()), "lr": cfg.text_lr})
+    return groups
 
 
 def count_parameters(components: dict) -> dict[str, int]:
@@ -387,10 +414,7 @@ def train_unet(components: dict, tokenizer, mean: torch.Tensor, std: torch.Tenso
     unet.to(device).train()
     text.to(device).train(cfg.train_text_encoder)
     text.requires_grad_(cfg.train_text_encoder)
-    groups = [{"params": unet.parameters(), "lr": cfg.unet_lr}]
-    if cfg.train_text_encoder:
-        groups.append({"params": text.parameters(), "lr": cfg.text_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=1e-2)
+    opt = torch.optim.AdamW(param_groups(unet, text, cfg), weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, cfg.unet_steps))
     g = torch.Generator().manual_seed(cfg.seed + 2)
     if ckpt and ckpt.is_file() and state.stage == "unet" and state.step:
