@@ -25,13 +25,10 @@ processor's output; the maps are computed beside it from the same projections).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffprompt.backbones.hub import ModelNotFoundError, resolve_model_folder
@@ -366,18 +363,3 @@ class DiffusionBackbone(nn.Module):
         return {"source": self.source, "features": asdict(self.cfg),
                 "channels": self.feature_channels, "strides": self.feature_strides,
                 "vae_factor": self.vae_factor, "context_dim": self.context_dim}  # fmt: skip
-
-
-def upsample_concat(
-    feats: dict[str, torch.Tensor], size: Sequence[int], keys: Sequence[str] | None = None
-) -> torch.Tensor:
-    """Return the maps (bilinearly resized to ``size``) concatenated along channels."""
-    keys = list(keys or feats)
-    return torch.cat(
-        [F.interpolate(feats[k].float(), size=tuple(size), mode="bilinear") for k in keys], 1
-    )
-
-
-def save_config(backbone: DiffusionBackbone, path: str | Path) -> None:
-    """Write ``backbone.describe()`` as JSON (for manifests)."""
-    Path(path).write_text(json.dumps(backbone.describe(), indent=1))

@@ -357,10 +357,10 @@ def encode_latents(
 
 
 def tokenize(tokenizer, texts: Sequence[str], device) -> torch.Tensor:
-    """Return input ids (N, L) padded to the tokenizer's max length."""
-    return tokenizer(list(texts), padding="max_length", truncation=True,
-                     max_length=tokenizer.model_max_length, return_tensors="pt"
-                     ).input_ids.to(device)  # fmt: skip
+    """Return input ids (N, L) padded to the tokenizer's max length, on ``device``."""
+    from diffprompt.prompts import tokenize as _tokenize
+
+    return _tokenize(tokenizer, texts).to(device)
 
 
 def denoising_loss(unet, text_encoder, scheduler, latents: torch.Tensor, ids: torch.Tensor,
@@ -381,15 +381,11 @@ def denoising_loss(unet, text_encoder, scheduler, latents: torch.Tensor, ids: to
 
 
 @torch.no_grad()
-def text_usage(unet, text_encoder, scheduler, tokenizer, latents: torch.Tensor,
-               captions: Sequence[str], seed: int = 0, repeats: int = 4,
-               timesteps: Sequence[int] | None = None) -> dict[str, float]:  # fmt: skip
-    """Return the mean denoising loss of held-out latents with their caption and with "".
-
-    The same noise and timesteps are used for both, so the difference measures how much
-    the caption helps the UNet predict the noise.
-    """
-    g = torch.Generator().manual_seed(seed)
+def paired_losses(unet, text_encoder, scheduler, tokenizer, latents: torch.Tensor,
+                  captions: Sequence[str], g: torch.Generator, repeats: int = 4,
+                  timesteps: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Return per-sample denoising losses (repeats * N,) of latents with their caption and
+    with "", under the same noise and timesteps (drawn from ``g`` unless ``timesteps``)."""
     dev = latents.device
     cap_ids = tokenize(tokenizer, captions, dev)
     empty_ids = tokenize(tokenizer, [""] * len(captions), dev)
@@ -401,7 +397,21 @@ def text_usage(unet, text_encoder, scheduler, tokenizer, latents: torch.Tensor,
         noise = torch.randn(latents.shape, generator=g)
         cap_l.append(denoising_loss(unet, text_encoder, scheduler, latents, cap_ids, g, t, noise))
         emp_l.append(denoising_loss(unet, text_encoder, scheduler, latents, empty_ids, g, t, noise))
-    c, e = torch.cat(cap_l).mean().item(), torch.cat(emp_l).mean().item()
+    return torch.cat(cap_l), torch.cat(emp_l)
+
+
+def text_usage(unet, text_encoder, scheduler, tokenizer, latents: torch.Tensor,
+               captions: Sequence[str], seed: int = 0, repeats: int = 4,
+               timesteps: Sequence[int] | None = None) -> dict[str, float]:  # fmt: skip
+    """Return the mean denoising loss of held-out latents with their caption and with "".
+
+    The same noise and timesteps are used for both, so the difference measures how much
+    the caption helps the UNet predict the noise.
+    """
+    g = torch.Generator().manual_seed(seed)
+    c, e = paired_losses(unet, text_encoder, scheduler, tokenizer, latents, captions, g,
+                         repeats, timesteps)  # fmt: skip
+    c, e = c.mean().item(), e.mean().item()
     return {"caption_loss": c, "empty_loss": e, "gap": e - c, "relative_gap": (e - c) / e}
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
-from diffprompt.backbones.toy_sd import DEMO_CAPTIONS, denoising_loss, tokenize
+from diffprompt.backbones.toy_sd import DEMO_CAPTIONS, paired_losses
 from diffprompt.backbones.variants import random_unet
 from diffprompt.evaluate import ConfusionMatrix
 from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
@@ -56,20 +56,13 @@ def text_usage_by_timestep(
     Same images, noise and timestep for both; ``caption wins`` is the share of (image, noise)
     pairs where the caption gives the lower loss (0.5 = the text is ignored).
     """
-    dev = bb.unet.device
     z = bb.encode(images) * (1.0 if bb.cfg.scale_latents else bb.vae.config.scaling_factor)
-    cap = tokenize(bb.tokenizer, captions, dev)
-    emp = tokenize(bb.tokenizer, [""] * len(captions), dev)
     g = torch.Generator().manual_seed(seed)
     rows = []
     for t in timesteps:
-        lc, le = [], []
-        for _ in range(repeats):
-            tt = torch.full((len(z),), int(t))
-            noise = torch.randn(z.shape, generator=g)
-            lc.append(denoising_loss(bb.unet, bb.text_encoder, bb.scheduler, z, cap, g, tt, noise))
-            le.append(denoising_loss(bb.unet, bb.text_encoder, bb.scheduler, z, emp, g, tt, noise))
-        c, e = torch.cat(lc).cpu(), torch.cat(le).cpu()
+        c, e = paired_losses(bb.unet, bb.text_encoder, bb.scheduler, bb.tokenizer, z, captions,
+                             g, repeats, [int(t)])  # fmt: skip
+        c, e = c.cpu(), e.cpu()
         rows.append({"timestep": int(t), "caption loss": c.mean().item(), "empty loss": e.mean().item(),
                      "relative gap %": 100 * (e.mean() - c.mean()).item() / e.mean().item(),
                      "caption wins": (c < e).float().mean().item()})  # fmt: skip
