@@ -90,3 +90,74 @@ def mean_iou(conf: torch.Tensor | np.ndarray, classes: Sequence[int] | None = No
     if np.all(np.isnan(iou)):
         return float("nan")
     return float(np.nanmean(iou) * 100.0)
+
+
+# ---------------------------------------------------------------------------------------
+# Inference: whole image or sliding window
+
+
+def predict_whole(logits_fn, images: torch.Tensor, multiple: int = 1) -> torch.Tensor:
+    """Return logits (B, C, H, W) of ``logits_fn`` on whole images (B, 3, H, W).
+
+    Images are padded at the bottom/right to a multiple of ``multiple`` (the backbone's
+    size constraint) and the logits cropped back. ``logits_fn(x)`` must return logits of
+    the size of ``x``.
+    """
+    h, w = images.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    x = torch.nn.functional.pad(images, (0, pw, 0, ph)) if ph or pw else images
+    return logits_fn(x)[..., :h, :w]
+
+
+def window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Return the start offsets of windows of ``crop`` pixels every ``stride`` covering
+    ``size`` (the last window ends at the border; one window when ``crop >= size``)."""
+    if crop >= size:
+        return [0]
+    starts = list(range(0, size - crop + 1, stride))
+    if starts[-1] + crop < size:
+        starts.append(size - crop)
+    return starts
+
+
+def predict_slide(logits_fn, images: torch.Tensor, crop: tuple[int, int],
+                  stride: tuple[int, int], num_classes: int, multiple: int = 1) -> torch.Tensor:  # fmt: skip
+    """Return logits (B, C, H, W) averaged over sliding windows (mmseg's ``slide`` mode).
+
+    Windows of ``crop`` (h, w) every ``stride`` (h, w) cover the image; each window's
+    logits are added to the pixels it covers and divided by the number of windows that
+    cover each pixel. An image smaller than the crop is predicted whole (padded to
+    ``multiple``).
+    """
+    b, _, h, w = images.shape
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    if stride[0] <= 0 or stride[1] <= 0:
+        raise ValueError(f"sliding-window stride must be positive, got {stride}")
+    out = torch.zeros(b, num_classes, h, w, dtype=torch.float32, device=images.device)
+    count = torch.zeros(1, 1, h, w, dtype=torch.float32, device=images.device)
+    for top in window_starts(h, ch, stride[0]):
+        for left in window_starts(w, cw, stride[1]):
+            win = images[..., top : top + ch, left : left + cw]
+            out[..., top : top + ch, left : left + cw] += predict_whole(logits_fn, win,
+                                                                        multiple).float()  # fmt: skip
+            count[..., top : top + ch, left : left + cw] += 1
+    return out / count
+
+
+def evaluate_predictions(predict_fn, dataset, indices: Sequence[int] | None = None,
+                         batch_size: int = 8, num_classes: int = NUM_CLASSES) -> ConfusionMatrix:  # fmt: skip
+    """Return the dataset-level confusion matrix of ``predict_fn(images, indices) -> class
+    indices (B, H, W)`` over ``indices`` of a labeled data set (default: all)."""
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    if not indices:
+        raise ValueError(f"nothing to evaluate: {dataset!r} has no images")
+    cm = ConfusionMatrix(num_classes)
+    for s in range(0, len(indices), batch_size):
+        idx = indices[s : s + batch_size]
+        samples = [dataset[i] for i in idx]
+        if "mask" not in samples[0]:
+            raise ValueError(f"{dataset!r} has no labels: pick a labeled split to evaluate")
+        y = torch.stack([smp["mask"] for smp in samples])
+        x = torch.stack([smp["image"] for smp in samples])
+        cm.update(predict_fn(x, idx).cpu(), y)
+    return cm

@@ -431,14 +431,28 @@ class LearnableScenePrompt(nn.Module):
         return states[: self.eos_index + 1] if self.trim else states
 
     @torch.no_grad()
-    def nearest_words(self, tokenizer: PreTrainedTokenizerBase, k: int = 1) -> list[list[str]]:
+    def nearest_words(self, tokenizer: PreTrainedTokenizerBase, k: int = 1,
+                      whole_words: bool = False) -> list[list[str]]:  # fmt: skip
         """Return, per learnable position, the ``k`` vocabulary tokens whose input embeddings
-        are nearest (cosine) to the learned one, decoded as text, nearest first."""
+        are nearest (cosine) to the learned one, decoded as text, nearest first.
+        ``whole_words`` searches only tokens that are whole alphabetic words (CLIP's
+        ``word</w>`` tokens), leaving out byte pieces and special tokens."""
         table = self._frozen[0].get_input_embeddings().weight.float()  # (V, D)
+        ids = torch.arange(table.shape[0])
+        if whole_words:
+            vocab = tokenizer.get_vocab()
+            keep = []
+            for t, i in vocab.items():
+                if t.endswith("</w>") and i < table.shape[0]:
+                    text = tokenizer.decode([i]).strip()
+                    if len(text) > 1 and text.isalpha() and text.isprintable():
+                        keep.append(i)
+            ids = torch.tensor(sorted(keep))
         words = self.words.float().to(table.device)  # (n_words, D)
-        sim = nn.functional.normalize(words, dim=-1) @ nn.functional.normalize(table, dim=-1).T
-        top = sim.topk(k, dim=-1).indices  # (n_words, k)
-        return [[tokenizer.decode([int(i)]) for i in row] for row in top]
+        cand = nn.functional.normalize(table[ids.to(table.device)], dim=-1)
+        sim = nn.functional.normalize(words, dim=-1) @ cand.T
+        top = sim.topk(min(k, len(ids)), dim=-1).indices  # (n_words, k)
+        return [[tokenizer.decode([int(ids[i])]) for i in row] for row in top]
 
 
 def assemble_conditioning(category: Tensor | None, scene: Tensor | None, batch_size: int) -> Tensor:

@@ -82,3 +82,29 @@ def class_frequency_plot(freq, title: str = "pixel share of each class per domai
     ax.legend(ncol=4, fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def panel_grid(rows: Mapping[str, Sequence[np.ndarray]], columns: Sequence[str],
+               width: float = 12.0):  # fmt: skip
+    """Return a matplotlib figure of image panels: one row per key of ``rows`` (its title on
+    the left), one column per entry of ``columns`` (titles on top); each panel an (H, W, 3)
+    uint8 array (e.g. image, ground-truth overlay, prediction overlays)."""
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), len(columns)
+    first = next(iter(rows.values()))[0]
+    h, w = first.shape[:2]
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False,
+                             figsize=(width, width / n_cols * n_rows * h / w * 1.15))  # fmt: skip
+    for r, (title, panels) in enumerate(rows.items()):
+        for c, panel in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(panel)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(title, fontsize=9)
+    fig.tight_layout(pad=0.3)
+    return fig

@@ -221,3 +221,70 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------------------------
+# Tiny random-weight Stable-Diffusion-style models
+
+WORDS = ["a", "photo", "of", "street", "road", "car", "sky", "building", "at", "night"]
+
+
+def tiny_sd_parts(tmp_path, sd2: bool = False, seed: int = 0, words=WORDS, max_length: int = 16):
+    """Return (vae, unet, text encoder, tokenizer, scheduler) of a tiny SD-style model with
+    random weights: VAE 2x down, UNet 3 levels (features at strides 8, 4, 2), width 24."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffprompt.backbones.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    tok = build_clip_tokenizer(words, tmp_path / "tok", model_max_length=max_length)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+                        latent_channels=4, norm_num_groups=4, sample_size=32)  # fmt: skip
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        block_out_channels=(16, 32, 32),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=24,
+        attention_head_dim=(2, 4, 4) if sd2 else 2,  # SD2: per-block head counts
+        use_linear_projection=sd2,  # SD2: linear projections in the transformers
+        norm_num_groups=8,
+    )
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=24, intermediate_size=48,
+                                        num_hidden_layers=2, num_attention_heads=2,
+                                        max_position_embeddings=max_length,
+                                        bos_token_id=tok.bos_token_id,
+                                        eos_token_id=tok.eos_token_id,
+                                        pad_token_id=tok.pad_token_id))  # fmt: skip
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                          clip_sample=False,
+                          prediction_type="v_prediction" if sd2 else "epsilon")  # fmt: skip
+    return vae, unet, text, tok, sched
+
+
+def save_pipeline(parts, folder):
+    """Write tiny SD parts as a diffusers Stable Diffusion folder."""
+    from diffusers import StableDiffusionPipeline
+
+    vae, unet, text, tok, sched = parts
+    StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
+                            safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(folder)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """A tiny random-weight SD folder whose tokenizer knows every prompt word (for training
+    runs on ``mini_root``); context length 32."""
+    from diffprompt.backbones.tokenizer import caption_words
+    from diffprompt.labels import CLASSES
+    from diffprompt.prompts import prompt_corpus
+
+    tmp = tmp_path_factory.mktemp("tiny_sd")
+    parts = tiny_sd_parts(tmp, words=caption_words(prompt_corpus(CLASSES)), max_length=32)
+    save_pipeline(parts, tmp / "model")
+    return tmp / "model"

@@ -2,43 +2,13 @@
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from conftest import save_pipeline as _save
+from conftest import tiny_sd_parts as _parts
 
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.hub import ModelNotFoundError
-from diffprompt.backbones.tokenizer import build_clip_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-WORDS = ["a", "photo", "of", "street", "road", "car", "sky", "building", "at", "night"]
-
-
-def _parts(tmp_path, sd2: bool = False, seed: int = 0):
-    torch.manual_seed(seed)
-    tok = build_clip_tokenizer(WORDS, tmp_path / "tok", model_max_length=16)
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
-                        latent_channels=4, norm_num_groups=4, sample_size=32)  # fmt: skip
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        block_out_channels=(16, 32, 32),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=1,
-        cross_attention_dim=24,
-        attention_head_dim=(2, 4, 4) if sd2 else 2,  # SD2: per-block head counts
-        use_linear_projection=sd2,  # SD2: linear projections in the transformers
-        norm_num_groups=8,
-    )
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=24, intermediate_size=48,
-                                        num_hidden_layers=2, num_attention_heads=2,
-                                        max_position_embeddings=16, bos_token_id=tok.bos_token_id,
-                                        eos_token_id=tok.eos_token_id,
-                                        pad_token_id=tok.pad_token_id))  # fmt: skip
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
-                          prediction_type="v_prediction" if sd2 else "epsilon")  # fmt: skip
-    return vae, unet, text, tok, sched
 
 
 @pytest.fixture(scope="module")
@@ -169,15 +139,6 @@ def test_bad_inputs_are_clear_errors(parts):
     with pytest.raises(ValueError, match="cross_attention_dim 24"):
         bb(_images(), _context(d=16))
     bb.remove_hooks()
-
-
-def _save(parts, folder):
-    from diffusers import StableDiffusionPipeline
-
-    vae, unet, text, tok, sched = parts
-    StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
-                            safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(folder)  # fmt: skip
 
 
 def test_from_pretrained_sd2_style_folder_offline(tmp_path, monkeypatch):

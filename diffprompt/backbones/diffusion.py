@@ -278,6 +278,9 @@ class DiffusionBackbone(nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Return VAE latents (B, 4, H/f, W/f) of images (B, 3, H, W) in [0, 1]."""
+        if not images.is_floating_point():
+            raise ValueError(f"images must be floats in [0, 1], got dtype {images.dtype}: end "
+                             "the transform with ToFloat() (diffprompt.data.transforms)")  # fmt: skip
         m = self.multiple
         if images.shape[-2] % m or images.shape[-1] % m:
             raise ValueError(

@@ -1,0 +1,257 @@
+"""On-disk cache of a frozen backbone's features (and of VAE latents).
+
+A frozen backbone under a fixed prompt maps an image to the same maps every time, so
+training a head, probing and evaluating several heads need them only once. The cache is
+keyed by
+
+- the backbone: its description (source, feature config, channels, strides), dtype and a
+  checksum of its weights;
+- the conditioning: a checksum of the context tensor itself (so any change of the prompt
+  text, the templates, the adapter or the text encoder gives another key);
+- the image: data set class, split, root, file name, file size and modification time, and
+  the transform applied to it.
+
+Any change of one of them gives a new key, so a stale entry is never read. Entries are
+safetensors files written atomically under ``folder/<backbone>/<context>/<image>.safetensors``
+(``folder/<vae>/latents/...`` for latents) and kept in memory for the session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+
+def _digest(obj) -> str:
+    text = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def tensor_checksum(t: Tensor) -> str:
+    """Return a hex digest of a tensor's dtype, shape and bytes."""
+    h = hashlib.blake2b(digest_size=12)
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}|{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def module_checksum(module: nn.Module) -> str:
+    """Return a hex digest of every tensor in ``module``'s state dict (names, shapes, bytes)."""
+    h = hashlib.blake2b(digest_size=12)
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor_checksum(t).encode())
+    return h.hexdigest()
+
+
+def image_identity(dataset, index: int) -> dict:
+    """Return what identifies image ``index`` of a data set: class, split, root, file (name,
+    size, mtime) and transform. Data sets without files fall back to their repr and index."""
+    files = getattr(dataset, "files", None)
+    ident = {"dataset": type(dataset).__name__, "split": getattr(dataset, "split", None),
+             "root": str(getattr(dataset, "root", "")),
+             "transform": repr(getattr(dataset, "transform", None)), "index": index}  # fmt: skip
+    if files is not None:
+        path = Path(files[index][0])
+        st = path.stat()
+        ident.update(file=str(path), size=st.st_size, mtime=st.st_mtime_ns)
+    else:
+        ident["repr"] = repr(dataset)
+    return ident
+
+
+class _Memory:
+    """A least-recently-used store of cache entries with a byte budget, shared by every
+    FeatureCache of the process (so runs in one session reuse each other's maps)."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget, self.used = budget_bytes, 0
+        self.items: OrderedDict[tuple, dict[str, Tensor]] = OrderedDict()
+
+    @staticmethod
+    def size(entry: dict[str, Tensor]) -> int:
+        return sum(t.numel() * t.element_size() for t in entry.values())
+
+    def get(self, key: tuple) -> dict[str, Tensor] | None:
+        e = self.items.get(key)
+        if e is not None:
+            self.items.move_to_end(key)
+        return e
+
+    def put(self, key: tuple, entry: dict[str, Tensor]) -> None:
+        if key in self.items:
+            self.used -= self.size(self.items.pop(key))
+        self.items[key] = entry
+        self.used += self.size(entry)
+        while self.used > self.budget and len(self.items) > 1:
+            _, old = self.items.popitem(last=False)
+            self.used -= self.size(old)
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.used = 0
+
+
+#: In-memory budget of cached maps: $DIFFPROMPT_CACHE_GB gigabytes (default 4).
+MEMORY = _Memory(int(float(os.environ.get("DIFFPROMPT_CACHE_GB", "4")) * 2**30))
+
+
+def _save_atomic(tensors: dict[str, Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+class FeatureCache:
+    """Features of ``model``'s frozen backbone under fixed contexts, in memory and on disk.
+
+    ``model`` is a :class:`diffprompt.model.SegModel` whose backbone gets no gradient and
+    whose prompts are fixed (nothing before the backbone is trained), else the cache
+    refuses it: cached maps would go stale as the model learns. ``folder=None`` keeps the
+    cache in memory only. Maps are stored in ``dtype`` (fp16 halves memory and disk).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        folder: str | os.PathLike | None = None,
+        dtype: torch.dtype = torch.float16,
+        batch_size: int = 8,
+    ) -> None:
+        if getattr(model, "needs_backbone_grad", False):
+            raise ValueError(
+                "features cannot be cached while the backbone or a prompt part before it "
+                "(TextAdapter, learnable scene prompt) is trained; turn caching off or freeze them"
+            )
+        self.model, self.dtype, self.batch_size = model, dtype, batch_size
+        self.folder = Path(folder) if folder is not None else None
+        bb = model.backbone
+        desc = bb.describe() if hasattr(bb, "describe") else {"repr": repr(bb)}
+        self.backbone_key = _digest({"backbone": desc, "weights": module_checksum(bb),
+                                     "dtype": str(dtype)})  # fmt: skip
+        vae = getattr(bb, "vae", None)
+        self.latent_key = None
+        if vae is not None:
+            self.latent_key = _digest({"vae": module_checksum(vae),
+                                       "scale": bb.cfg.scale_latents})  # fmt: skip
+        self._ctx: dict[str, tuple[str, Tensor | None]] = {}
+        self._ident: dict[tuple[int, int], str] = {}
+        self.hits = self.misses = 0
+
+    # ------------------------------------------------------------------ keys
+    def context(self, scene_text: str | None) -> tuple[str, Tensor | None]:
+        """Return (key, context (1, N, D) or None) of a scene prompt text (None: the
+        prompts' default)."""
+        name = "\0default" if scene_text is None else scene_text
+        if name not in self._ctx:
+            with torch.no_grad():
+                ctx = self.model.context(1, None if scene_text is None else [scene_text])
+            key = "none" if ctx is None else tensor_checksum(ctx.float())
+            self._ctx[name] = (key, ctx)
+        return self._ctx[name]
+
+    def image_key(self, dataset, index: int) -> str:
+        k = (id(dataset), index)
+        if k not in self._ident:
+            self._ident[k] = _digest(image_identity(dataset, index))
+        return self._ident[k]
+
+    def _path(self, *parts: str) -> Path | None:
+        if self.folder is None:
+            return None
+        return self.folder.joinpath(*parts[:-1], parts[-1] + ".safetensors")
+
+    def _lookup(self, group: str, sub: str, key: str) -> dict[str, Tensor] | None:
+        entry = MEMORY.get((group, sub, key))
+        if entry is None:
+            path = self._path(group, sub, key)
+            if path is not None and path.is_file():
+                entry = load_file(path)
+                MEMORY.put((group, sub, key), entry)
+        return entry
+
+    def _store(self, group: str, sub: str, key: str, entry: dict[str, Tensor]) -> None:
+        MEMORY.put((group, sub, key), entry)
+        path = self._path(group, sub, key)
+        if path is not None:
+            _save_atomic(entry, path)
+
+    # ------------------------------------------------------------------ access
+    def latents(self, dataset, indices: Sequence[int]) -> Tensor:
+        """Return VAE latents (B, c, h, w) of images ``indices`` (computed once each)."""
+        bb = self.model.backbone
+        keys = [self.image_key(dataset, i) for i in indices]
+        out: dict[int, Tensor] = {}
+        todo = []
+        for j, k in enumerate(keys):
+            e = self._lookup(self.latent_key, "latents", k)
+            if e is None:
+                todo.append(j)
+            else:
+                out[j] = e["z"]
+        for s in range(0, len(todo), self.batch_size):
+            part = todo[s : s + self.batch_size]
+            x = torch.stack([dataset[indices[j]]["image"] for j in part])
+            z = bb.encode(x).float().cpu()
+            for j, zj in zip(part, z, strict=True):
+                self._store(self.latent_key, "latents", keys[j], {"z": zj.clone()})
+                out[j] = zj
+        return torch.stack([out[j] for j in range(len(keys))])
+
+    def get(self, dataset, indices: Sequence[int], scene_text: str | None = None,
+            device: torch.device | str = "cpu") -> dict[str, Tensor]:  # fmt: skip
+        """Return the backbone's maps {name: (B, C, h, w)} of images ``indices`` of
+        ``dataset`` under ``scene_text`` (None: the default prompt), float32 on ``device``."""
+        ctx_key, ctx = self.context(scene_text)
+        group = self.backbone_key
+        keys = [self.image_key(dataset, i) for i in indices]
+        entries: dict[int, dict[str, Tensor]] = {}
+        todo = []
+        for j, k in enumerate(keys):
+            e = self._lookup(group, ctx_key, k)
+            if e is None:
+                todo.append(j)
+            else:
+                entries[j] = e
+        self.hits += len(keys) - len(todo)
+        self.misses += len(todo)
+        bb = self.model.backbone
+        noise = bool(getattr(getattr(bb, "cfg", None), "noise", False))
+        step = 1 if noise else self.batch_size  # noise per image, seeded by the image key
+        for s in range(0, len(todo), step):
+            part = todo[s : s + step]
+            idx = [indices[j] for j in part]
+            with torch.no_grad():
+                if ctx is None:
+                    x = torch.stack([dataset[i]["image"] for i in idx])
+                    f = bb(x)
+                else:
+                    z = self.latents(dataset, idx) if self.latent_key else None
+                    gen = None
+                    if noise:
+                        seed = int(keys[part[0]][:12], 16) ^ int(bb.cfg.seed)
+                        gen = torch.Generator().manual_seed(seed)
+                    x = None if z is not None else torch.stack([dataset[i]["image"] for i in idx])
+                    f = bb(x, ctx.expand(len(idx), -1, -1), generator=gen, latents=z)
+            for n, j in enumerate(part):
+                e = {name: m[n].to(self.dtype).cpu().clone() for name, m in f.items()}
+                self._store(group, ctx_key, keys[j], e)
+                entries[j] = e
+        names = sorted(entries[0]) if entries else []
+        return {n: torch.stack([entries[j][n] for j in range(len(keys))]).to(device, torch.float32)
+                for n in names}  # fmt: skip
