@@ -58,7 +58,7 @@ def train_dg(cfg: TrainConfig, results_dir: str | os.PathLike | None = None,
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config_dict(cfg), indent=1) + "\n")
     state = trainer.fit()
-    if state.step >= cfg.steps and state.log:
+    if state.step >= cfg.steps and state.log and trainer.acc.is_main_process:
         last = state.log[-1]
         log(f"trained {cfg.prompt_mode} to step {state.step}: loss {last['loss']:.4f} "
             f"({state.seconds:.0f}s of training)")  # fmt: skip

@@ -732,7 +732,8 @@ class Trainer:
         that step, with a checkpoint (as an interrupted run would leave). Returns the state."""
         cfg = self.cfg
         if resume and self.load_checkpoint():
-            self.log(f"resumed from {self.ckpt_path} at step {self.state.step}")
+            done = "finished run" if self.state.step >= cfg.steps else "resumed"
+            self.log(f"{done}: {self.ckpt_path} at step {self.state.step}")
         else:
             torch.manual_seed(cfg.seed + self.acc.process_index)
         if self.state.step >= cfg.steps:
@@ -764,6 +765,10 @@ class Trainer:
                     sums[k] += out[k].item() / cfg.grad_accum
             self.sched.step()
             self.state.step += 1
+            if self.acc.num_processes > 1:  # log the global batch's mean, as one process would
+                t = self.acc.reduce(torch.tensor([sums[k] for k in sums], device=self.device),
+                                    reduction="mean")  # fmt: skip
+                sums = dict(zip(sums, t.tolist(), strict=True))
             s = self.state.step
             entry = {"step": s, **sums, "lr": self.sched.get_last_lr()[0],
                      "seconds": round(time.time() - t0, 2)}  # fmt: skip

@@ -143,3 +143,28 @@ def test_prompt_ablation_notebook_runs_every_cell_with_seeds(mini_root, tiny_sd,
     sens = pd.read_csv(out / "tables" / "prompt_sensitivity.csv", index_col=0)
     assert (sens.to_numpy() >= 0).all() and "empty prompt" in sens.index
     assert (out / "figures" / "ablation.png").is_file()
+
+
+def test_tta_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
+    out = tmp_path / "results"
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "03_tta.ipynb"),
+        str(tmp_path / "03.ipynb"),
+        parameters=dict(target="acdc_fog", data_root=str(mini_root), model=str(tiny_sd), steps=2,
+                        fit_images=2, batch_size=2, eval_images=2, eval_every=1, dg_steps=2,
+                        dg_batch_size=2, results_dir=str(out)),
+        kernel_name="python3",
+        progress_bar=False,
+    )  # fmt: skip
+    manifest = json.loads((out / "manifests" / "03_tta_acdc_fog.json").read_text())
+    assert manifest["params"]["target"] == "acdc_fog" and manifest["fit_split"]
+    for rel in ("tables/tta_acdc_fog.csv", "tables/tta_acdc_fog_curve.csv",
+                "tables/tta_acdc_fog_nearest.csv", "figures/tta_acdc_fog_predictions.png",
+                "figures/tta_acdc_fog_curve.png"):  # fmt: skip
+        assert rel in manifest["outputs"] and (out / rel).is_file()
+    import pandas as pd
+
+    table = pd.read_csv(out / "tables" / "tta_acdc_fog.csv", index_col=0)
+    assert len(table) == 6 and table["mIoU"].between(0, 100).all()
+    # the DG model was trained once, in results/runs/dg, and is reused by a second run
+    assert len(list((out / "runs" / "dg").iterdir())) == 1

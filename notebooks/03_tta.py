@@ -1,0 +1,113 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Test-time adaptation: learning the scene prompt on the target domain
+#
+# The paper adapts a DG model at test time by learning its scene prompt on unlabeled
+# target images, with everything else frozen. Here the word embeddings of the training
+# scene prompt are optimised with the diffusion denoising loss on the target images
+# (`denoise`, as textual inversion learns a word), with the entropy of the predictions
+# (`entropy`), or both; then the target is segmented with the learned prompt. The table
+# puts them beside no adaptation, TENT and a hand-written target prompt.
+#
+# `papermill notebooks/03_tta.ipynb out.ipynb -p target acdc_night`; `-p target all`
+# runs every target. The DG model of the parameters below is taken from results/ when
+# notebook 02 trained it (same configuration), otherwise it is trained first.
+
+# %% tags=["parameters"]
+target: str = "acdc_night"  # a target (acdc_fog, acdc_night, ..., mapillary) or "all"
+objectives: list = ["denoise", "entropy", "both"]  # TTA objectives, one row each
+modes: list = ["offline"]  # "offline" (fit, then evaluate) and/or "online" (streaming)
+steps: int = 10  # TTA optimisation steps
+lr: float = 0.001  # Adam learning rate of the scene prompt's word embeddings
+fit_images: int = 16  # unlabeled target images to fit on (0: all)
+batch_size: int = 2  # target images per TTA step
+eval_images: int = 30  # labeled target images to evaluate on (0: all)
+eval_every: int = 5  # mIoU every N steps for the curve (0: before and after only)
+entropy_weight: float = 1.0  # weight of the entropy term in "both"
+tent: bool = True  # run the TENT baseline
+zero_shot: bool = True  # run the hand-written target prompt baseline
+source: str = "gta5"  # DG model: source domain (notebook 02's parameters follow)
+data_root: str = "miniature"  # "miniature" (embedded) or a data folder
+model: str = "toy-sd"  # diffusion backbone: bundled name, diffusers folder or hub id
+preset: str = ""  # "" or "paper" (the DG paper protocol)
+prompt_mode: str = "random_consistency"  # the DG model's prompt mode (a mode with a scene prompt)
+scene_text: str = "a photo of an urban street scene"  # the scene prompt TTA starts from
+dg_steps: int = 250  # DG training steps (as notebook 02's steps)
+dg_batch_size: int = 8  # DG images per step (as notebook 02's batch_size)
+dg_missing: str = "train"  # no trained DG model in results/: "train" it or raise an "error"
+dg_checkpoint: str = ""  # a DG checkpoint file to use instead of the one in results/
+gradient_checkpointing: bool = False  # recompute UNet activations (memory for full-size SD)
+device: str = "auto"  # "auto", "cpu", "cuda", ...
+seed: int = 0  # seeds TTA's batches and noise (and the DG run)
+results_dir: str = ""  # results folder ("": results/ of the repository)
+
+# %%
+from diffprompt.results import Run
+from diffprompt.train import config_dict, config_from
+from diffprompt.tta import (
+    TTAConfig,
+    dg_trainer,
+    record_target,
+    resolve_targets,
+    run_target,
+    summary_table,
+)
+
+params = dict(target=target, objectives=objectives, modes=modes, steps=steps, lr=lr,
+              fit_images=fit_images, batch_size=batch_size, eval_images=eval_images,
+              eval_every=eval_every, entropy_weight=entropy_weight, tent=tent,
+              zero_shot=zero_shot, source=source, data_root=data_root, model=model,
+              preset=preset, prompt_mode=prompt_mode, scene_text=scene_text, dg_steps=dg_steps,
+              dg_batch_size=dg_batch_size, dg_missing=dg_missing, dg_checkpoint=dg_checkpoint,
+              gradient_checkpointing=gradient_checkpointing, device=device, seed=seed)  # fmt: skip
+dg_cfg = config_from(dict(source=source, data_root=data_root, model=model,
+                          prompt_mode=prompt_mode, scene_text=scene_text, steps=dg_steps,
+                          batch_size=dg_batch_size, device=device, seed=seed, targets=()),
+                     preset)  # fmt: skip
+targets = resolve_targets(target)
+tta_cfgs = {t: TTAConfig(target=t, steps=steps, lr=lr, fit_images=fit_images,
+                         batch_size=batch_size, eval_images=eval_images, eval_every=eval_every,
+                         entropy_weight=entropy_weight, seed=seed,
+                         gradient_checkpointing=gradient_checkpointing) for t in targets}  # fmt: skip
+
+# %% [markdown]
+# ## The DG model (from results/, or trained now)
+
+# %%
+trainer = dg_trainer(dg_cfg, results_dir or None, dg_missing, dg_checkpoint)
+print("DG run", trainer.hash, "step", trainer.state.step, "of", dg_cfg.steps)
+
+# %% [markdown]
+# ## Adapt to each target
+# Every row of a target's table is computed on the same labeled images; results are written
+# per target (`tables/tta_<target>.*`, `manifests/03_tta_<target>.json`).
+
+# %%
+tables = {}
+for t in targets:
+    run = Run(f"03_tta_{t}", params | {"target": t}, seed=seed, root=results_dir or None)
+    result = run_target(trainer, tta_cfgs[t], objectives, modes, tent, zero_shot)
+    tables[t] = record_target(result, t, run)
+    run.finish(dg_config=config_dict(dg_cfg), dg_config_hash=trainer.hash,
+               fit_split=result["fit_split"], tta_seconds=round(result["seconds"], 1))  # fmt: skip
+summary = summary_table(tables)
+if len(targets) > 1:  # every target at once: one summary table beside the per-target ones
+    run = Run("03_tta_all", params, seed=seed, root=results_dir or None)
+    run.table(summary, "tta_summary", caption="mIoU (%) per TTA method and target.")
+    run.finish(targets=targets, dg_config_hash=trainer.hash)
+summary.round(2)
+
+# %%
+tables[targets[0]]
