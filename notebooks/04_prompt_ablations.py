@@ -43,7 +43,7 @@ seeds: list = [0, 1, 2]  # one run per seed and cell (at least 3 for mean and st
 steps: int = 200  # optimizer steps per run
 batch_size: int = 4  # images per step
 lr: float = 0.01  # AdamW learning rate of the head (higher than 02: fewer steps)
-train_size: list = [128, 256]  # images resized to (h, w) (the miniature's own size)
+train_size: list = []  # resize images to [h, w] ([]: as stored, sharing notebook 02's features)
 fpn_width: int = 32  # Semantic FPN channels (lighter than notebook 02)
 head_width: int = 32  # semantic-branch channels
 prompt_pool: int = 8  # prompts drawn once to randomize over
@@ -71,7 +71,7 @@ params = dict(source=source, targets=targets, data_root=data_root, model=model, 
               max_train_images=max_train_images, max_eval_images=max_eval_images,
               device=device)  # fmt: skip
 base = TrainConfig(source=source, targets=tuple(targets), data_root=data_root, model=model,
-                   steps=steps, batch_size=batch_size, lr=lr, train_size=tuple(train_size),
+                   steps=steps, batch_size=batch_size, lr=lr, train_size=tuple(train_size) or None,
                    fpn_width=fpn_width, head_width=head_width, prompt_pool=prompt_pool,
                    num_prompts=ks[0], consistency_weight=lambdas[0],
                    vocabulary_size=vocab_sizes[0], max_train_images=max_train_images,
