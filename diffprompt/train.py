@@ -321,6 +321,10 @@ def check_config(cfg: TrainConfig) -> None:
         bad(f"eval_mode must be 'whole' or 'slide', got {cfg.eval_mode!r}")
     if cfg.mixed_precision not in ("no", "bf16", "fp16"):
         bad(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {cfg.mixed_precision!r}")
+    from diffprompt.runtime import resolve_device
+
+    if cfg.mixed_precision == "fp16" and resolve_device(cfg.device).type != "cuda":
+        bad("mixed_precision='fp16' needs a CUDA GPU; use 'bf16' or 'no'")
     if cfg.progress not in ("auto", "bar", "log"):
         bad(f"progress must be 'auto', 'bar' or 'log', got {cfg.progress!r}")
     if cfg.cache_features and (cfg.adapter or cfg.finetune_unet):
@@ -509,8 +513,6 @@ class Trainer:
         self.cfg, self.log = cfg, log
         self.out_dir = Path(out_dir) if out_dir is not None else None
         dev = resolve_device(cfg.device)
-        if cfg.mixed_precision == "fp16" and dev.type != "cuda":
-            raise ValueError("mixed_precision='fp16' needs a CUDA GPU; use 'bf16' or 'no'")
         self.acc = accelerator or Accelerator(
             cpu=dev.type == "cpu", mixed_precision=cfg.mixed_precision,
             gradient_accumulation_steps=cfg.grad_accum)  # fmt: skip
@@ -934,9 +936,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"error: {e}") from None
     from diffprompt.experiments import miou_table, train_dg
 
-    trainer = train_dg(cfg, a.results or None, retrain=a.retrain)
-    sets = trainer.eval_sets()
-    cms = trainer.evaluate(sets)
+    try:
+        trainer = train_dg(cfg, a.results or None, retrain=a.retrain)
+        sets = trainer.eval_sets()
+        cms = trainer.evaluate(sets)
+    except (ValueError, FileNotFoundError) as e:  # bad input: the message says what to do
+        raise SystemExit(f"error: {e}") from None
     if trainer.acc.is_main_process:
         print(miou_table(trainer, cms, sets).to_markdown(floatfmt=".2f"))
 

@@ -533,15 +533,19 @@ def record_target(result: dict, target: str, run) -> Any:
 
 
 def summary_table(tables: dict[str, Any]) -> Any:
-    """Return mIoU per method (rows) and target (columns) from per-target tables."""
+    """Return mIoU per method (rows, in the tables' order) and target (columns) from
+    per-target tables; the hand-written prompts (one text per target) share a row."""
     import pandas as pd
 
     cols = {}
     for target, t in tables.items():
-        key = [f"{m} ({mode})" if mode == "online" else m for m, mode in zip(t.index, t["mode"],
-                                                                               strict=True)]  # fmt: skip
+        key = []
+        for m, mode in zip(t.index, t["mode"], strict=True):
+            m = "hand-written target prompt" if m.startswith("hand-written prompt") else m
+            key.append(f"{m} ({mode})" if mode == "online" else m)
         cols[target] = pd.Series(t["mIoU"].to_numpy(), index=key)
-    out = pd.DataFrame(cols)
+    order = list(dict.fromkeys(k for c in cols.values() for k in c.index))
+    out = pd.DataFrame(cols).reindex(order)
     if len(out.columns) > 1:
         out["mean"] = out.mean(axis=1)
     return out

@@ -125,3 +125,18 @@ def test_dg_trainer_missing_and_mismatched_checkpoints(trained, tmp_path):
         dg_trainer(cfg, tmp_path, checkpoint=str(trained.ckpt_path))
     t = dg_trainer(trained.cfg, tmp_path, checkpoint=str(trained.ckpt_path))
     assert t.state.step == 2
+
+
+def test_summary_table_keeps_the_row_order_and_joins_the_hand_written_prompts():
+    import pandas as pd
+
+    from diffprompt.tta import summary_table
+
+    def table(text, values):
+        idx = ["no adaptation", f'hand-written prompt "{text}"', "TTA prompt: denoise"]
+        return pd.DataFrame({"mode": ["-", "-", "offline"], "mIoU": values}, index=idx)
+
+    out = summary_table({"acdc_fog": table("in fog", [1.0, 2.0, 3.0]),
+                         "acdc_night": table("at night", [4.0, 5.0, 7.0])})  # fmt: skip
+    assert list(out.index) == ["no adaptation", "hand-written target prompt", "TTA prompt: denoise"]
+    assert out.loc["hand-written target prompt"].tolist() == [2.0, 5.0, 3.5]
