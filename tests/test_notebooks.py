@@ -168,3 +168,35 @@ def test_tta_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
     assert len(table) == 6 and table["mIoU"].between(0, 100).all()
     # the DG model was trained once, in results/runs/dg, and is reused by a second run
     assert len(list((out / "runs" / "dg").iterdir())) == 1
+
+
+def test_feature_probing_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
+    out = tmp_path / "results"
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "01_feature_probing.ipynb"),
+        str(tmp_path / "01.ipynb"),
+        parameters=dict(data_root=str(mini_root), model=str(tiny_sd), targets=["cityscapes",
+                        "acdc_night"], sweep_targets=["cityscapes"], seeds=[0, 1], n_train=3,
+                        n_eval=2, steps=3, supervised_steps=2, supervised_batch=2,
+                        timesteps=[1, 50], noise_timesteps=[50], gap_images=3,
+                        results_dir=str(out)),
+        kernel_name="python3",
+        progress_bar=False,
+    )  # fmt: skip
+    manifest = json.loads((out / "manifests" / "01_feature_probing.json").read_text())
+    for rel in ("tables/probe_backbones.csv", "tables/probe_runs.csv", "tables/probe_sweeps.csv",
+                "tables/probe_gap_measures.csv", "tables/probe_gap_correlation.csv",
+                "figures/probe_sweeps.png", "figures/probe_gap_scatter.png",
+                "figures/probe_pca.png"):  # fmt: skip
+        assert rel in manifest["outputs"] and (out / rel).is_file()
+    import pandas as pd
+
+    runs = pd.read_csv(out / "tables" / "probe_runs.csv")
+    assert set(runs["backbone"]) == {"diffusion (pretrained)", "supervised",
+                                     "supervised + photometric", "random"}  # fmt: skip
+    assert len(runs) == 4 * 2 and runs["source"].between(0, 100).all()
+    sweeps = pd.read_csv(out / "tables" / "probe_sweeps.csv")
+    assert {"timestep (no noise)", "timestep (noised)", "decoder block", "text",
+            "features"} == set(sweeps["sweep"])  # fmt: skip
+    gaps = pd.read_csv(out / "tables" / "probe_gap_measures.csv")
+    assert gaps["CKA"].between(-1e-6, 1 + 1e-6).all()

@@ -49,6 +49,8 @@ class SupervisedConfig:
 
     steps: int = 600  # optimisation steps
     batch_size: int = 8
+    photometric: bool = False  # colour jitter, blur and noise on the inputs (PhotometricAugment)
+    crop: tuple[int, int] | None = None  # train on random (h, w) crops (None: whole images)
     lr: float = 5e-4  # AdamW, cosine decay
     weight_decay: float = 1e-2
     seed: int = 0
@@ -78,7 +80,9 @@ def train_supervised(
 ) -> tuple[DiffusionBackbone, dict]:
     """Return (backbone with a UNet trained from random weights on ``train_set``'s labels,
     training record). The UNet sees the pretrained VAE's latents and the empty prompt; a
-    linear head on its feature maps is trained jointly with cross-entropy and discarded."""
+    linear head on its feature maps is trained jointly with cross-entropy and discarded.
+    ``cfg.photometric`` augments the inputs photometrically (so that a comparison with the
+    diffusion UNet, which saw every domain's images, is not won by exposure alone)."""
     from diffprompt.prompts import encode_texts
 
     cfg = cfg or SupervisedConfig()
@@ -93,6 +97,12 @@ def train_supervised(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     ctx = encode_texts(bb.text_encoder, bb.tokenizer, [""]).last_hidden_state  # (1, L, D)
     g = torch.Generator().manual_seed(cfg.seed)
+    aug = None
+    if cfg.photometric:
+        from diffprompt.data.transforms import PhotometricAugment
+
+        aug = PhotometricAugment()
+        out.source = f"{bb.source} (UNet supervised, photometric augmentation)"
     losses, t0 = [], time.time()
     for step in range(1, cfg.steps + 1):
         idx = torch.randint(0, len(train_set), (cfg.batch_size,), generator=g).tolist()
@@ -101,6 +111,14 @@ def train_supervised(
         y = torch.stack([s["mask"] for s in samples]).to(unet.device)
         if torch.rand((), generator=g) < 0.5:
             x, y = x.flip(-1), y.flip(-1)
+        if cfg.crop is not None:  # one window for the batch (the UNet is convolutional)
+            ch, cw = cfg.crop
+            top = int(torch.randint(0, x.shape[-2] - ch + 1, (1,), generator=g))
+            left = int(torch.randint(0, x.shape[-1] - cw + 1, (1,), generator=g))
+            x = x[..., top : top + ch, left : left + cw]
+            y = y[..., top : top + ch, left : left + cw]
+        if aug is not None:
+            x = aug(x, g)
         logits = F.interpolate(head(out(x, ctx)), size=y.shape[-2:], mode="bilinear")
         loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
         opt.zero_grad(set_to_none=True)

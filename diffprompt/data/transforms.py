@@ -244,3 +244,50 @@ class Normalize:
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+
+
+class PhotometricAugment:
+    """Random photometric changes of a float image batch (B, 3, H, W) in [0, 1], per image:
+    brightness, contrast and saturation factors in [1 - s, 1 + s], then (probability 0.5) a
+    Gaussian blur of sigma in [0.1, ``max_blur``], then Gaussian noise of std in
+    [0, ``max_noise``]. Geometry and labels are unchanged. Call as ``aug(images, generator)``.
+    """
+
+    def __init__(self, strength: float = 0.4, max_blur: float = 1.5, max_noise: float = 0.05):
+        self.strength, self.max_blur, self.max_noise = strength, max_blur, max_noise
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        b = x.shape[0]
+
+        def u(lo: float, hi: float) -> torch.Tensor:
+            return (lo + (hi - lo) * torch.rand(b, generator=generator)).view(b, 1, 1, 1).to(x)
+
+        s = self.strength
+        x = x * u(1 - s, 1 + s)  # brightness
+        mean = x.mean((1, 2, 3), keepdim=True)
+        x = (x - mean) * u(1 - s, 1 + s) + mean  # contrast
+        grey = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(
+            1, keepdim=True
+        )
+        x = (x - grey) * u(1 - s, 1 + s) + grey  # saturation
+        blur = torch.rand(b, generator=generator) < 0.5
+        sigma = 0.1 + (self.max_blur - 0.1) * torch.rand(b, generator=generator)
+        out = []
+        for i in range(b):
+            xi = x[i : i + 1]
+            if blur[i]:
+                r = max(1, int(3 * float(sigma[i])))
+                k = torch.exp(
+                    -(torch.arange(-r, r + 1, dtype=x.dtype) ** 2) / (2 * float(sigma[i]) ** 2)
+                )
+                k = (k / k.sum()).to(x.device)
+                xi = F.pad(xi, (r, r, r, r), mode="reflect")
+                xi = F.conv2d(xi, k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+                xi = F.conv2d(xi, k.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
+            out.append(xi)
+        x = torch.cat(out)
+        noise = torch.randn(x.shape, generator=generator).to(x) * u(0, self.max_noise)
+        return (x + noise).clamp(0, 1)
+
+    def __repr__(self) -> str:
+        return f"PhotometricAugment({self.strength}, {self.max_blur}, {self.max_noise})"
