@@ -86,3 +86,49 @@ def test_photometric_augment_is_seeded_and_in_range():
     c = aug(x, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() <= 1 and not torch.allclose(a, x)
+
+
+def test_real_backbones_by_folder_join_the_probe(tiny_sd, mini_root, tmp_path):
+    import transformers as T
+
+    from diffprompt.backbones.comparators import FeatureBackbone
+    from diffprompt.backbones.diffusion import DiffusionBackbone
+    from diffprompt.probing import features_of, probe_backbone, probe_sets, real_backbone
+
+    torch.manual_seed(0)
+    cfg = T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1])
+    T.ResNetForImageClassification(cfg).save_pretrained(tmp_path / "resnet")
+    resnet = real_backbone(str(tmp_path / "resnet"), device="cpu")
+    sd = real_backbone(str(tiny_sd), device="cpu")
+    assert isinstance(resnet, FeatureBackbone) and isinstance(sd, DiffusionBackbone)
+    pcfg = ProbeConfig(data_root=str(mini_root), targets=("cityscapes",), n_train=2, n_eval=2,
+                       steps=2)  # fmt: skip
+    sets = probe_sets(pcfg)
+    for bb in (resnet, sd):
+        r = probe_backbone(features_of(bb, "b", tmp_path / "cache"), sets, pcfg)
+        assert set(r) == {"source", "cityscapes", "target mean", "drop"}
+
+
+def test_feature_cache_keys_follow_weights_and_image_files(tiny_sd, mini_root, tmp_path):
+    import os
+    import shutil
+
+    from diffprompt.backbones.diffusion import DiffusionBackbone
+    from diffprompt.cache import FeatureCache, image_identity
+    from diffprompt.data import build_dataset
+    from diffprompt.probing import features_of
+
+    bb = DiffusionBackbone.from_pretrained(tiny_sd)
+    key = features_of(bb, "a").cache.backbone_key
+    with torch.no_grad():
+        next(bb.unet.parameters()).add_(1e-3)
+    assert features_of(bb, "b").cache.backbone_key != key  # new weights, new key
+    root = tmp_path / "data"
+    shutil.copytree(mini_root / "gta5", root / "gta5")
+    ds = build_dataset("gta5", "train", root)
+    before = image_identity(ds, 0)
+    path = ds.files[0][0]
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the image file changed
+    assert image_identity(ds, 0) != before
+    assert isinstance(features_of(bb, "c").cache, FeatureCache)
