@@ -178,11 +178,13 @@ class FeatureCache:
 
     def _lookup(self, group: str, sub: str, key: str) -> dict[str, Tensor] | None:
         entry = MEMORY.get((group, sub, key))
+        path = self._path(group, sub, key)
         if entry is None:
-            path = self._path(group, sub, key)
             if path is not None and path.is_file():
                 entry = load_file(path)
                 MEMORY.put((group, sub, key), entry)
+        elif path is not None and not path.is_file():
+            _save_atomic(entry, path)  # from another cache of the session: persist here too
         return entry
 
     def _store(self, group: str, sub: str, key: str, entry: dict[str, Tensor]) -> None:

@@ -218,6 +218,7 @@ def test_feature_cache_equals_direct_features_and_reads_disk(tiny_sd, mini_root,
 
     m = build_model(TrainConfig(model=str(tiny_sd), prompt_mode="fixed"))
     ds = build_dataset("gta5", "train", mini_root)
+    C.FeatureCache(m).get(ds, [0])  # in memory only: a later cache with a folder persists it
     fc = C.FeatureCache(m, tmp_path / "cache", batch_size=2)
     got = fc.get(ds, [0, 1, 2])
     with torch.no_grad():
