@@ -1,16 +1,23 @@
 # diffprompt: the verbs of the project, as a dependency graph.
-#   make main   set up .venv, generate the embedded miniature, run the main job
+#   make paper  set up .venv, generate the embedded miniature, run every notebook with
+#               papermill (executed copies in results/runs/) and assemble the paper's tables
 #   make test   set up .venv, lint, check notebooks, run the test suite
-# Real data and weights pass through variables, e.g.
-#   make main DATA_ROOT=/datasets
+# Each executed notebook depends on its notebook, the package modules it runs and its
+# inputs, so only what changed reruns. Real data and weights pass through variables, e.g.
+#   make paper DATA_ROOT=/datasets MODEL=stable-diffusion-v1-5/stable-diffusion-v1-5 PRESET=paper
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PAPERMILL := $(VENV)/bin/papermill --log-output
 DATA_ROOT ?= miniature
+MODEL ?= toy-sd
+PRESET ?=
+DEVICE ?= auto
 RUNS := results/runs
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 
-.PHONY: setup main data test lint format notebooks clean distclean embedded-model evidence
+.PHONY: setup main paper data test lint format notebooks clean clean-runs distclean \
+	embedded-model evidence bench
 .DELETE_ON_ERROR:
 
 $(VENV)/.installed: pyproject.toml
@@ -21,20 +28,66 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# the embedded miniature (regenerated only when the generator or its parameters change)
-data: setup
+# the embedded miniature (regenerated only when the generator changes)
 ifeq ($(DATA_ROOT),miniature)
+DATA := data/miniature/toyworld.json
+$(DATA): diffprompt/data/toyworld.py | setup
 	$(PY) -m diffprompt.data.toyworld
 else
-	@echo "data root: $(DATA_ROOT) (the miniature is not needed)"
+DATA :=
 endif
+data: setup $(DATA)
 
-# the main job on the embedded default (for now: the data notebook)
-main: setup data $(RUNS)/00_data.ipynb
+# what every run imports, and the bundled model
+CORE := $(wildcard diffprompt/*.py diffprompt/data/*.py diffprompt/backbones/*.py) \
+	$(wildcard diffprompt/assets/toy-sd/*/*)
+COMMON := -p data_root $(DATA_ROOT) -p device $(DEVICE)
+WITH_MODEL := $(COMMON) -p model $(MODEL)
+EXEC := $(RUNS)/00_data.ipynb $(RUNS)/01_feature_probing.ipynb \
+	$(RUNS)/02_dg_training_gta5.ipynb $(RUNS)/02_dg_training_synthia.ipynb \
+	$(RUNS)/03_tta.ipynb $(RUNS)/04_prompt_ablations.ipynb $(RUNS)/05_paper_tables.ipynb
 
-$(RUNS)/00_data.ipynb: notebooks/00_data.ipynb diffprompt/data/toyworld.py diffprompt/domain_gap.py | setup
+# the main job: every notebook on the embedded default, then the paper's tables
+paper: setup data $(EXEC)
+main: paper
+
+$(RUNS)/00_data.ipynb: notebooks/00_data.ipynb $(CORE) $(DATA) | setup
 	@mkdir -p $(RUNS)
-	$(VENV)/bin/papermill --log-output notebooks/00_data.ipynb $@ -p data_root $(DATA_ROOT)
+	$(PAPERMILL) $< $@ $(COMMON)
+
+$(RUNS)/01_feature_probing.ipynb: notebooks/01_feature_probing.ipynb $(CORE) $(DATA) | setup
+	@mkdir -p $(RUNS)
+	$(PAPERMILL) $< $@ $(WITH_MODEL)
+
+$(RUNS)/02_dg_training_gta5.ipynb: notebooks/02_dg_training.ipynb $(CORE) $(DATA) | setup
+	@mkdir -p $(RUNS)
+	$(PAPERMILL) $< $@ $(WITH_MODEL) -p preset "$(PRESET)" -p source gta5
+
+$(RUNS)/02_dg_training_synthia.ipynb: notebooks/02_dg_training.ipynb $(CORE) $(DATA) | setup
+	@mkdir -p $(RUNS)
+	$(PAPERMILL) $< $@ $(WITH_MODEL) -p preset "$(PRESET)" -p source synthia \
+		-y "targets: [cityscapes]"
+
+$(RUNS)/03_tta.ipynb: notebooks/03_tta.ipynb $(CORE) $(DATA) | setup
+	@mkdir -p $(RUNS)
+	$(PAPERMILL) $< $@ $(WITH_MODEL) -p preset "$(PRESET)" -p source cityscapes \
+		-p target adverse
+
+# after notebook 02 (order only): the ablation's method cells reuse its cached features
+$(RUNS)/04_prompt_ablations.ipynb: notebooks/04_prompt_ablations.ipynb $(CORE) $(DATA) \
+		| setup $(RUNS)/02_dg_training_gta5.ipynb
+	@mkdir -p $(RUNS)
+	$(PAPERMILL) $< $@ $(WITH_MODEL)
+
+$(RUNS)/05_paper_tables.ipynb: notebooks/05_paper_tables.ipynb diffprompt/paper.py \
+		$(RUNS)/01_feature_probing.ipynb $(RUNS)/02_dg_training_gta5.ipynb \
+		$(RUNS)/02_dg_training_synthia.ipynb $(RUNS)/03_tta.ipynb \
+		$(RUNS)/04_prompt_ablations.ipynb | setup
+	$(PAPERMILL) $< $@ -p data_root $(DATA_ROOT) -p model $(MODEL)
+
+# the benchmark (results/bench/)
+bench: setup
+	$(PY) -m diffprompt.bench
 
 # regenerate the embedded model into diffprompt/assets/toy-sd (about 25 min on one H100,
 # hours on a CPU; resumable from results/runs/toy_sd), then measure it and rewrite its card
@@ -62,10 +115,14 @@ notebooks: setup
 	for f in $(NOTEBOOKS); do $(VENV)/bin/jupytext --to ipynb --update-metadata '{"kernelspec":{"name":"python3","display_name":"Python 3 (ipykernel)","language":"python"}}' "$$f"; done
 	$(VENV)/bin/nbstripout notebooks/*.ipynb
 
-# clean never deletes results
+# clean never deletes results: only tool caches (clean-runs also drops results/runs/, the
+# executed notebooks, DG checkpoints and the feature cache, so the next `make paper` reruns all)
 clean:
-	rm -rf .pytest_cache .ruff_cache $(RUNS)
+	rm -rf .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-distclean: clean
+clean-runs:
+	rm -rf $(RUNS)
+
+distclean: clean clean-runs
 	rm -rf $(VENV) data/miniature

@@ -95,8 +95,8 @@ def check_tta(cfg: TTAConfig, objectives: Sequence[str], modes: Sequence[str]) -
     from diffprompt.data import did_you_mean
 
     if cfg.target not in TARGETS:
-        raise ValueError(f"unknown target {cfg.target!r}; valid targets: {list(TARGETS)} or "
-                         f"'all'.{did_you_mean(cfg.target, TARGETS)}")  # fmt: skip
+        raise ValueError(f"unknown target {cfg.target!r}; valid targets: {list(TARGETS)}, 'all' "
+                         f"or {sorted(TARGET_GROUPS)}.{did_you_mean(cfg.target, TARGETS)}")  # fmt: skip
     for o in objectives:
         if o not in OBJECTIVES:
             raise ValueError(f"unknown TTA objective {o!r}; choose from {OBJECTIVES}")
@@ -116,11 +116,28 @@ def check_tta(cfg: TTAConfig, objectives: Sequence[str], modes: Sequence[str]) -
         raise ValueError(f"tent_scope must be 'all' or 'head', got {cfg.tent_scope!r}")
 
 
+#: Named groups of targets: ``adverse`` is the paper's clear-to-adverse benchmark.
+TARGET_GROUPS = {"adverse": ("acdc_fog", "acdc_night", "acdc_rain", "acdc_snow", "darkzurich")}
+
+
 def resolve_targets(target: str | Sequence[str]) -> list[str]:
-    """Return the targets of a run: ``"all"`` is every registered target."""
-    if isinstance(target, str):
-        return list(TARGETS) if target == "all" else [target]
-    return list(target)
+    """Return the targets of a run: ``"all"`` is every registered target, ``"adverse"`` ACDC
+    fog/night/rain/snow and Dark Zurich; an unknown name is an error listing the choices."""
+    names = [target] if isinstance(target, str) else list(target)
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            out += list(TARGETS)
+        elif name in TARGET_GROUPS:
+            out += list(TARGET_GROUPS[name])
+        elif name in TARGETS:
+            out.append(name)
+        else:
+            from diffprompt.data import did_you_mean
+
+            raise ValueError(f"unknown target {name!r}; valid targets: {list(TARGETS)}, 'all' "
+                             f"or {sorted(TARGET_GROUPS)}.{did_you_mean(name, TARGETS)}")  # fmt: skip
+    return list(dict.fromkeys(out))
 
 
 # ---------------------------------------------------------------------------------------

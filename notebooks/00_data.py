@@ -26,20 +26,20 @@
 # target, against the same CNN trained on each target's own labels.
 
 # %% tags=["parameters"]
-data_root = "miniature"  # "miniature" (embedded, generated on demand) or a data folder
-samples_per_domain = 2  # pictures per domain in the sample figure
-freq_images = 60  # images per domain counted for the class frequencies (0 = all)
-gap_source = "gta5"  # the CNN trained on this data set's "train" split
-gap_targets = ["cityscapes", "bdd100k", "mapillary", "acdc_fog", "acdc_night", "acdc_rain",
+data_root: str = "miniature"  # "miniature" (embedded, generated on demand) or a data folder
+samples_per_domain: int = 2  # pictures per domain in the sample figure
+freq_images: int = 60  # images per domain counted for the class frequencies (0: all)
+gap_source: str = "gta5"  # the CNN trained on this data set's "train" split
+gap_targets: list = ["cityscapes", "bdd100k", "mapillary", "acdc_fog", "acdc_night", "acdc_rain",
                "acdc_snow", "darkzurich"]  # fmt: skip
-gap_steps = 1000  # optimisation steps of every CNN
-gap_batch_size = 8  # images per step
-gap_input_scale = 1.0  # the CNN sees images resized by this factor
-gap_max_images = 0  # cap on training/evaluation images per set (0 = all; tests use a few)
-gap_reuse = True  # reuse a stored run with the same code, recipe and data (else retrain)
-seed = 0  # seeds the CNNs and the sampling of pictures
-device = "auto"  # where the CNNs train: "auto" (CUDA if present), "cpu", "cuda", ...
-results_dir = ""  # "" = results/ of the repository
+gap_steps: int = 1000  # optimisation steps of every CNN
+gap_batch_size: int = 8  # images per step
+gap_input_scale: float = 1.0  # the CNN sees images resized by this factor
+gap_max_images: int = 0  # cap on training/evaluation images per set (0: all; tests use a few)
+gap_reuse: bool = True  # reuse a stored run with the same code, recipe and data (else retrain)
+seed: int = 0  # seeds the CNNs and the sampling of pictures
+device: str = "auto"  # where the CNNs train: "auto" (CUDA if present), "cpu", "cuda", ...
+results_dir: str = ""  # "": results/ of the repository
 
 # %%
 from diffprompt.domain_gap import (

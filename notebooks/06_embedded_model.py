@@ -28,24 +28,24 @@
 # `retrain_dir`, and measures that one instead.
 
 # %% tags=["parameters"]
-model = "toy-sd"  # the bundled model, or a diffusers folder
-data_root = "miniature"  # "miniature" (embedded, generated on demand) or a data folder
-images = 32  # held-out images per measurement
-probe_steps = 300  # optimisation steps of each linear probe
-sample_steps = 30  # DDIM steps of the sampled images
-retrain = False  # regenerate the model first (see the recipe parameters below)
-retrain_dir = "results/runs/toy-sd"  # where a regenerated model is written
-vae_steps = 2000  # recipe of the bundled model (used only when retrain = True)
-unet_steps = 9000
-unet_stop = 8000
-unet_batch = 256
-height = 128  # training resolution: the miniature's image size
-width = 256
-max_images = 0  # cap on training images per data set (0 = all; tests use a few)
-device = "auto"  # where a retrain runs: "auto" (CUDA if present), "cpu", "cuda"
-compare_vaes = {}  # other VAEs to compare per class: {"name": "diffusers VAE folder"}
-seed = 0
-results_dir = ""  # "" = results/ of the repository
+model: str = "toy-sd"  # the bundled model, or a diffusers folder
+data_root: str = "miniature"  # "miniature" (embedded, generated on demand) or a data folder
+images: int = 32  # held-out images per measurement
+probe_steps: int = 300  # optimisation steps of each linear probe
+sample_steps: int = 30  # DDIM steps of the sampled images
+retrain: bool = False  # regenerate the model first (see the recipe parameters below)
+retrain_dir: str = "results/runs/toy-sd"  # where a regenerated model is written
+vae_steps: int = 2000  # VAE steps of the recipe (used only when retrain is True)
+unet_steps: int = 9000  # UNet schedule length of the recipe
+unet_stop: int = 8000  # UNet step the recipe stops at (0: the whole schedule)
+unet_batch: int = 256  # UNet batch size of the recipe
+height: int = 128  # training resolution: the miniature's image size
+width: int = 256  # training width
+max_images: int = 0  # cap on training images per data set (0: all; tests use a few)
+device: str = "auto"  # where a retrain runs: "auto" (CUDA if present), "cpu", "cuda"
+compare_vaes: dict = {}  # other VAEs to compare per class: {"name": "diffusers VAE folder"}
+seed: int = 0  # seeds training, probes and sampling
+results_dir: str = ""  # "": results/ of the repository
 
 # %%
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig

@@ -99,6 +99,11 @@ def test_targets_splits_and_errors(trained, mini_root):
     from diffprompt.data import DATASETS
 
     assert resolve_targets("all") == list(TARGETS) and resolve_targets("acdc_fog") == ["acdc_fog"]
+    assert resolve_targets("adverse") == ["acdc_fog", "acdc_night", "acdc_rain", "acdc_snow",
+                                          "darkzurich"]  # fmt: skip
+    assert resolve_targets(["adverse", "acdc_fog", "cityscapes"])[-1] == "cityscapes"  # no repeat
+    with pytest.raises(ValueError, match="valid targets.*Did you mean 'acdc_night'"):
+        resolve_targets("acdc_nite")
     assert fit_split(DATASETS["darkzurich"], mini_root)[0] == "train"  # unlabeled in reality
     assert fit_split(DATASETS["cityscapes"], mini_root)[1].startswith("train (labels unused")
     with pytest.raises(ValueError, match="valid targets.*Did you mean 'acdc_night'"):

@@ -1,0 +1,162 @@
+"""The paper's tables (notebook 05) from known input tables, and the JupyterLab explorer."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import papermill as pm
+import pytest
+
+from diffprompt.paper import PUBLISHED_ADVERSE, PUBLISHED_DG, TTA_TARGETS, paper_tables
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def inputs(tmp_path) -> Path:
+    """A results folder holding the five tables notebooks 01-04 write, with known values."""
+    t = tmp_path / "results" / "tables"
+    t.mkdir(parents=True)
+    pd.DataFrame({"backbone": ["diffusion (pretrained)", "supervised", "random"],
+                  "source": ["40.00 ± 1.00", "30.00 ± 0.50", "20.00 ± 0.10"],
+                  "cityscapes": ["35.00 ± 1.00", "25.00 ± 0.50", "18.00 ± 0.10"],
+                  "target mean": ["30.00 ± 1.00", "20.00 ± 0.50", "15.00 ± 0.10"],
+                  "drop": ["10.00 ± 0.20", "10.00 ± 0.30", "5.00 ± 0.00"],
+                  "seeds": [3, 3, 3]}).to_csv(t / "probe_backbones.csv", index=False)  # fmt: skip
+    pd.DataFrame({"target": ["gta5 (source val)", "cityscapes", "bdd100k", "mapillary"],
+                  "mIoU": [41.0, 39.5, 34.25, 32.0]}).to_csv(t / "dg_gta5_random_consistency_miou.csv",
+                                                             index=False)  # fmt: skip
+    pd.DataFrame({"target": ["synthia (source val)", "cityscapes"], "mIoU": [50.0, 27.5]}).to_csv(
+        t / "dg_synthia_random_consistency_miou.csv", index=False)  # fmt: skip
+    pd.DataFrame({"group": ["mode", "mode", "K"], "setting": ["null", "random_consistency", "4"],
+                  "cityscapes mean": [31.5, 30.25, 30.0], "cityscapes std": [1.5, 1.0, np.nan],
+                  "target mean mean": [24.0, 23.0, 23.5], "target mean std": [0.5, 0.25, np.nan],
+                  "seeds": [3, 3, 1]}).to_csv(t / "ablation_summary.csv", index=False)  # fmt: skip
+    summary = pd.DataFrame(
+        [[30.0, 20.0, 25.0, 15.0, 22.0], [31.0, 21.0, 25.0, 16.0, 23.0]],
+        index=["no adaptation", "TTA prompt: denoise"],
+        columns=list(TTA_TARGETS),
+    )
+    summary["mean"] = summary.mean(axis=1)
+    summary.to_csv(t / "tta_summary.csv")
+    return tmp_path / "results"
+
+
+def test_tables_take_the_measured_numbers_and_label_published_rows(inputs):
+    tables = paper_tables(inputs)
+    assert list(tables) == ["T1_backbones", "T2_dg", "T3_ablation", "T4_tta"]
+    t2, note = tables["T2_dg"]
+    ours = t2.iloc[0]
+    assert ours["rows"].startswith("measured (miniature, toy-sd)")
+    assert [ours["GTA5→Cityscapes"], ours["GTA5→BDD100K"], ours["GTA5→Mapillary"],
+            ours["SYNTHIA→Cityscapes (16)"]] == [39.5, 34.25, 32.0, 27.5]  # fmt: skip
+    published = t2[t2["rows"].str.startswith("published: ")]
+    assert len(published) == len(PUBLISHED_DG)
+    assert published.loc["Rein", "GTA5→BDD100K"] == 60.4
+    assert "not comparable" in note and "protocols differ" in note
+    t3, _ = tables["T3_ablation"]
+    assert t3.loc[("mode", "null"), "target mean"] == "24.00 ± 0.50"
+    assert t3.loc[("K", "4"), "cityscapes"] == "30.00"  # one seed: no std
+    t4, note4 = tables["T4_tta"]
+    measured = t4[t4["rows"].str.startswith("measured")]
+    assert measured.loc["TTA prompt: denoise", "mean"] == pytest.approx(23.2)
+    assert measured.loc["no adaptation", "setting"] == "DG"
+    assert len(t4) == 2 + len(PUBLISHED_ADVERSE)
+    assert t4.loc["this paper (DG), SD", "darkzurich"] == 37.0
+    assert "not comparable" in note4
+    t1, note1 = tables["T1_backbones"]
+    assert t1.loc["supervised", "target mean"] == "20.00 ± 0.50" and "no published" in note1
+
+
+def test_a_missing_input_names_the_notebook_to_run(inputs):
+    (inputs / "tables" / "ablation_summary.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="04_prompt_ablations"):
+        paper_tables(inputs)
+    (inputs / "tables" / "dg_synthia_random_consistency_miou.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="02_dg_training"):
+        paper_tables(inputs)
+
+
+def test_tta_summary_without_an_adverse_target_is_a_clear_error(inputs):
+    path = inputs / "tables" / "tta_summary.csv"
+    pd.read_csv(path, index_col=0).drop(columns="darkzurich").to_csv(path)
+    with pytest.raises(ValueError, match="target adverse"):
+        paper_tables(inputs)
+
+
+def test_paper_tables_notebook_writes_every_format_and_a_figure(inputs, tmp_path):
+    pm.execute_notebook(str(ROOT / "notebooks" / "05_paper_tables.ipynb"),
+                        str(tmp_path / "05.ipynb"), parameters=dict(results_dir=str(inputs)),
+                        kernel_name="python3", progress_bar=False)  # fmt: skip
+    manifest = json.loads((inputs / "manifests" / "05_paper_tables.json").read_text())
+    for name in ("T1_backbones", "T2_dg", "T3_ablation", "T4_tta"):
+        for ext in ("csv", "md", "tex"):
+            assert f"tables/paper_{name}.{ext}" in manifest["outputs"]
+        md = (inputs / "tables" / f"paper_{name}.md").read_text()
+        assert "not comparable" in md  # the note sits under the table
+        tex = (inputs / "tables" / f"paper_{name}.tex").read_text()
+        assert "\\toprule" in tex and "\\caption{" in tex
+    for ext in ("png", "pdf"):
+        assert (inputs / "figures" / f"paper_summary.{ext}").stat().st_size > 1000
+    t2 = pd.read_csv(inputs / "tables" / "paper_T2_dg.csv", index_col=0)
+    assert t2.loc["ours: random_consistency", "GTA5→Cityscapes"] == 39.5
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")),
+                         ids=lambda p: p.stem)  # fmt: skip
+def test_help_notebook_lists_every_parameter_with_type_and_help(path):
+    params = pm.inspect_notebook(str(path))
+    assert params
+    for name, p in params.items():
+        assert p["inferred_type_name"] not in ("None", ""), f"{path.name}: {name} has no type"
+        assert p["help"].strip(), f"{path.name}: {name} has no help"
+
+
+# ---------------------------------------------------------------------------------------
+# the explorer
+
+
+def test_explorer_callbacks_update_the_views(tiny_sd, mini_root):
+    import torch
+
+    from diffprompt.data import build_dataset
+    from diffprompt.train import TrainConfig, build_model
+    from diffprompt.viz import Explorer, feature_pca_image, to_uint8_image
+
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(model=str(tiny_sd), prompt_mode="fixed"))
+    sets = {"cityscapes": build_dataset("cityscapes", "val", mini_root),
+            "acdc_night": build_dataset("acdc_night", "val", mini_root)}  # fmt: skip
+    ex = Explorer(model, sets, "a photo of a street", timesteps=(1, 400))
+    assert ex.views == 1 and set(ex.current) == {"image", "label", "prediction", "pca"}
+    h, w = sets["cityscapes"][0]["image"].shape[-2:]
+    assert all(v.shape == (h, w, 3) and v.dtype == np.uint8 for v in ex.current.values())
+    assert all(im.value[:4] == b"\x89PNG" for im in ex.images.values())
+    first = ex.current
+    ex.timestep.value = 400  # the UNet at another timestep: other features
+    assert ex.views == 2 and not np.array_equal(ex.current["pca"], first["pca"])
+    assert np.array_equal(ex.current["image"], first["image"])
+    assert model.backbone.cfg.timesteps == (1,)  # restored after the view
+    ex.prompt.value = "a photo at night"
+    assert ex.views == 3 and "night" in ex.status.value
+    ex.index.value = 1
+    ex.dataset.value = "acdc_night"
+    assert ex.dataset.value in ex.status.value and ex.index.max == len(sets["acdc_night"]) - 1
+    ref = sets["acdc_night"][ex.index.value]["image"]
+    assert np.array_equal(ex.current["image"], to_uint8_image(ref))
+    # the PCA picture: three components of a map, each spanning [0, 255]
+    pca = feature_pca_image(torch.randn(8, 4, 6), size=(8, 12))
+    assert (
+        pca.shape == (8, 12, 3) and (pca.min((0, 1)) == 0).all() and (pca.max((0, 1)) == 255).all()
+    )
+
+
+def test_explorer_is_lazy_about_ipywidgets():
+    import subprocess
+    import sys
+
+    code = ("import sys, diffprompt.viz, diffprompt.paper, diffprompt.tta; "
+            "print('ipywidgets' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
