@@ -33,6 +33,7 @@ ifeq ($(DATA_ROOT),miniature)
 DATA := data/miniature/toyworld.json
 $(DATA): diffprompt/data/toyworld.py | setup
 	$(PY) -m diffprompt.data.toyworld
+	@touch $@
 else
 DATA :=
 endif

@@ -247,14 +247,14 @@ def prompt_sensitivity(base: TrainConfig, indices: Sequence[int] = range(16),
     from diffprompt.data import build_dataset
     from diffprompt.data.transforms import Compose, Resize, ToFloat
     from diffprompt.paths import resolve_data_root
-    from diffprompt.train import build_backbone, build_model, prompt_pool
+    from diffprompt.train import build_backbone, build_model, prompt_pool, source_split
 
     bb = backbone if backbone is not None else build_backbone(base, _device(base))
     folder = cache_dir(results_dir)
     models = {m: build_model(dataclasses.replace(base, prompt_mode=m), bb.unet.device, bb)
               for m in ("fixed", "category", "null")}  # fmt: skip
     caches = {m: FeatureCache(mod, folder) for m, mod in models.items()}
-    ds = build_dataset(base.source, base.source_split, resolve_data_root(base.data_root),
+    ds = build_dataset(base.source, source_split(base), resolve_data_root(base.data_root),
                        transform=Compose([Resize(base.train_size), ToFloat()]) if base.train_size else None)  # fmt: skip
     idx = [i for i in indices if i < len(ds)]
     ref = caches["fixed"].get(ds, idx)

@@ -279,3 +279,42 @@ def paper_figure(tables: Mapping[str, tuple[pd.DataFrame, str]]):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook parameters (for the README)
+# ---------------------------------------------------------------------------------------
+
+
+def notebook_parameters(path: str | os.PathLike) -> pd.DataFrame:
+    """Return a notebook's parameters as papermill infers them (``papermill --help-notebook``):
+    name, type, default and help, one row each."""
+    import papermill as pm
+
+    rows = [{"parameter": f"`{n}`", "type": p["inferred_type_name"], "default": f"`{p['default']}`",
+             "help": p["help"]} for n, p in pm.inspect_notebook(str(path)).items()]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def parameters_markdown(folder: str | os.PathLike) -> str:
+    """Return a Markdown section per notebook of ``folder`` with its parameter table."""
+    parts = []
+    for path in sorted(Path(folder).glob("[0-9][0-9]_*.ipynb")):
+        table = notebook_parameters(path).to_markdown(index=False)
+        parts.append(f"<details><summary><code>{path.stem}</code></summary>\n\n{table}\n\n"
+                     "</details>")  # fmt: skip
+    return "\n\n".join(parts) + "\n"
+
+
+def update_readme_parameters(readme: str | os.PathLike | None = None) -> Path:
+    """Rewrite the README's parameter section (between ``<!-- params:begin -->`` and
+    ``<!-- params:end -->``) from the notebooks."""
+    from diffprompt.paths import REPO_ROOT
+    from diffprompt.results import atomic_write_text
+
+    path = Path(readme) if readme else REPO_ROOT / "README.md"
+    text = path.read_text()
+    head, rest = text.split("<!-- params:begin -->\n")
+    _, tail = rest.split("<!-- params:end -->")
+    body = parameters_markdown(path.parent / "notebooks")
+    return atomic_write_text(path, f"{head}<!-- params:begin -->\n{body}<!-- params:end -->{tail}")

@@ -143,7 +143,7 @@ class TrainConfig:
 
     # --- data
     source: str = "gta5"  # registry name of the source domain
-    source_split: str = "train"
+    source_split: str = "train"  # "train" reads "all" where a data set has no splits (SYNTHIA)
     targets: tuple[str, ...] = DEFAULT_TARGETS  # evaluated after training
     target_split: str = "val"
     eval_source: bool = True  # also evaluate the source's val split (in-domain reference)
@@ -184,7 +184,7 @@ class TrainConfig:
     head_width: int = 32  # semantic-branch channels (mmseg: 128)
     dropout: float = 0.1
     # --- optimisation
-    steps: int = 150  # optimizer steps
+    steps: int = 120  # optimizer steps
     batch_size: int = 8  # images per optimizer step (all processes and accumulation)
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-2  # AdamW (VPD: 8e-5 at batch 16 with a fine-tuned UNet)
@@ -252,6 +252,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         log_every=50,
     ),  # fmt: skip
 }
+
+
+def source_split(cfg: TrainConfig) -> str:
+    """Return the split a run trains on: ``cfg.source_split``, except that "train" of a data
+    set without a train split (SYNTHIA-RAND-CITYSCAPES has none: the DG literature trains on
+    all of it) is its only split, "all"."""
+    from diffprompt.data import DEFAULT_SPLIT, SPLITS
+
+    if cfg.source_split == "train" and "train" not in SPLITS.get(cfg.source, ("train",)):
+        return DEFAULT_SPLIT[cfg.source]
+    return cfg.source_split
 
 
 def apply_preset(cfg: TrainConfig, preset: str) -> TrainConfig:
@@ -523,14 +534,15 @@ class Trainer:
         self.micro = cfg.batch_size // (self.acc.num_processes * cfg.grad_accum)
         self.device = self.acc.device
         self.root = resolve_data_root(cfg.data_root)
-        self.source = build_dataset(cfg.source, cfg.source_split, self.root,
+        split = source_split(cfg)
+        self.source = build_dataset(cfg.source, split, self.root,
                                     transform=self._base_transform())  # fmt: skip
         if not self.source.labeled:
-            raise ValueError(f"the source split {cfg.source}/{cfg.source_split} has no labels")
+            raise ValueError(f"the source split {cfg.source}/{split} has no labels")
         n = len(self.source) if not cfg.max_train_images else min(cfg.max_train_images,
                                                                   len(self.source))  # fmt: skip
         if n == 0:
-            raise ValueError(f"the source split {cfg.source}/{cfg.source_split} is empty")
+            raise ValueError(f"the source split {cfg.source}/{split} is empty")
         self.train_indices = list(range(n))
         self.model = build_model(cfg, self.device, backbone)
         self.multiple = getattr(self.model.backbone, "multiple", 1)

@@ -30,8 +30,16 @@ data_root: str = "miniature"  # "miniature" (embedded, generated on demand) or a
 samples_per_domain: int = 2  # pictures per domain in the sample figure
 freq_images: int = 60  # images per domain counted for the class frequencies (0: all)
 gap_source: str = "gta5"  # the CNN trained on this data set's "train" split
-gap_targets: list = ["cityscapes", "bdd100k", "mapillary", "acdc_fog", "acdc_night", "acdc_rain",
-               "acdc_snow", "darkzurich"]  # fmt: skip
+gap_targets: list = [
+    "cityscapes",
+    "bdd100k",
+    "mapillary",
+    "acdc_fog",
+    "acdc_night",
+    "acdc_rain",
+    "acdc_snow",
+    "darkzurich",
+]  # the data sets the source-trained CNN is tested on
 gap_steps: int = 1000  # optimisation steps of every CNN
 gap_batch_size: int = 8  # images per step
 gap_input_scale: float = 1.0  # the CNN sees images resized by this factor

@@ -32,23 +32,31 @@
 
 # %% tags=["parameters"]
 source: str = "gta5"  # the probe is trained on this domain's train split only
-targets: list = ["cityscapes", "bdd100k", "mapillary", "acdc_fog", "acdc_night", "acdc_rain",
-                 "acdc_snow", "darkzurich"]  # targets of the backbone table  # fmt: skip
+targets: list = [
+    "cityscapes",
+    "bdd100k",
+    "mapillary",
+    "acdc_fog",
+    "acdc_night",
+    "acdc_rain",
+    "acdc_snow",
+    "darkzurich",
+]  # targets of the backbone table
 sweep_targets: list = ["cityscapes", "acdc_night"]  # targets of the sweeps
 data_root: str = "miniature"  # "miniature" (embedded) or a data folder
 model: str = "toy-sd"  # the embedded diffusion model (its UNet gives the three variants)
 real_backbones: list = []  # hub ids or folders of real backbones to add (needs their weights)
 seeds: list = [0, 1, 2]  # probe seeds of the backbone table (sweeps use the first)
-n_train: int = 64  # source images the probe is fitted on
-n_eval: int = 12  # images of the source val split and of each target
+n_train: int = 48  # source images the probe is fitted on
+n_eval: int = 10  # images of the source val split and of each target
 sweep_train: int = 32  # source images the probes of the sweeps are fitted on
-steps: int = 150  # probe optimisation steps
+steps: int = 80  # probe optimisation steps
 lr: float = 0.01  # AdamW learning rate of the probe
-supervised_steps: int = 50  # steps of the supervised UNet variants (end to end)
+supervised_steps: int = 40  # steps of the supervised UNet variants (end to end)
 supervised_batch: int = 4  # their batch size (random 64x128 crops)
-timesteps: list = [1, 200, 400]  # timestep sweep, without noise
+timesteps: list = [1, 400]  # timestep sweep, without noise
 noise_timesteps: list = [400]  # timestep sweep with the latent noised to t
-gap_images: int = 12  # images per domain for CKA and MMD
+gap_images: int = 10  # images per domain for CKA and MMD
 pca_map: str = "s1"  # the map shown in the PCA figure
 device: str = "auto"  # "auto", "cpu", "cuda", ...
 results_dir: str = ""  # results folder ("": results/ of the repository)

@@ -50,7 +50,7 @@ consistency_weight: float = 1.0  # lambda, weight of the consistency term
 consistency: str = "js"  # "js" (Jensen-Shannon) or "sym_kl" (symmetric KL)
 vocabulary_size: int = 0  # descriptors per vocabulary key (0: all)
 prompt_pool: int = 4  # prompts drawn once to randomize over (0: fresh prompts every step)
-steps: int = 150  # optimizer steps
+steps: int = 120  # optimizer steps
 batch_size: int = 8  # images per step
 lr: float = 0.01  # AdamW learning rate of the head
 max_train_images: int = 64  # first N source images (0: all)
@@ -61,6 +61,7 @@ device: str = "auto"  # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", ...
 num_processes: int = 1  # above 1: train with accelerate's notebook launcher on N processes
 retrain: bool = False  # train again even if a finished run of this configuration exists
 seed: int = 0  # seeds the head, the batch order and the flips
+explore: bool = False  # show the ipywidgets explorer at the end (JupyterLab)
 results_dir: str = ""  # results folder ("": results/ of the repository)
 
 # %%
@@ -132,3 +133,16 @@ run.figure(fig, f"dg_{tag}_predictions", formats=("png",), dpi=90)
 run.finish(config=config_dict(trainer.cfg), config_hash=trainer.hash,
            checkpoint=str(dg_run_dir(cfg, results_dir or None).name),
            training_seconds=round(trainer.state.seconds, 1))  # fmt: skip
+
+# %% [markdown]
+# ## Explore (JupyterLab)
+# With `explore = True`: choose a target and an image, a scene prompt and a UNet timestep;
+# the explorer shows the prediction overlay and a PCA of the features.
+
+# %%
+if explore:
+    from IPython.display import display
+
+    from diffprompt.viz import Explorer
+
+    display(Explorer(trainer.model, sets, scene_text=scene_text).widget)

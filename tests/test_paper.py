@@ -111,6 +111,7 @@ def test_help_notebook_lists_every_parameter_with_type_and_help(path):
     for name, p in params.items():
         assert p["inferred_type_name"] not in ("None", ""), f"{path.name}: {name} has no type"
         assert p["help"].strip(), f"{path.name}: {name} has no help"
+        assert "fmt:" not in p["help"], f"{path.name}: {name}: a formatter comment as help"
 
 
 # ---------------------------------------------------------------------------------------
@@ -160,3 +161,14 @@ def test_explorer_is_lazy_about_ipywidgets():
             "print('ipywidgets' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_readme_lists_every_notebook_parameter():
+    from diffprompt.paper import parameters_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- params:begin -->\n")[1].split("<!-- params:end -->")[0]
+    assert section == parameters_markdown(ROOT / "notebooks"), (
+        "README's parameter list is stale: python -c 'from diffprompt.paper import "
+        "update_readme_parameters as u; u()'"
+    )

@@ -94,6 +94,14 @@ def test_poly_schedule_warms_up_then_decays_to_zero():
 # configuration
 
 
+def test_synthia_trains_on_its_only_split():
+    from diffprompt.train import source_split
+
+    assert source_split(TrainConfig(source="synthia")) == "all"  # no official split
+    assert source_split(TrainConfig(source="gta5")) == "train"
+    assert source_split(TrainConfig(source="cityscapes", source_split="val")) == "val"
+
+
 def test_modes_set_k_and_lambda():
     base = TrainConfig(num_prompts=3, consistency_weight=2.0)
     got = {m: effective_prompts(dataclasses.replace(base, prompt_mode=m)) for m in PROMPT_MODES}
