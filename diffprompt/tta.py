@@ -60,15 +60,15 @@ class TTAConfig:
     """How the scene prompt is learned on the target (a comment per default; all ours)."""
 
     target: str = "acdc_night"
-    steps: int = 10  # optimisation steps (offline) or updates per batch x batches (online)
+    steps: int = 6  # optimisation steps (offline) or updates per batch x batches (online)
     lr: float = 1e-3  # Adam on the word embeddings (1e-2 moved them 2-3x their norm in 10
     #                   steps on the embedded model; 1e-3 about 0.4x)
-    fit_images: int = 16  # unlabeled target images the prompt is fitted on (0 = all)
+    fit_images: int = 12  # unlabeled target images the prompt is fitted on (0 = all)
     batch_size: int = 2
-    eval_images: int = 30  # labeled target images evaluated (0 = all)
+    eval_images: int = 16  # labeled target images evaluated (0 = all)
     entropy_weight: float = 1.0  # weight of the entropy term in "both"
     denoise_t: tuple[int, int] = (0, 1000)  # timesteps of the denoising loss, [low, high)
-    eval_every: int = 5  # mIoU every N steps for the curve (0 = only before and after)
+    eval_every: int = 0  # mIoU every N steps for the curve (0 = only before and after)
     online_steps: int = 1  # updates per streamed batch (online mode)
     tent_scope: str = "all"  # TENT's normalisation layers: "all" (head and UNet) or "head"
     gradient_checkpointing: bool = False  # trade compute for memory in the UNet (full size)

@@ -138,6 +138,9 @@ class DiffusionBackbone(nn.Module):
             raise ValueError(f"blocks {bad} do not exist: this UNet has up_blocks 0..{n_up - 1}")
         self.blocks = tuple(sorted(set(blocks)))
         self._capture = _Capture()
+        #: stop the UNet after the last block read (the fast path); False runs every block
+        #: and the output layers, as a plain diffusers forward (the naive reference path)
+        self.truncate = True
         self._hooks: list = []
         self._install_hooks()
         if frozen:
@@ -246,7 +249,7 @@ class DiffusionBackbone(nn.Module):
                 if not cap.active:  # the UNet used directly (e.g. a denoising loss)
                     return
                 cap.feats[i] = x
-                if cap.stop_after == i:
+                if cap.stop_after == i and self.truncate:
                     raise _StopUNet
 
             if ups:  # the block's features before its upsampler
