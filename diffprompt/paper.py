@@ -169,7 +169,9 @@ def t3_ablation(results_dir=None, data_root: str = "miniature",
     for n in names:
         out[n] = [_pm(m, s) for m, s in zip(df[f"{n} mean"], df[f"{n} std"], strict=True)]
     out["seeds"] = df["seeds"]
-    out = out.set_index(["group", "setting"])
+    out.insert(0, "cell", [s if g == "mode" else f"{g} = {s}"
+                           for g, s in zip(out["group"], out["setting"], strict=True)])  # fmt: skip
+    out = out.set_index("cell")
     note = _note(
         "T3. Prompt ablation: every cell is a DG training run on the source, mean ± std of mIoU "
         "(%) over seeds. Modes: null (empty prompt), category (class tokens only), fixed (one "
@@ -253,9 +255,9 @@ def paper_figure(tables: Mapping[str, tuple[pd.DataFrame, str]]):
     t3 = tables["T3_ablation"][0]
     ms = [_mean_std(v) for v in t3["target mean"]]
     ax = axes[1]
-    labels = [f"{s}" if g == "mode" else f"{g}={s}" for g, s in t3.index]
+    labels = list(t3.index)
     colors = ["C1" if s == "random_consistency" else "C0" if g == "mode" else "C2"
-              for g, s in t3.index]  # fmt: skip
+              for g, s in zip(t3["group"], t3["setting"], strict=True)]  # fmt: skip
     ax.bar(range(len(t3)), [m for m, _ in ms], yerr=[s for _, s in ms], capsize=3, color=colors)
     ax.set_xticks(range(len(t3)), labels, rotation=35, ha="right", fontsize=8)
     lo = min(m - s for m, s in ms)

@@ -137,7 +137,8 @@ class Run:
         """Write a pandas DataFrame as tables/<name>.csv, .md and .tex. Returns the CSV path."""
         base = self.root / "tables" / name
         csv = atomic_write_text(base.with_suffix(".csv"), df.to_csv(float_format=float_format))
-        md_text = df.to_markdown(floatfmt=float_format.strip("%"))
+        shown = df.astype(object).where(df.notna(), None)  # missing values as "--"
+        md_text = shown.to_markdown(floatfmt=float_format.strip("%"), missingval="--")
         if caption:
             md_text = md_text + "\n\n" + caption + "\n"
         atomic_write_text(base.with_suffix(".md"), md_text + "\n")

@@ -150,7 +150,8 @@ def test_tta_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
     pm.execute_notebook(
         str(ROOT / "notebooks" / "03_tta.ipynb"),
         str(tmp_path / "03.ipynb"),
-        parameters=dict(target="acdc_fog", data_root=str(mini_root), model=str(tiny_sd), steps=2,
+        parameters=dict(target="acdc_fog", objectives=["denoise", "entropy", "both"],
+                        data_root=str(mini_root), model=str(tiny_sd), steps=2,
                         fit_images=2, batch_size=2, eval_images=2, eval_every=1, dg_steps=2,
                         dg_batch_size=2, results_dir=str(out)),
         kernel_name="python3",
