@@ -39,8 +39,10 @@ DATA :=
 endif
 data: setup $(DATA)
 
-# what every run imports, and the bundled model
-CORE := $(wildcard diffprompt/*.py diffprompt/data/*.py diffprompt/backbones/*.py) \
+# what notebooks 00-04 run, and the bundled model (paper.py feeds notebook 05 only; bench.py
+# and fastpath.py no notebook)
+CORE := $(filter-out diffprompt/paper.py diffprompt/bench.py diffprompt/fastpath.py, \
+	$(wildcard diffprompt/*.py diffprompt/data/*.py diffprompt/backbones/*.py)) \
 	$(wildcard diffprompt/assets/toy-sd/*/*)
 COMMON := -p data_root $(DATA_ROOT) -p device $(DEVICE)
 WITH_MODEL := $(COMMON) -p model $(MODEL)

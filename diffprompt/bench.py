@@ -282,8 +282,9 @@ def child_features_fullsize() -> dict:
     dev = resolve_device("auto")
     with tempfile.TemporaryDirectory() as tmp:
         bb = sd15_backbone(tmp, FeatureConfig()).to(dev)
+    bb.requires_grad_(False)  # frozen, as in DG training and feature extraction
     prompts = Prompts(bb.text_encoder, bb.tokenizer, CLASSES,
-                      PromptConfig(mode="scene", num_templates=4))  # fmt: skip
+                      PromptConfig(mode="scene", num_templates=4, adapter=False))  # fmt: skip
     head = SemanticFPN(bb.feature_channels, bb.feature_strides, 19, 256, 128)
     model = SegModel(bb, head, prompts).to(dev).eval()
     images = torch.rand(2, 3, 512, 512, generator=torch.Generator().manual_seed(0)).to(dev)

@@ -248,7 +248,8 @@ def paper_figure(tables: Mapping[str, tuple[pd.DataFrame, str]]):
     ax = axes[0]
     ax.bar(range(len(t1)), [m for m, _ in ms], yerr=[s for _, s in ms], capsize=3,
            color=["C0"] + ["C7"] * (len(t1) - 1))  # fmt: skip
-    ax.set_xticks(range(len(t1)), [str(i).replace(" + ", "\n+ ") for i in t1.index], fontsize=8)
+    ax.set_xticks(range(len(t1)), [str(i).replace(" + ", "\n+ ").replace(" (", "\n(")
+                                   for i in t1.index], fontsize=8)  # fmt: skip
     ax.set_ylabel("target mean mIoU (%)")
     ax.set_title("T1 · linear probe, frozen backbone")
 
