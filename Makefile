@@ -89,7 +89,7 @@ $(RUNS)/05_paper_tables.ipynb: notebooks/05_paper_tables.ipynb diffprompt/paper.
 	$(PAPERMILL) $< $@ -p data_root $(DATA_ROOT) -p model $(MODEL)
 
 # the benchmark (results/bench/)
-bench: setup
+bench: setup data
 	$(PY) -m diffprompt.bench
 
 # regenerate the embedded model into diffprompt/assets/toy-sd (about 25 min on one H100,
