@@ -116,8 +116,9 @@ def machine() -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def child_tta_fullsize(checkpointing: bool = True, steps: int = 2) -> dict:
-    """One full-size TTA step per objective at 512x512, batch 1, on the CPU (or the GPU)."""
+def child_tta_fullsize(checkpointing: bool = True, steps: int = 2, miniature: bool = False) -> dict:
+    """One full-size TTA step per objective at 512x512, batch 1, on the CPU (or the GPU);
+    ``miniature``: the same step of the bundled model at the miniature's 128x256."""
     from diffprompt.backbones.diffusion import FeatureConfig
     from diffprompt.heads import SemanticFPN
     from diffprompt.labels import CLASSES
@@ -127,12 +128,20 @@ def child_tta_fullsize(checkpointing: bool = True, steps: int = 2) -> dict:
     from diffprompt.tta import denoising_loss, entropy
 
     dev = resolve_device("auto")
-    with tempfile.TemporaryDirectory() as tmp:
-        bb = sd15_backbone(tmp, FeatureConfig()).to(dev)
+    if miniature:
+        from diffprompt.backbones.diffusion import DiffusionBackbone
+
+        bb = DiffusionBackbone.from_pretrained("toy-sd", FeatureConfig()).to(dev)
+        size, widths = (128, 256), (32, 32)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            bb = sd15_backbone(tmp, FeatureConfig()).to(dev)
+        size, widths = (512, 512), (256, 128)
+    bb.requires_grad_(False)
     prompts = Prompts(bb.text_encoder, bb.tokenizer, CLASSES,
                       PromptConfig(mode="scene", learnable_scene=True, adapter=False,
                                    num_templates=1))  # fmt: skip
-    head = SemanticFPN(bb.feature_channels, bb.feature_strides, 19, 256, 128)
+    head = SemanticFPN(bb.feature_channels, bb.feature_strides, 19, *widths)
     model = SegModel(bb, head, prompts).to(dev).eval()
     words = prompts.scene_prompt.words
     words.requires_grad_(True)
@@ -140,7 +149,7 @@ def child_tta_fullsize(checkpointing: bool = True, steps: int = 2) -> dict:
         bb.unet.enable_gradient_checkpointing()
         bb.unet.train()
     opt = torch.optim.Adam([words], lr=1e-3)
-    x = torch.rand(1, 3, 512, 512)
+    x = torch.rand(1, 3, *size)
     z = bb.encode(x.to(dev))
     after_load = peak_rss_gb()
     out = {"weights_gb": sum(p.numel() * p.element_size() for p in model.parameters()) / GB,
@@ -302,6 +311,24 @@ def child_features_fullsize() -> dict:
         flops = fc.get_total_flops()
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
         secs = _timed(lambda: (bb.unet(z, t, ctx), sync()), 2)
+        feats = bb(None, ctx, latents=z)
+    # a DG step of the paper preset (features online every step): the feature pass measured
+    # above (VAE + truncated UNet, cached text; naive: everything) + the head's step, measured
+    opt = torch.optim.AdamW(head.parameters(), lr=8e-5)
+    labels = torch.randint(0, 19, (1, 512, 512), generator=torch.Generator().manual_seed(0))
+
+    def head_step():
+        loss = torch.nn.functional.cross_entropy(model.decode(feats, (512, 512)), labels.to(dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sync()
+
+    head.train()
+    head_s = _timed(head_step, 2)
+    out.update(head_step_s=head_s, dg_step_fast_s=1 / out["fast_first_pass_img_s"] + head_s,
+               dg_step_naive_s=1 / out["naive_img_s"] + head_s)  # fmt: skip
+    out["dg_step_fast_over_naive"] = out["dg_step_naive_s"] / out["dg_step_fast_s"]
     peak = gemm_peak(device=dev)
     out.update(unet_gflop=flops / 1e9, unet_forward_s=secs, unet_gflop_s=flops / secs / 1e9,
                gemm_peak_gflop_s=peak / 1e9, unet_fraction_of_gemm_peak=flops / secs / peak,
@@ -388,6 +415,7 @@ CHILDREN: dict[str, Callable[[], dict]] = {
     "dg_step_miniature": child_dg_step_miniature,
     "tta_miniature": child_tta_miniature,
     "bf16_miniature": child_bf16_miniature,  # after tta_miniature: reuses its DG model
+    "tta_step_miniature": lambda: child_tta_fullsize(checkpointing=False, steps=3, miniature=True),
     "tta_fullsize": lambda: child_tta_fullsize(checkpointing=True, steps=1),
     "tta_fullsize_no_ckpt": lambda: child_tta_fullsize(checkpointing=False, steps=1),
 }
