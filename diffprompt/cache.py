@@ -70,6 +70,22 @@ def image_identity(dataset, index: int) -> dict:
     return ident
 
 
+def noise_seed(dataset, index: int, seed: int = 0) -> int:
+    """Return the seed of image ``index``'s noise: from what names the image independently of
+    where the data lives (data set class, split, file path below the root, index), so that
+    noised features are the same in every clone and data location."""
+    files = getattr(dataset, "files", None)
+    ident = {"dataset": type(dataset).__name__, "split": getattr(dataset, "split", None),
+             "index": index}  # fmt: skip
+    if files is not None:
+        path = Path(files[index][0])
+        try:
+            ident["file"] = path.relative_to(Path(dataset.root)).as_posix()
+        except (AttributeError, TypeError, ValueError):
+            ident["file"] = path.name
+    return int(_digest(ident)[:12], 16) ^ int(seed)
+
+
 class _Memory:
     """A least-recently-used store of cache entries with a byte budget, shared by every
     FeatureCache of the process (so runs in one session reuse each other's maps)."""
@@ -234,7 +250,7 @@ class FeatureCache:
         self.misses += len(todo)
         bb = self.model.backbone
         noise = bool(getattr(getattr(bb, "cfg", None), "noise", False))
-        step = 1 if noise else self.batch_size  # noise per image, seeded by the image key
+        step = 1 if noise else self.batch_size  # noise per image, seeded by noise_seed
         for s in range(0, len(todo), step):
             part = todo[s : s + step]
             idx = [indices[j] for j in part]
@@ -246,8 +262,9 @@ class FeatureCache:
                     z = self.latents(dataset, idx) if self.latent_key else None
                     gen = None
                     if noise:
-                        seed = int(keys[part[0]][:12], 16) ^ int(bb.cfg.seed)
-                        gen = torch.Generator().manual_seed(seed)
+                        gen = torch.Generator().manual_seed(
+                            noise_seed(dataset, idx[0], bb.cfg.seed)
+                        )
                     x = None if z is not None else torch.stack([dataset[i]["image"] for i in idx])
                     f = bb(x, ctx.expand(len(idx), -1, -1), generator=gen, latents=z)
             for n, j in enumerate(part):

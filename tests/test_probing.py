@@ -131,4 +131,10 @@ def test_feature_cache_keys_follow_weights_and_image_files(tiny_sd, mini_root, t
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the image file changed
     assert image_identity(ds, 0) != before
+    # the noise seed names the image, not where it lives: equal in another data location
+    from diffprompt.cache import noise_seed
+
+    here = build_dataset("gta5", "train", mini_root)
+    assert noise_seed(ds, 0, 3) == noise_seed(here, 0, 3) != noise_seed(here, 1, 3)
+    assert image_identity(ds, 0)["file"] != image_identity(here, 0)["file"]
     assert isinstance(features_of(bb, "c").cache, FeatureCache)
