@@ -70,6 +70,11 @@ def image_identity(dataset, index: int) -> dict:
     return ident
 
 
+#: Version of :func:`noise_seed`'s scheme (part of every cache key: entries noised under an
+#: older scheme are never read).
+NOISE_SEED_VERSION = 2
+
+
 def noise_seed(dataset, index: int, seed: int = 0) -> int:
     """Return the seed of image ``index``'s noise: from what names the image independently of
     where the data lives (data set class, split, file path below the root, index), so that
@@ -159,7 +164,7 @@ class FeatureCache:
         bb = model.backbone
         desc = bb.describe() if hasattr(bb, "describe") else {"repr": repr(bb)}
         self.backbone_key = _digest({"backbone": desc, "weights": module_checksum(bb),
-                                     "dtype": str(dtype)})  # fmt: skip
+                                     "dtype": str(dtype), "noise_seed": NOISE_SEED_VERSION})  # fmt: skip
         vae = getattr(bb, "vae", None)
         self.latent_key = None
         if vae is not None:
