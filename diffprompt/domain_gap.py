@@ -207,18 +207,26 @@ def run_domain_gap(
     three acceptance checks (each a bool) and ``df.attrs["source_in_domain"]`` the
     source-trained CNN's mIoU on the source's own held-out split.
     """
-    torch.set_num_threads(cfg.threads)
+    from diffprompt.preflight import check_fields, check_files
+
+    check_fields(cfg, positive_int=("steps", "batch_size", "width", "threads"),
+                 positive=("lr", "input_scale"), nonneg=("weight_decay", "class_balance"),
+                 what="domain gap")  # fmt: skip
     say = log or (lambda s: None)
     say(f"device: {resolve_device(cfg.device)}")  # fails here if the device is absent
     src_train = build_dataset(source, "train", root)
     src_eval = build_dataset(source, "val", root)
+    splits = {name: target_splits(name, root) for name in targets}  # every set before any work
+    for ds in (src_train, src_eval, *(d for t in splits.values() for d in t[:2])):
+        check_files(_subset(ds, max_images))
+    torch.set_num_threads(cfg.threads)
     say(f"training on {source} ({len(src_train)} images)")
     src_model = train_cnn(_subset(src_train, max_images), cfg, log)
     in_domain, _ = evaluate_cnn(src_model, _subset(src_eval, max_images), cfg,
                                 src_eval.eval_classes)  # fmt: skip
     rows = []
     for name in targets:
-        train, evaluation, note = target_splits(name, root)
+        train, evaluation, note = splits[name]
         train, evaluation = _subset(train, max_images), _subset(evaluation, max_images)
         base = evaluation
         while isinstance(base, Subset):  # the data set under (nested) subsets

@@ -50,13 +50,17 @@ def train_dg(cfg: TrainConfig, results_dir: str | os.PathLike | None = None,
     of training; an unfinished one is resumed; ``retrain=True`` starts over. ``cache``
     keeps frozen features on disk under :func:`cache_dir` (else in memory only).
     """
+    from diffprompt.preflight import check_writable
+    from diffprompt.results import atomic_write_text
+
     out = dg_run_dir(cfg, results_dir)
-    if retrain and (out / "checkpoint.pt").is_file():
-        (out / "checkpoint.pt").unlink()
+    check_writable(out, "run folder")
     trainer = Trainer(cfg, out, log=log, backbone=backbone,
                       cache_dir=cache_dir(results_dir) if cache else None)  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config_dict(cfg), indent=1) + "\n")
+    if retrain and (out / "checkpoint.pt").is_file():
+        (out / "checkpoint.pt").unlink()
+    trainer.load_checkpoint()  # an unreadable or mismatched checkpoint stops here
+    atomic_write_text(out / "config.json", json.dumps(config_dict(cfg), indent=1) + "\n")
     state = trainer.fit()
     if state.step >= cfg.steps and state.log and trainer.acc.is_main_process:
         last = state.log[-1]
@@ -188,8 +192,10 @@ def run_ablation(base: TrainConfig, cells: Sequence[tuple[str, str, dict]], seed
     """Train and evaluate every cell with every seed (a real run each; a finished run of the
     same configuration is reused). Returns one row per (group, setting, seed) with the
     mIoU of each evaluated set."""
-    from diffprompt.train import build_backbone
+    from diffprompt.train import build_backbone, check_config
 
+    for _, _, over in cells:  # every cell's configuration before the backbone loads
+        check_config(dataclasses.replace(base, **over))
     backbone = build_backbone(base, "cpu" if base.device == "cpu" else _device(base))
     rows = []
     for group, setting, over in cells:

@@ -182,12 +182,17 @@ def probe_sets(cfg: ProbeConfig, targets: Sequence[str] | None = None) -> dict[s
     """Return {"train": source train, "source": source val, target: target val} data sets."""
     from diffprompt.data import build_dataset
     from diffprompt.paths import resolve_data_root
+    from diffprompt.preflight import check_fields, check_files
 
+    check_fields(cfg, positive_int=("n_train", "n_eval", "steps", "batch_size", "stride"),
+                 positive=("lr",), what="probe")  # fmt: skip
     root = resolve_data_root(cfg.data_root)
     out = {"train": build_dataset(cfg.source, "train", root),
            "source": build_dataset(cfg.source, "val", root)}  # fmt: skip
     for t in cfg.targets if targets is None else targets:
         out[t] = build_dataset(t, "val", root)
+    for name, ds in out.items():  # the images the probes read, before any work
+        check_files(ds, range(min(len(ds), cfg.n_train if name == "train" else cfg.n_eval)))
     return out
 
 

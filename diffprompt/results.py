@@ -121,6 +121,11 @@ class Run:
         self.params = params
         self.seed = seed
         self.root = Path(root) if root is not None else results_root()
+        from diffprompt.preflight import check_writable
+
+        for sub in ("", "tables", "figures", "manifests"):  # before any work, nothing written
+            if sub == "" or (self.root / sub).exists():
+                check_writable(self.root / sub)
         self.started = _dt.datetime.now(_dt.UTC)
         self._t0 = time.time()
         self.git = git_info()  # the code as the run started

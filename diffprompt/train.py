@@ -108,14 +108,18 @@ def consistency_loss(logits: torch.Tensor, kind: str = "js",
 
 
 def dg_loss(logits: torch.Tensor, target: torch.Tensor, weight: float = 0.0,
-            kind: str = "js", class_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+            kind: str = "js", class_weight: torch.Tensor | None = None,
+            ce_denominator: torch.Tensor | float | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Return {"loss", "ce", "consistency"} of K predictions of one batch.
 
     ``logits`` (K, B, C, h, w), at the head's resolution or the labels'; ``target`` (B, H, W)
     trainIds. The cross-entropy of each prediction, upsampled (bilinear) to the labels,
     averaged over the K prompts, plus ``weight`` times :func:`consistency_loss` of the K
     predictions at their own resolution (reported also when ``weight`` is 0). K = 1 and
-    weight 0 is plain cross-entropy.
+    weight 0 is plain cross-entropy. The cross-entropy is a mean over the batch's labeled
+    pixels, or, with ``ce_denominator``, their sum divided by it (several processes divide
+    by the global count over the number of processes, so that averaging their gradients
+    gives the gradient of one process holding the whole batch).
     """
     k = logits.shape[0]
     size = tuple(target.shape[-2:])
@@ -124,7 +128,11 @@ def dg_loss(logits: torch.Tensor, target: torch.Tensor, weight: float = 0.0,
         li = logits[i].float()
         if tuple(li.shape[-2:]) != size:
             li = F.interpolate(li, size=size, mode="bilinear", align_corners=False)
-        ce.append(F.cross_entropy(li, target, weight=class_weight, ignore_index=IGNORE_INDEX))
+        if ce_denominator is None:
+            ce.append(F.cross_entropy(li, target, weight=class_weight, ignore_index=IGNORE_INDEX))
+        else:
+            ce.append(F.cross_entropy(li, target, weight=class_weight, ignore_index=IGNORE_INDEX,
+                                      reduction="sum") / ce_denominator)  # fmt: skip
     ce = torch.stack(ce).mean()
     # measured whenever K > 1 (also with weight 0: how much the K predictions disagree)
     cons = consistency_loss(logits, kind) if k > 1 else ce.new_zeros(())
@@ -325,7 +333,9 @@ def check_config(cfg: TrainConfig) -> None:
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             bad(f"{name} must be a non-negative integer, got {v!r}")
     if cfg.batch_size % cfg.grad_accum:
-        bad(f"batch_size {cfg.batch_size} is not a multiple of grad_accum {cfg.grad_accum}")
+        bad(f"batch_size {cfg.batch_size} is not a multiple of grad_accum {cfg.grad_accum}: "
+            "use a batch_size that grad_accum divides (each micro-batch is batch_size / "
+            "grad_accum images)")  # fmt: skip
     if not cfg.lr > 0 or cfg.weight_decay < 0 or cfg.consistency_weight < 0:
         bad("lr must be > 0, weight_decay and consistency_weight >= 0")
     if cfg.eval_mode not in ("whole", "slide"):
@@ -487,6 +497,10 @@ class ConfigMismatchError(ValueError):
     """A checkpoint was written by a run with another configuration."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read or is not a DG checkpoint."""
+
+
 def _step_generator(seed: int, *keys: int) -> torch.Generator:
     h = hashlib.blake2b(json.dumps([seed, *keys]).encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(h, "little") & ((1 << 63) - 1))
@@ -544,6 +558,7 @@ class Trainer:
         if n == 0:
             raise ValueError(f"the source split {cfg.source}/{split} is empty")
         self.train_indices = list(range(n))
+        self._preflight()
         self.model = build_model(cfg, self.device, backbone)
         self.multiple = getattr(self.model.backbone, "multiple", 1)
         self._check_sizes()
@@ -564,8 +579,26 @@ class Trainer:
         self.state = TrainState()
         self.hash = config_hash(cfg)
         self._mask_cache: dict[int, torch.Tensor] = {}
+        self._loaded = False  # a checkpoint's state is loaded (fit continues from it)
 
     # ------------------------------------------------------------------ data
+    def _preflight(self) -> None:
+        """Open every evaluation set and read the files the run will use (source images it
+        trains on, the images it evaluates), so that a missing split, an unreadable file, a
+        label of the wrong size or with unknown values, or a crop larger than the images
+        stops the run before it trains (see :mod:`diffprompt.preflight`)."""
+        from diffprompt.preflight import check_crop, check_files
+
+        self._eval_sets = self._open_eval_sets()
+        summary = check_files(self.source, self.train_indices)
+        check_crop(self.cfg.crop, summary.image_sizes, self.cfg.train_size)
+        for name, ds in self._eval_sets.items():
+            if not ds.labeled:
+                raise ValueError(f"{name}: split {ds.split!r} has no labels to evaluate on; set "
+                                 "target_split to a labeled split (e.g. 'val')")  # fmt: skip
+            n = len(ds) if not self.cfg.max_eval_images else min(len(ds), self.cfg.max_eval_images)
+            check_files(ds, range(n))
+
     def _check_sizes(self) -> None:
         """Fail early on sizes the backbone cannot take: a train_size or crop that is not a
         multiple of the backbone's size unit, or (feature cache) source images of another
@@ -718,6 +751,8 @@ class Trainer:
                        "torch_rng": torch.get_rng_state()}  # fmt: skip
             with atomic_path(path) as tmp:
                 torch.save(payload, tmp)
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):  # writes a kill cut short
+                stale.unlink(missing_ok=True)
         self.acc.wait_for_everyone()
         return path
 
@@ -729,29 +764,54 @@ class Trainer:
             return False
         d = load_checkpoint_file(path, self.cfg)
         m = self.acc.unwrap_model(self.ddp_model)
-        m.head.load_state_dict(d["model"]["head"])
-        m.prompts.load_state_dict(d["model"]["prompts"])
-        if "unet" in d["model"]:
-            m.backbone.unet.load_state_dict(d["model"]["unet"])
+        try:
+            m.head.load_state_dict(d["model"]["head"])
+            m.prompts.load_state_dict(d["model"]["prompts"])
+            if "unet" in d["model"]:
+                m.backbone.unet.load_state_dict(d["model"]["unet"])
+        except RuntimeError as e:  # same configuration, other shapes: the model changed
+            first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln),
+                         str(e).splitlines()[0])  # fmt: skip
+            raise ConfigMismatchError(
+                f"checkpoint {path} does not fit this model ({first}); it was written for a "
+                f"model of other shapes (did the folder of model={self.cfg.model!r} change?): "
+                "delete it or use another output folder to start over"
+            ) from None
         self.opt.load_state_dict(d["optimizer"])
         self.sched.load_state_dict(d["scheduler"])
         torch.set_rng_state(d["torch_rng"])
         self.state = TrainState(**json.loads(d["state"]))
+        self._loaded = True
         return True
 
     # ------------------------------------------------------------------ training
+    def _ce_denominator(self, y: torch.Tensor) -> torch.Tensor | None:
+        """With several processes: the labeled pixels of the micro-batch over all processes,
+        divided by their number (None with one process: a plain mean). Processes whose
+        shares hold different numbers of ignored pixels then still average their gradients
+        to the one-process gradient."""
+        if self.acc.num_processes == 1:
+            return None
+        n = (y != IGNORE_INDEX).sum().to(torch.float64)
+        total = self.acc.reduce(n, reduction="sum")
+        return (total / self.acc.num_processes).clamp_min(1.0).to(torch.float32)
+
     def fit(self, resume: bool = True, stop_at: int | None = None) -> TrainState:
         """Train to ``cfg.steps`` (resuming from the checkpoint in out_dir when ``resume``);
         checkpoint every ``ckpt_every`` steps and at the end. ``stop_at`` ends early after
         that step, with a checkpoint (as an interrupted run would leave). Returns the state."""
         cfg = self.cfg
-        if resume and self.load_checkpoint():
+        if resume and (self._loaded or self.load_checkpoint()):
             done = "finished run" if self.state.step >= cfg.steps else "resumed"
             self.log(f"{done}: {self.ckpt_path} at step {self.state.step}")
         else:
             torch.manual_seed(cfg.seed + self.acc.process_index)
         if self.state.step >= cfg.steps:
             return self.state
+        if self.acc.is_main_process:
+            self.log(f"training {cfg.prompt_mode} from step {self.state.step} on "
+                     f"{self.acc.num_processes} process(es) ({self.device}), {self.micro} "
+                     f"image(s) per process per micro-batch")  # fmt: skip
         mode = progress_mode(cfg.progress)
         bar = None
         if mode == "bar" and self.acc.is_main_process:
@@ -771,7 +831,8 @@ class Trainer:
             for micro in range(cfg.grad_accum):
                 with self.acc.accumulate(self.ddp_model):
                     logits, y = self.micro_logits(step, micro)
-                    out = dg_loss(logits, y, self.lam, cfg.consistency)
+                    out = dg_loss(logits, y, self.lam, cfg.consistency,
+                                  ce_denominator=self._ce_denominator(y))  # fmt: skip
                     self.acc.backward(out["loss"])
                     self.opt.step()
                     self.opt.zero_grad(set_to_none=True)
@@ -817,6 +878,9 @@ class Trainer:
 
     def eval_sets(self) -> dict[str, Any]:
         """Return {name: dataset} of what :meth:`evaluate` scores (source val first)."""
+        return dict(self._eval_sets)
+
+    def _open_eval_sets(self) -> dict[str, Any]:
         from diffprompt.data import build_dataset
 
         out = {}
@@ -834,7 +898,8 @@ class Trainer:
         return out
 
     def _eval_transform(self):
-        return self._base_transform() if self.cache is not None else None
+        # the feature cache reads images at train_size; the online path evaluates them as is
+        return self._base_transform() if self.cfg.cache_features else None
 
     @torch.no_grad()
     def evaluate(self, sets: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -884,7 +949,17 @@ def load_checkpoint_file(path: str | os.PathLike, cfg: TrainConfig | None = None
     """Return a checkpoint's contents (read with ``weights_only=True``). With ``cfg``, a
     checkpoint written under another configuration raises :class:`ConfigMismatchError`
     naming the fields that differ."""
-    d = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or pickled objects beyond tensors
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "it is truncated or not a diffprompt DG checkpoint: delete it (the run then starts "
+            "over) or pass another file"
+        ) from None
+    if not isinstance(d, dict) or not {"config_hash", "model", "state"} <= set(d):
+        raise CheckpointError(f"{path} is not a diffprompt DG checkpoint (it lacks config_hash, "
+                              "model and state); pass a checkpoint.pt written by a DG run")  # fmt: skip
     if cfg is not None and d.get("config_hash") != config_hash(cfg):
         theirs = json.loads(d.get("config", "{}"))
         mine = config_dict(cfg)
@@ -952,7 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         trainer = train_dg(cfg, a.results or None, retrain=a.retrain)
         sets = trainer.eval_sets()
         cms = trainer.evaluate(sets)
-    except (ValueError, FileNotFoundError) as e:  # bad input: the message says what to do
+    except (ValueError, FileNotFoundError, PermissionError) as e:  # bad input: says what to do
         raise SystemExit(f"error: {e}") from None
     if trainer.acc.is_main_process:
         print(miou_table(trainer, cms, sets).to_markdown(floatfmt=".2f"))

@@ -26,8 +26,9 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -114,6 +115,40 @@ def check_tta(cfg: TTAConfig, objectives: Sequence[str], modes: Sequence[str]) -
         raise ValueError(f"denoise_t must be [low, high) with 0 <= low < high, got {cfg.denoise_t}")
     if cfg.tent_scope not in ("all", "head"):
         raise ValueError(f"tent_scope must be 'all' or 'head', got {cfg.tent_scope!r}")
+
+
+def check_targets(cfgs: Mapping[str, TTAConfig], objectives: Sequence[str],
+                  modes: Sequence[str], dg_cfg: TrainConfig, missing: str = "train",
+                  checkpoint: str = "", results_dir=None) -> None:  # fmt: skip
+    """Check a TTA run before any work (before its DG model is trained or loaded): every
+    TTA configuration, the DG configuration, and each target's fit and evaluation splits
+    (present, labeled where evaluated, their files readable; see
+    :func:`diffprompt.preflight.check_files`) and that ``results_dir`` (None: results/) can
+    be written. Raises an error that says what to do."""
+    from diffprompt.data import DATASETS, build_dataset
+    from diffprompt.paths import resolve_data_root, results_root
+    from diffprompt.preflight import check_files, check_writable
+    from diffprompt.train import check_config
+
+    check_writable(results_dir or results_root())
+    check_config(dg_cfg)
+    if missing not in ("train", "error"):
+        raise ValueError(f"dg_missing must be 'train' or 'error', got {missing!r}")
+    if checkpoint and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"no DG checkpoint at {checkpoint}: pass the checkpoint.pt of a "
+                                "finished DG run (results/runs/dg/<run>/), or '' to use results/")  # fmt: skip
+    root = resolve_data_root(dg_cfg.data_root)
+    for t, cfg in cfgs.items():
+        check_tta(cfg, objectives, modes)
+        split, _ = fit_split(DATASETS[t], root)
+        fit_set = build_dataset(t, split, root)
+        eval_set = build_dataset(t, dg_cfg.target_split, root)
+        if not eval_set.labeled:
+            raise ValueError(f"{t}: split {dg_cfg.target_split!r} has no labels to evaluate on")
+        n_fit = len(fit_set) if not cfg.fit_images else min(cfg.fit_images, len(fit_set))
+        n_eval = len(eval_set) if not cfg.eval_images else min(cfg.eval_images, len(eval_set))
+        check_files(fit_set, range(n_fit))
+        check_files(eval_set, range(n_eval))
 
 
 #: Named groups of targets: ``adverse`` is the paper's clear-to-adverse benchmark.

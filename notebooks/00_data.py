@@ -50,6 +50,11 @@ device: str = "auto"  # where the CNNs train: "auto" (CUDA if present), "cpu", "
 results_dir: str = ""  # "": results/ of the repository
 
 # %%
+from diffprompt.preflight import check_parameters
+
+check_parameters(globals())  # a wrong type or an unknown parameter stops here
+
+# %%
 from diffprompt.domain_gap import (
     GapConfig,
     class_frequencies,

@@ -65,6 +65,11 @@ explore: bool = False  # show the ipywidgets explorer at the end (JupyterLab)
 results_dir: str = ""  # results folder ("": results/ of the repository)
 
 # %%
+from diffprompt.preflight import check_parameters
+
+check_parameters(globals())  # a wrong type or an unknown parameter stops here
+
+# %%
 from diffprompt.experiments import (
     describe_features,
     dg_run_dir,

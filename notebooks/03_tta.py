@@ -55,10 +55,16 @@ seed: int = 0  # seeds TTA's batches and noise (and the DG run)
 results_dir: str = ""  # results folder ("": results/ of the repository)
 
 # %%
+from diffprompt.preflight import check_parameters
+
+check_parameters(globals())  # a wrong type or an unknown parameter stops here
+
+# %%
 from diffprompt.results import Run
 from diffprompt.train import config_dict, config_from
 from diffprompt.tta import (
     TTAConfig,
+    check_targets,
     dg_trainer,
     record_target,
     resolve_targets,
@@ -84,6 +90,7 @@ tta_cfgs = {t: TTAConfig(target=t, steps=steps, lr=lr, fit_images=fit_images,
                          batch_size=batch_size, eval_images=eval_images, eval_every=eval_every,
                          entropy_weight=entropy_weight, seed=seed,
                          gradient_checkpointing=gradient_checkpointing) for t in targets}  # fmt: skip
+check_targets(tta_cfgs, objectives, modes, dg_cfg, dg_missing, dg_checkpoint, results_dir)
 
 # %% [markdown]
 # ## The DG model (from results/, or trained now)

@@ -53,6 +53,11 @@ device: str = "auto"  # "auto", "cpu", "cuda", ...
 results_dir: str = ""  # results folder ("": results/ of the repository)
 
 # %%
+from diffprompt.preflight import check_parameters
+
+check_parameters(globals())  # a wrong type or an unknown parameter stops here
+
+# %%
 from diffprompt.experiments import (
     ablation_cells,
     ablation_display,

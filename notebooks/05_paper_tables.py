@@ -36,6 +36,11 @@ mode: str = "random_consistency"  # the DG prompt mode shown in T2
 results_dir: str = ""  # results folder the notebooks wrote to ("": results/ of the repository)
 
 # %%
+from diffprompt.preflight import check_parameters
+
+check_parameters(globals())  # a wrong type or an unknown parameter stops here
+
+# %%
 from IPython.display import Markdown, display
 
 from diffprompt.paper import paper_figure, paper_tables

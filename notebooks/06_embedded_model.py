@@ -48,6 +48,11 @@ seed: int = 0  # seeds training, probes and sampling
 results_dir: str = ""  # "": results/ of the repository
 
 # %%
+from diffprompt.preflight import check_parameters
+
+check_parameters(globals())  # a wrong type or an unknown parameter stops here
+
+# %%
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.hub import resolve_model_folder
 from diffprompt.backbones.toy_sd import DEMO_CAPTIONS, ToySDConfig, load_training_record, pretrain

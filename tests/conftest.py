@@ -229,9 +229,11 @@ def one_thread():
 WORDS = ["a", "photo", "of", "street", "road", "car", "sky", "building", "at", "night"]
 
 
-def tiny_sd_parts(tmp_path, sd2: bool = False, seed: int = 0, words=WORDS, max_length: int = 16):
+def tiny_sd_parts(tmp_path, sd2: bool = False, seed: int = 0, words=WORDS, max_length: int = 16,
+                  unet_widths=(16, 32, 32)):  # fmt: skip
     """Return (vae, unet, text encoder, tokenizer, scheduler) of a tiny SD-style model with
-    random weights: VAE 2x down, UNet 3 levels (features at strides 8, 4, 2), width 24."""
+    random weights: VAE 2x down, UNet 3 levels of ``unet_widths`` channels (features at
+    strides 8, 4, 2), context width 24."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -245,7 +247,7 @@ def tiny_sd_parts(tmp_path, sd2: bool = False, seed: int = 0, words=WORDS, max_l
                         latent_channels=4, norm_num_groups=4, sample_size=32)  # fmt: skip
     unet = UNet2DConditionModel(
         sample_size=16,
-        block_out_channels=(16, 32, 32),
+        block_out_channels=tuple(unet_widths),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         layers_per_block=1,

@@ -45,9 +45,12 @@ def tiny(root, **kw) -> ToySDConfig:
 
 def final_weights(work: Path) -> dict[str, torch.Tensor]:
     """Return the fp32 weights a finished run left in its work dir (VAE, UNet, text)."""
-    d = torch.load(work / "checkpoint.pt", map_location="cpu", weights_only=False)
+    d = torch.load(work / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert d["state"]["stage"] == "done"
-    out = {f"vae.{k}": v for k, v in torch.load(work / "vae.pt", map_location="cpu").items()}
+    out = {
+        f"vae.{k}": v
+        for k, v in torch.load(work / "vae.pt", map_location="cpu", weights_only=True).items()
+    }
     for name, sd in d["modules"].items():
         out.update({f"{name}.{k}": v for k, v in sd.items()})
     assert any(k.startswith("unet.") for k in out) and any(k.startswith("text_") for k in out)
@@ -232,10 +235,12 @@ def test_resume_after_an_interruption(reference, tmp_path, stop):
         pretrain(reference.cfg, tmp_path / "model", work, device="cpu",
                  log=interrupt_at(stop, lines))  # fmt: skip
     assert not (tmp_path / "model").exists()
-    ckpt = torch.load(work / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(work / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert (ckpt["state"]["stage"], ckpt["state"]["step"]) == (stop.split()[0], 2)
     if stop.startswith("unet"):
-        assert torch.load(work / "weights.pt")["step"] == 2  # the weights-only copy
+        assert (
+            torch.load(work / "weights.pt", weights_only=True)["step"] == 2
+        )  # the weights-only copy
     lines.clear()
     out = pretrain(reference.cfg, tmp_path / "model", work, device="cpu", log=lines.append)
     assert any(s.startswith(f"resumed: stage {stop.split()[0]}, step 2") for s in lines)

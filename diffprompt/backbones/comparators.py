@@ -385,7 +385,12 @@ def _quiet_load_report():
 def _load(cls, folder: Path, dtype: torch.dtype, **config_kwargs) -> nn.Module:
     with _quiet_load_report():
         model, info = cls.from_pretrained(
-            folder, local_files_only=True, dtype=dtype, output_loading_info=True, **config_kwargs
+            folder,
+            local_files_only=True,
+            dtype=dtype,
+            output_loading_info=True,
+            use_safetensors=True,
+            **config_kwargs,
         )
     missing = sorted(k for k in info["missing_keys"] if not k.startswith(_ADDED_NORMS))
     if missing or info["mismatched_keys"]:

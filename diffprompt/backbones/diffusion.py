@@ -168,13 +168,28 @@ class DiffusionBackbone(nn.Module):
 
         folder = resolve_model_folder(name_or_path, DOWNLOAD_PATTERNS, "Stable Diffusion model",
                                       required=COMPONENTS)  # fmt: skip
+        for comp in ("vae", "unet", "text_encoder"):  # weights are read from safetensors only
+            sub = folder / comp
+            if not any(sub.glob("*.safetensors")):
+                pickles = sorted(p.name for ext in ("*.bin", "*.pt", "*.pth", "*.ckpt")
+                                 for p in sub.glob(ext))  # fmt: skip
+                found = f"holds {', '.join(pickles)} (pickled)" if pickles else "holds no weights"
+                raise ModelNotFoundError(
+                    f"{sub} {found} but no .safetensors file; diffprompt reads weights from "
+                    "safetensors only (unpickling a file can run code). Convert it once where you "
+                    "trust it: load the model with diffusers and `save_pretrained(folder, "
+                    "safe_serialization=True)`, or download the repository's safetensors files."
+                )
         torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
         kw = dict(torch_dtype=torch_dtype, local_files_only=True)
         try:
-            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **kw)
-            unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **kw)
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, **kw)
+            unet = UNet2DConditionModel.from_pretrained(
+                folder, subfolder="unet", use_safetensors=True, **kw
+            )
             text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder",
-                                                 dtype=torch_dtype, local_files_only=True)  # fmt: skip
+                                                 dtype=torch_dtype, local_files_only=True,
+                                                 use_safetensors=True)  # fmt: skip
             tok = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer",
                                                 local_files_only=True)  # fmt: skip
             sched = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -273,14 +274,40 @@ class TrainState:
     scaling_factor: float = 1.0
 
 
-def _save_ckpt(path: Path, state: TrainState, modules: dict, opt, sched, g: torch.Generator):
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state": asdict(state), "modules": {k: m.state_dict() for k, m in modules.items()},
-                "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": g.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-               tmp)  # fmt: skip
-    os.replace(tmp, path)
+def recipe_hash(cfg: ToySDConfig) -> str:
+    """Return a hex hash of a recipe (recorded in every pretraining checkpoint)."""
+    import hashlib
+
+    text = json.dumps(_jsonable(cfg), sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _save(obj: Any, path: Path) -> None:
+    """torch.save ``obj`` to ``path`` atomically (a temporary file, then a rename)."""
+    from diffprompt.results import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _load(path: Path, cfg: ToySDConfig | None = None) -> Any:
+    """Return what :func:`_save` wrote (``weights_only=True``: tensors and plain data only).
+    With ``cfg``, a checkpoint of another recipe raises a ValueError."""
+    d = torch.load(path, map_location="cpu", weights_only=True)
+    if cfg is not None and d.get("recipe_hash") != recipe_hash(cfg):
+        raise ValueError(f"checkpoint {path} was written by another configuration (recipe hash "
+                         f"{d.get('recipe_hash')}, this recipe {recipe_hash(cfg)}); use another "
+                         "work_dir or delete it to start over")  # fmt: skip
+    return d
+
+
+def _save_ckpt(path: Path, state: TrainState, modules: dict, opt, sched, g: torch.Generator,
+               cfg: ToySDConfig):  # fmt: skip
+    _save({"state": asdict(state), "modules": {k: m.state_dict() for k, m in modules.items()},
+           "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": g.get_state(),
+           "torch_rng": torch.get_rng_state(), "recipe_hash": recipe_hash(cfg),
+           "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+          path)  # fmt: skip
 
 
 def _batch_indices(n: int, batch: int, g: torch.Generator) -> torch.Tensor:
@@ -295,7 +322,7 @@ def train_vae(vae, images: torch.Tensor, cfg: ToySDConfig, state: TrainState, de
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, cfg.vae_steps))
     g = torch.Generator().manual_seed(cfg.seed + 1)
     if ckpt and ckpt.is_file() and state.stage == "vae" and state.step:
-        _load_opt(ckpt, opt, sched, g)
+        _load_opt(ckpt, opt, sched, g, cfg)
     t0 = time.time() - state.seconds
     while state.step < cfg.vae_steps:
         idx = _batch_indices(len(images), cfg.vae_batch, g)
@@ -323,13 +350,13 @@ def train_vae(vae, images: torch.Tensor, cfg: ToySDConfig, state: TrainState, de
             log(f"vae step {state.step}/{cfg.vae_steps} loss {loss.item():.4f} psnr {psnr:.2f}")
         if ckpt and state.step % cfg.ckpt_every == 0:
             state.seconds = time.time() - t0
-            _save_ckpt(ckpt, state, {"vae": vae}, opt, sched, g)
+            _save_ckpt(ckpt, state, {"vae": vae}, opt, sched, g, cfg)
     state.seconds = time.time() - t0
     vae.eval()
 
 
-def _load_opt(ckpt: Path, opt, sched, g: torch.Generator) -> None:
-    d = torch.load(ckpt, map_location="cpu", weights_only=False)
+def _load_opt(ckpt: Path, opt, sched, g: torch.Generator, cfg: ToySDConfig) -> None:
+    d = _load(ckpt, cfg)
     opt.load_state_dict(d["opt"])
     sched.load_state_dict(d["sched"])
     g.set_state(d["gen"])
@@ -428,7 +455,7 @@ def train_unet(components: dict, tokenizer, mean: torch.Tensor, std: torch.Tenso
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, cfg.unet_steps))
     g = torch.Generator().manual_seed(cfg.seed + 2)
     if ckpt and ckpt.is_file() and state.stage == "unet" and state.step:
-        _load_opt(ckpt, opt, sched, g)
+        _load_opt(ckpt, opt, sched, g, cfg)
     sf = state.scaling_factor
     all_ids = tokenize(tokenizer, list(captions) * 2, "cpu")  # images, then their mirrors
     empty = tokenize(tokenizer, [""], "cpu")[0]
@@ -469,9 +496,9 @@ def train_unet(components: dict, tokenizer, mean: torch.Tensor, std: torch.Tenso
             log(msg)
         if ckpt and state.step % cfg.ckpt_every == 0:
             state.seconds = time.time() - t0
-            _save_ckpt(ckpt, state, {"unet": unet, "text_encoder": text}, opt, sched, g)
+            _save_ckpt(ckpt, state, {"unet": unet, "text_encoder": text}, opt, sched, g, cfg)
             # a small weights-only copy (fp16), e.g. to carry off a machine that is lent
-            torch.save({"step": state.step, "log": state.log,
+            _save({"step": state.step, "log": state.log,
                         "unet": {k: v.half().cpu() for k, v in unet.state_dict().items()},
                         "text_encoder": {k: v.half().cpu() for k, v in text.state_dict().items()}},
                        ckpt.with_name("weights.pt"))  # fmt: skip
@@ -510,7 +537,9 @@ def pretrain(cfg: ToySDConfig, out_dir: str | Path, work_dir: str | Path,
     if cfg_file.is_file() and json.loads(cfg_file.read_text()) != _jsonable(cfg):
         raise ValueError(f"{work} holds a run with another configuration; use another "
                          "work_dir or delete it to start over")  # fmt: skip
-    cfg_file.write_text(json.dumps(_jsonable(cfg), indent=1))
+    from diffprompt.results import atomic_write_text
+
+    atomic_write_text(cfg_file, json.dumps(_jsonable(cfg), indent=1))
     torch.manual_seed(cfg.seed)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = False
@@ -527,31 +556,31 @@ def pretrain(cfg: ToySDConfig, out_dir: str | Path, work_dir: str | Path,
     ckpt = work / "checkpoint.pt"
     state = TrainState()
     if ckpt.is_file():
-        d = torch.load(ckpt, map_location="cpu", weights_only=False)
+        d = _load(ckpt, cfg)
         state = TrainState(**d["state"])
         for k, sd in d["modules"].items():
             comps[k].load_state_dict(sd)
         if state.stage != "vae":
-            comps["vae"].load_state_dict(torch.load(work / "vae.pt", map_location="cpu"))
+            comps["vae"].load_state_dict(_load(work / "vae.pt"))
         log(f"resumed: stage {state.stage}, step {state.step}")
     if state.stage == "vae":
         train_vae(comps["vae"], images, cfg, state, dev, ckpt, log)
-        torch.save(comps["vae"].state_dict(), work / "vae.pt")
+        _save(comps["vae"].state_dict(), work / "vae.pt")
         mean, std = encode_latents(comps["vae"], images, dev)
         state.scaling_factor = float(1.0 / mean.std())
         state.log.append({"stage": "vae_done", "step": state.step, "seconds": state.seconds,
                           "scaling_factor": state.scaling_factor})  # fmt: skip
         log(f"latent std {mean.std():.3f}: scaling_factor {state.scaling_factor:.4f}")
         state.stage, state.step, state.seconds = "unet", 0, 0.0
-        torch.save({"mean": mean, "std": std}, work / "latents.pt")
+        _save({"mean": mean, "std": std}, work / "latents.pt")
         _save_ckpt(ckpt, state, {}, torch.optim.SGD([torch.zeros(1)]),
                    torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.zeros(1)]), lambda s: 1),
-                   torch.Generator())  # fmt: skip
+                   torch.Generator(), cfg)  # fmt: skip
         if stop_after == "vae":
             return None
     comps["vae"].to(dev).eval()
     comps["vae"].register_to_config(scaling_factor=state.scaling_factor)
-    lat = torch.load(work / "latents.pt")
+    lat = _load(work / "latents.pt")
     ho_imgs, ho_caps = heldout_set(root, cfg)
     ho_mean, _ = encode_latents(comps["vae"], ho_imgs, dev)
     ho_lat = ho_mean[: len(ho_imgs)] * state.scaling_factor
@@ -562,7 +591,7 @@ def pretrain(cfg: ToySDConfig, out_dir: str | Path, work_dir: str | Path,
         _save_ckpt(ckpt, state, {"unet": comps["unet"], "text_encoder": comps["text_encoder"]},
                    torch.optim.SGD([torch.zeros(1)]),
                    torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.zeros(1)]), lambda s: 1),
-                   torch.Generator())  # fmt: skip
+                   torch.Generator(), cfg)  # fmt: skip
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
     return save_model(comps, tok, out_dir, cfg, state, n_images=len(images), device=name)
 

@@ -198,7 +198,8 @@ def sample_images(folder: str | Path, captions: Sequence[str] = DEMO_CAPTIONS, s
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None,
                                                    requires_safety_checker=False,
                                                    torch_dtype=torch.float32,
-                                                   local_files_only=True)  # fmt: skip
+                                                   local_files_only=True,
+                                                   use_safetensors=True)  # fmt: skip
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(seed)
@@ -464,7 +465,9 @@ def evidence_vae(bb: DiffusionBackbone, root, images: int = 32,
 
     vaes = {"bundled": bb.vae}
     for name, folder in (others or {}).items():
-        vaes[name] = AutoencoderKL.from_pretrained(folder, local_files_only=True)
+        vaes[name] = AutoencoderKL.from_pretrained(
+            folder, local_files_only=True, use_safetensors=True
+        )
     ds = build_dataset("gta5", "val", root)
     return pd.DataFrame({k: reconstruction_by_class(v, ds, images) for k, v in vaes.items()})
 

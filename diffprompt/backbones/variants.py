@@ -158,7 +158,9 @@ def load_variant(bb: DiffusionBackbone, name: str, unet_folder: str | Path | Non
         )
     from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_pretrained(unet_folder, local_files_only=True)
+    unet = UNet2DConditionModel.from_pretrained(
+        unet_folder, local_files_only=True, use_safetensors=True
+    )
     unet.to(bb.unet.device, bb.unet.dtype)
     return DiffusionBackbone(bb.vae, unet, bb.text_encoder, bb.tokenizer, bb.scheduler,
                              copy.deepcopy(bb.cfg), source=f"{bb.source} (UNet supervised)")  # fmt: skip

@@ -498,13 +498,16 @@ class SegDataset(Dataset):
             sample["mask"] = torch.from_numpy(trainids.astype(np.int64))  # (H, W)
         return (self.transform or ToFloat())(sample)
 
-    def check(self, progress: bool = False) -> CheckSummary:
-        """Read every file; return a CheckSummary, or raise one DatasetError listing all problems.
+    def check(self, progress: bool = False, indices: Iterable[int] | None = None) -> CheckSummary:
+        """Read every file (or those of ``indices``); return a CheckSummary, or raise one
+        DatasetError listing all problems.
 
         Problems: unreadable images or labels, a label of another size than its image,
         label values outside the label space (only with ``strict_labels``).
         """
-        files: Iterable[tuple[Path, Path | None]] = self.files
+        chosen = self.files if indices is None else [self.files[i] for i in indices]
+        checked = len(chosen)
+        files: Iterable[tuple[Path, Path | None]] = chosen
         if progress:
             from tqdm import tqdm
 
@@ -537,16 +540,20 @@ class SegDataset(Dataset):
             pixels += np.bincount(trainids.ravel(), minlength=256)
         if problems:
             listing = "".join(f"\n  - {p}" for p in problems)
+            of = f"{checked} images" if checked == len(self.files) else (
+                f"{checked} of its {len(self.files)} images")  # fmt: skip
             raise DatasetError(
                 f"{self.name} / {self.split} at {self.root}: {len(problems)} problem(s) in "
-                f"{len(self.files)} images:{listing}"
+                f"{of}:{listing}\nReplace these files from the official archive (or remove "
+                f"the image with its label); `python -m diffprompt.data check {self.name} "
+                f"--split {self.split} --root ROOT` reads every file."
             )
         return CheckSummary(
             dataset=self.name,
             split=self.split,
             root=self.root,
-            num_images=len(self.files),
-            num_labeled=sum(lbl is not None for _, lbl in self.files),
+            num_images=checked,
+            num_labeled=sum(lbl is not None for _, lbl in chosen),
             image_sizes=sizes,
             class_pixels=pixels[: labels.NUM_CLASSES].tolist(),
             ignore_pixels=int(pixels[labels.NUM_CLASSES :].sum()),

@@ -1,0 +1,244 @@
+"""Checks that run before any work starts, so that bad input fails in seconds, not hours.
+
+Every entry point (the notebooks, ``python -m diffprompt.train``, :func:`~diffprompt.
+experiments.train_dg`, the TTA, probing and domain-gap runs) calls these before it loads
+weights onto a device, computes a feature or writes a file:
+
+- :func:`check_parameters`: a notebook's parameters have their declared types and no
+  unknown name was passed (papermill's ``-p steps abc`` or a misspelt ``-p stepz 5``);
+- :func:`check_fields`: numbers that must be positive or non-negative are;
+- :func:`check_files`: the images and labels a run reads decode, match in size and hold
+  known label values (all of them for splits up to ``ALL_FILES`` images, an evenly spread
+  sample of ``SAMPLE_FILES`` beyond; ``python -m diffprompt.data check`` reads every file);
+- :func:`check_crop`: a training crop fits the images;
+- :func:`check_writable`: the results folder can be written.
+
+docs/ERRORS.md lists every bad input the project recognises and the message it gives.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+#: Splits (as used by a run) up to this many images are read whole before a run.
+ALL_FILES = 256
+#: Larger ones: this many images, evenly spread from the first to the last, are read.
+SAMPLE_FILES = 32
+
+
+class ParameterError(ValueError):
+    """A notebook parameter has the wrong type, or a parameter that does not exist was passed."""
+
+
+class NotWritableError(PermissionError):
+    """The results folder (or a folder a run writes to) cannot be written."""
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook parameters
+# ---------------------------------------------------------------------------------------
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "True or False", str: "a string",
+               list: "a list", dict: "a mapping"}  # fmt: skip
+_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+_checked: set[int] = set()
+
+
+def _example(name: str, kind: type, default: Any) -> str:
+    if kind in (list, dict):
+        import json
+
+        return f"-y '{name}: {json.dumps(default if default else ([] if kind is list else {}))}'"
+    return f"-p {name} {default!r}" if kind is str else f"-p {name} {default}"
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is list:
+        return isinstance(value, list | tuple)
+    return isinstance(value, kind)
+
+
+def check_parameters(namespace: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
+                     annotations: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Check a notebook's parameters; return {name: value}.
+
+    ``namespace`` is the notebook's ``globals()`` after its parameters cell (each parameter
+    declared ``name: type = default``) and papermill's injected cell. Raises
+    :class:`ParameterError` when a value does not have its declared type (papermill passes
+    ``-p steps abc`` as the string "abc") or, on the first check of a namespace, when it
+    holds a name that is no parameter (``-p stepz 5``: papermill only warns and runs the
+    defaults). ``defaults`` (the declared values, for the examples in messages) and
+    ``annotations`` default to what the namespace records.
+    """
+    ann = dict(annotations if annotations is not None else namespace.get("__annotations__", {}))
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for name, kind in ann.items():
+        if isinstance(kind, str):  # postponed annotations
+            kind = {"int": int, "float": float, "bool": bool, "str": str, "list": list,
+                    "dict": dict}.get(kind, object)  # fmt: skip
+        if name not in namespace or kind not in _TYPE_NAMES:
+            continue
+        value = namespace[name]
+        if not _fits(value, kind):
+            default = (defaults or {}).get(name, _placeholder(kind))
+            problems.append(f"parameter {name!r} must be {_TYPE_NAMES[kind]} ({name}: "
+                            f"{kind.__name__}), got {type(value).__name__} {value!r}; pass e.g. "
+                            f"{_example(name, kind, default)}")  # fmt: skip
+        values[name] = float(value) if kind is float and _fits(value, float) else value
+    if id(namespace) not in _checked:
+        unknown = [k for k, v in namespace.items() if k not in ann and not k.startswith("_")
+                   and k not in _IPYTHON_NAMES and not callable(v)
+                   and type(v).__name__ != "module"]  # fmt: skip
+        if ann and unknown:
+            from diffprompt.data import did_you_mean
+
+            for k in unknown:
+                problems.append(f"unknown parameter {k!r}: the notebook has no such parameter."
+                                f"{did_you_mean(k, ann)} Its parameters: {', '.join(ann)}")  # fmt: skip
+    if problems:
+        raise ParameterError("; ".join(problems))
+    _checked.add(id(namespace))
+    return values
+
+
+def _placeholder(kind: type) -> Any:
+    return {int: 10, float: 0.5, bool: True, str: "NAME", list: [], dict: {}}[kind]
+
+
+# ---------------------------------------------------------------------------------------
+# Numbers
+# ---------------------------------------------------------------------------------------
+
+
+def check_fields(obj: Any, positive_int: Iterable[str] = (), nonneg_int: Iterable[str] = (),
+                 positive: Iterable[str] = (), nonneg: Iterable[str] = (),
+                 what: str = "") -> None:  # fmt: skip
+    """Raise a ValueError naming the first field of ``obj`` (a dataclass or any object) that
+    is not a positive integer, a non-negative integer, a positive or a non-negative number
+    as the lists say."""
+    import math
+
+    pre = f"{what}: " if what else ""
+
+    def num(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    for name in positive_int:
+        v = getattr(obj, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{pre}{name} must be a positive integer, got {v!r}")
+    for name in nonneg_int:
+        v = getattr(obj, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{pre}{name} must be a non-negative integer (0 = all/off), "
+                             f"got {v!r}")  # fmt: skip
+    for name in positive:
+        v = getattr(obj, name)
+        if not num(v) or v <= 0:
+            raise ValueError(f"{pre}{name} must be a positive number, got {v!r}")
+    for name in nonneg:
+        v = getattr(obj, name)
+        if not num(v) or v < 0:
+            raise ValueError(f"{pre}{name} must be a non-negative number, got {v!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# Files of a data set
+# ---------------------------------------------------------------------------------------
+
+
+def file_indices(n: int, used: Sequence[int] | None = None) -> list[int]:
+    """Return the indices :func:`check_files` reads: every one of ``used`` (default
+    ``range(n)``) when there are at most ``ALL_FILES``, else ``SAMPLE_FILES`` of them evenly
+    spread, the first and the last included."""
+    idx = list(range(n)) if used is None else list(used)
+    if len(idx) <= ALL_FILES:
+        return idx
+    k = SAMPLE_FILES
+    return sorted({idx[round(i * (len(idx) - 1) / (k - 1))] for i in range(k)})
+
+
+def check_files(dataset, used: Sequence[int] | None = None):
+    """Read the images and labels of ``dataset`` a run will use (see :func:`file_indices`);
+    return the data set's CheckSummary over them, or raise one DatasetError that lists
+    every problem (unreadable file, label of another size, label values outside the
+    mapping) and says what to do. A ``torch.utils.data.Subset`` is checked on the images
+    it selects."""
+    while hasattr(dataset, "dataset") and hasattr(dataset, "indices"):  # a (nested) Subset
+        sel = list(dataset.indices)
+        used = [sel[i] for i in (range(len(sel)) if used is None else used)]
+        dataset = dataset.dataset
+    if len(dataset) == 0 or (used is not None and len(used) == 0):
+        from diffprompt.data import DatasetError
+
+        raise DatasetError(f"{dataset.name} / {dataset.split} at {dataset.root} has no images "
+                           "to use: check the split and the image limits (max_*_images, n_*)")  # fmt: skip
+    return dataset.check(indices=file_indices(len(dataset), used))
+
+
+def check_crop(crop: Sequence[int] | None, sizes: Iterable[tuple[int, int]],
+               train_size: Sequence[int] | None = None, what: str = "source images") -> None:  # fmt: skip
+    """Raise a ValueError when a training ``crop`` (h, w) is larger than the images it is
+    cut from: ``train_size`` when images are resized, else the smallest of ``sizes``."""
+    if crop is None:
+        return
+    ch, cw = int(crop[0]), int(crop[1])
+    if train_size is not None:
+        h, w = int(train_size[0]), int(train_size[1])
+        src = f"train_size {h}x{w}"
+    else:
+        sizes = list(sizes)
+        if not sizes:
+            return
+        h, w = min(s[0] for s in sizes), min(s[1] for s in sizes)
+        src = f"the {what} ({h}x{w} at the smallest)"
+    if ch > h or cw > w:
+        raise ValueError(f"crop {ch}x{cw} (HxW) is larger than {src}: use a crop of at most "
+                         f"{h}x{w}, e.g. crop=({min(ch, h)}, {min(cw, w)}), or crop=None for "
+                         "whole images (the embedded miniature's images are 128x256)")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
+# Folders a run writes to
+# ---------------------------------------------------------------------------------------
+
+
+def check_writable(folder: str | os.PathLike, what: str = "results folder") -> Path:
+    """Return ``folder`` as a Path if files can be created in it (or, when it does not exist
+    yet, in its nearest existing parent folder); else raise :class:`NotWritableError` that
+    says what to do. Probes with a temporary file that is removed at once; creates nothing."""
+    folder = Path(folder).expanduser()
+    probe_dir = folder
+    while not probe_dir.exists():
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    how = (
+        "make it writable (e.g. chmod u+w), or pass results_dir= (notebooks) / --results "
+        "(command line) or set DIFFPROMPT_RESULTS to a folder you can write"
+    )
+    if not probe_dir.is_dir():
+        raise NotWritableError(f"the {what} {folder} cannot be created: {probe_dir} is not a "
+                               f"folder; {how}")  # fmt: skip
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".diffprompt-write-probe-", dir=probe_dir)
+    except OSError as e:
+        where = (
+            "" if probe_dir == folder else f" (its parent {probe_dir} does not let it be created)"
+        )
+        raise NotWritableError(f"the {what} {folder} is not writable{where}: "
+                               f"{e.strerror or e}; {how}") from None  # fmt: skip
+    os.close(fd)
+    os.unlink(tmp)
+    return folder

@@ -1,0 +1,497 @@
+"""The bad-input catalogue: every case gives a clear error that names the problem and what
+to do, before any work starts, with nothing written to results/ and no partial file.
+
+Each case sets up one bad input on a fresh fake data root (tests/conftest.py) and calls the
+entry point a researcher uses (``train_dg`` as notebook 02 and ``python -m diffprompt.train``
+do, the TTA/probing/domain-gap checks the notebooks call first, ``Run``, the papermill CLI).
+While it runs, the backbone's ``encode``/``forward``, the probe and the domain-gap CNN's
+training raise ``WorkStarted``: an error that came after work had started fails the test.
+
+docs/ERRORS.md is generated from these cases and the messages they give; a test keeps it
+current. After changing a message: ``DIFFPROMPT_WRITE_DOCS=1 pytest tests/test_bad_input.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CS_IDS, H, W, build_fake_root, save_pipeline, stripes, tiny_sd_parts
+from conftest import write_palette as _write_palette
+
+from diffprompt.backbones.hub import ModelNotFoundError
+from diffprompt.data import DatasetError, DatasetNotFoundError
+from diffprompt.paths import REPO_ROOT
+from diffprompt.preflight import NotWritableError, ParameterError
+from diffprompt.train import CheckpointError, ConfigMismatchError, TrainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+DOC = REPO_ROOT / "docs" / "ERRORS.md"
+
+
+class WorkStarted(AssertionError):
+    """Raised by the patched compute entry points: the error came too late."""
+
+
+@dataclass
+class Ctx:
+    """One case's world: a fresh fake data root, the tiny model, an empty results path."""
+
+    tmp: Path
+    root: Path
+    model: Path
+    results: Path
+
+    def cfg(self, **over) -> TrainConfig:
+        base = dict(model=str(self.model), data_root=str(self.root), steps=2, batch_size=2,
+                    targets=("cityscapes",), fpn_width=8, head_width=8, warmup=1,
+                    progress="log", prompt_pool=3, device="cpu", log_every=1)  # fmt: skip
+        return TrainConfig(**{**base, **over})
+
+    @property
+    def scratch(self) -> Path:
+        """Where a case's set-up writes (copies of the model, checkpoints of other runs)."""
+        return self.tmp / "setup"
+
+    def model_copy(self) -> Path:
+        dst = self.scratch / "model"
+        shutil.copytree(self.model, dst)
+        return dst
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def train(ctx: Ctx, **over) -> None:
+    """What notebook 02 and ``python -m diffprompt.train`` run."""
+    from diffprompt.experiments import train_dg
+
+    train_dg(ctx.cfg(**over), log=quiet)
+
+
+@dataclass
+class Case:
+    id: str
+    title: str
+    given: str  # the bad input, as a user gives it
+    where: str  # the entry point that catches it
+    run: Callable[[Ctx], None]
+    error: type[BaseException]
+    match: str  # names the problem and what to do
+
+
+# ---------------------------------------------------------------------------------------
+# set-ups of the cases that need more than a config
+
+
+def _corrupt_image(ctx: Ctx) -> None:
+    (ctx.root / "gta5/images/00002.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    train(ctx)
+
+
+def _label_wrong_size(ctx: Ctx) -> None:
+    _write_palette(ctx.root / "gta5/labels/00001.png", stripes(CS_IDS, h=H, w=W + 4))
+    train(ctx)
+
+
+def _label_outside_mapping(ctx: Ctx) -> None:
+    values = stripes(CS_IDS)
+    values[:, 0] = 250  # no Cityscapes id
+    _write_palette(ctx.root / "gta5/labels/00002.png", values)
+    train(ctx)
+
+
+def _empty_split(ctx: Ctx) -> None:
+    for p in (ctx.root / "cityscapes/leftImg8bit/val").rglob("*.png"):
+        p.unlink()
+    train(ctx)
+
+
+def _no_dataset_folder(ctx: Ctx) -> None:
+    shutil.rmtree(ctx.root / "dark_zurich")
+    train(ctx, targets=("cityscapes", "darkzurich"))
+
+
+def _missing_component(ctx: Ctx) -> None:
+    model = ctx.model_copy()
+    shutil.rmtree(model / "unet")
+    train(ctx, model=str(model))
+
+
+def _pickled_weights(ctx: Ctx) -> None:
+    from diffusers import UNet2DConditionModel
+
+    model = ctx.model_copy()
+    unet = UNet2DConditionModel.from_pretrained(model / "unet")
+    shutil.rmtree(model / "unet")
+    unet.save_pretrained(model / "unet", safe_serialization=False)  # a pickle (.bin) only
+    train(ctx, model=str(model))
+
+
+def _checkpoint_of(ctx: Ctx, cfg: TrainConfig) -> Path:
+    from diffprompt.train import Trainer
+
+    return Trainer(cfg, ctx.scratch / "elsewhere", log=quiet).save_checkpoint()
+
+
+def _checkpoint_config_mismatch(ctx: Ctx) -> None:
+    from diffprompt.tta import dg_trainer
+
+    path = _checkpoint_of(ctx, ctx.cfg(consistency_weight=1.0))
+    dg_trainer(ctx.cfg(consistency_weight=3.0, steps=1), checkpoint=str(path), log=quiet)
+
+
+def _checkpoint_shape_mismatch(ctx: Ctx) -> None:
+    from diffprompt.backbones.tokenizer import caption_words
+    from diffprompt.labels import CLASSES
+    from diffprompt.prompts import prompt_corpus
+    from diffprompt.tta import dg_trainer
+
+    model = ctx.model_copy()
+    cfg = ctx.cfg(model=str(model))
+    path = _checkpoint_of(ctx, cfg)
+    shutil.rmtree(model)  # the folder now holds a model of other widths, under the same name
+    words = caption_words(prompt_corpus(CLASSES))
+    save_pipeline(tiny_sd_parts(ctx.scratch, words=words, max_length=32, unet_widths=(16, 32, 48)),
+                  model)  # fmt: skip
+    dg_trainer(cfg, checkpoint=str(path), log=quiet)
+
+
+def _truncated_checkpoint(ctx: Ctx) -> None:
+    from diffprompt.experiments import dg_run_dir
+
+    cfg = ctx.cfg()
+    data = _checkpoint_of(ctx, cfg).read_bytes()
+    run = dg_run_dir(cfg, ctx.scratch / "old")  # a run folder whose checkpoint was cut short
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    from diffprompt.experiments import train_dg
+
+    train_dg(cfg, ctx.scratch / "old", log=quiet)
+
+
+def _read_only_results(ctx: Ctx) -> None:
+    """A read-only results folder, seen by a process that cannot override permissions (as
+    root: with CAP_DAC_OVERRIDE dropped by setpriv)."""
+    ctx.results.mkdir()
+    ctx.results.chmod(0o555)
+    code = f"from diffprompt.results import Run; Run('00_data', {{}}, root={str(ctx.results)!r})"
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: a read-only folder cannot be made")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    p = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)  # fmt: skip
+    if p.returncode == 0:
+        return
+    last = p.stderr.strip().splitlines()[-1]
+    if not last.startswith("diffprompt.preflight.NotWritableError: "):
+        raise AssertionError(p.stderr)
+    raise NotWritableError(last.split(": ", 1)[1])
+
+
+def _results_is_a_file(ctx: Ctx) -> None:
+    from diffprompt.results import Run
+
+    ctx.results.write_text("not a folder\n")
+    Run("02_dg_training", {}, root=ctx.results / "sub")
+
+
+def _papermill(ctx: Ctx, notebook: str, *args: str) -> None:
+    """Run a notebook with the papermill CLI as a user would; re-raise its ParameterError."""
+    out = ctx.tmp / "executed.ipynb"
+    cmd = [str(Path(sys.executable).parent / "papermill"), str(REPO_ROOT / "notebooks" / notebook),
+           str(out), "-p", "data_root", str(ctx.root), "-p", "results_dir", str(ctx.results),
+           *args]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    if p.returncode == 0:
+        return
+    found = re.findall(r"^ParameterError: (.*)$", p.stdout + p.stderr, re.M)
+    if not found:
+        raise AssertionError(p.stderr[-3000:])
+    out.unlink(missing_ok=True)  # papermill's executed copy lies outside results/
+    raise ParameterError(found[-1])
+
+
+def _cli(ctx: Ctx, *overrides: str) -> None:
+    """``python -m diffprompt.train KEY=VALUE ...``: its error becomes SystemExit('error: ...')."""
+    from diffprompt.train import main
+
+    try:
+        main([f"data_root={ctx.root}", f"model={ctx.model}", *overrides,
+              "--results", str(ctx.results)])  # fmt: skip
+    except SystemExit as e:
+        raise SystemExit(str(e.code)) from None
+
+
+def _tta(ctx: Ctx, target: str = "acdc_night", missing: str = "train", **over) -> None:
+    """What notebook 03 runs before it loads or trains the DG model."""
+    from diffprompt.tta import TTAConfig, check_targets, dg_trainer, resolve_targets
+
+    targets = resolve_targets(target)
+    cfgs = {t: TTAConfig(target=t, **over) for t in targets}
+    dg_cfg = ctx.cfg(source="cityscapes", targets=())
+    check_targets(cfgs, ["denoise"], ["offline"], dg_cfg, missing, "", None)
+    dg_trainer(dg_cfg, None, missing, log=quiet)
+
+
+def _probe(ctx: Ctx, **over) -> None:
+    """What notebook 01 runs first."""
+    from diffprompt.probing import ProbeConfig, probe_sets
+
+    probe_sets(ProbeConfig(data_root=str(ctx.root), targets=("cityscapes",), **over))
+
+
+def _gap(ctx: Ctx, **over) -> None:
+    """What notebook 00 runs for its domain-gap table."""
+    from diffprompt.domain_gap import GapConfig, run_domain_gap
+
+    run_domain_gap(ctx.root, "gta5", ["cityscapes"], GapConfig(device="cpu", **over))
+
+
+CASES = [
+    Case("unknown-dataset", "An unknown data set", "`source=\"gta6\"`", "train_dg (notebook 02)",
+         lambda c: train(c, source="gta6"), ValueError, r"unknown data set 'gta6'.*Did you mean 'gta5'"),
+    Case("unknown-target", "An unknown DG target", "`targets=[\"citiscapes\"]`",
+         "train_dg (notebook 02)", lambda c: train(c, targets=("citiscapes",)), ValueError,
+         r"unknown data set 'citiscapes'; valid names:.*Did you mean 'cityscapes'"),
+    Case("unknown-tta-target", "An unknown TTA target", "`-p target acdc_nite`",
+         "resolve_targets (notebook 03)", lambda c: _tta(c, target="acdc_nite"), ValueError,
+         r"unknown target 'acdc_nite'; valid targets:.*Did you mean 'acdc_night'"),
+    Case("unknown-backbone", "An unknown backbone", "`model=\"toy-sdd\"`",
+         "DiffusionBackbone.from_pretrained via train_dg", lambda c: train(c, model="toy-sdd"),
+         ModelNotFoundError, r"no Stable Diffusion model folder at 'toy-sdd': pass an existing folder"),
+    Case("missing-data-root", "A data root that does not exist", "`data_root=\"/no/such/folder\"`",
+         "resolve_data_root via train_dg", lambda c: train(c, data_root=str(c.tmp / "nowhere")),
+         FileNotFoundError, r"does not exist or is not a folder\. Pass the folder that holds"),
+    Case("missing-dataset-folder", "A data set missing from the data root",
+         "`targets=[\"cityscapes\", \"darkzurich\"]`, no dark_zurich/ under the root",
+         "Trainer preflight (evaluation sets are opened before training)", _no_dataset_folder,
+         DatasetNotFoundError, r"dark_zurich"),
+    Case("corrupted-image", "A corrupted image", "gta5/images/00002.png truncated",
+         "Trainer preflight (check_files)", _corrupt_image, DatasetError,
+         r"cannot read image .*00002\.png.*Replace these files"),
+    Case("label-wrong-size", "A label of another size than its image",
+         "gta5/labels/00001.png 4 pixels wider", "Trainer preflight (check_files)",
+         _label_wrong_size, DatasetError, rf"is {W + 4}x{H} \(WxH\) but its image .* is {W}x{H}"),
+    Case("label-outside-mapping", "Label values outside the mapping",
+         "gta5/labels/00002.png holds id 250", "Trainer preflight (check_files)",
+         _label_outside_mapping, DatasetError, r"holds values \[250\] outside.*strict_labels=False"),
+    Case("empty-split", "An empty split", "cityscapes/leftImg8bit/val/ holds no images",
+         "Trainer preflight (evaluation sets)", _empty_split, DatasetNotFoundError, r"is empty"),
+    Case("unlabeled-eval-split", "Evaluation on a split without labels", "`target_split=\"test\"`",
+         "Trainer preflight", lambda c: train(c, target_split="test"), ValueError,
+         r"has no labels to evaluate on; set target_split"),
+    Case("papermill-wrong-type", "A papermill parameter of the wrong type", "`-p steps abc`",
+         "check_parameters (first cell of every notebook)",
+         lambda c: _papermill(c, "02_dg_training.ipynb", "-p", "steps", "abc"), ParameterError,
+         r"parameter 'steps' must be an integer \(steps: int\), got str 'abc'; pass e\.g\. -p steps"),
+    Case("papermill-unknown-parameter", "A misspelt papermill parameter", "`-p stepz 5`",
+         "check_parameters (first cell of every notebook)",
+         lambda c: _papermill(c, "03_tta.ipynb", "-p", "stepz", "5"), ParameterError,
+         r"unknown parameter 'stepz'.*Did you mean 'steps'"),
+    Case("zero-steps", "Zero steps", "`steps=0`", "check_config via train_dg",
+         lambda c: train(c, steps=0), ValueError, r"steps must be a positive integer, got 0"),
+    Case("negative-steps", "Negative steps", "`steps=-5`", "check_config via train_dg",
+         lambda c: train(c, steps=-5), ValueError, r"steps must be a positive integer, got -5"),
+    Case("tta-zero-steps", "Zero TTA steps", "`-p steps 0` (notebook 03)", "check_targets (notebook 03)",
+         lambda c: _tta(c, steps=0), ValueError, r"steps must be a positive integer, got 0"),
+    Case("probe-zero-images", "A probe with no training images", "`n_train=0` (notebook 01)",
+         "probe_sets (notebook 01)", lambda c: _probe(c, n_train=0), ValueError,
+         r"probe: n_train must be a positive integer, got 0"),
+    Case("gap-negative-lr", "A negative learning rate", "`gap` recipe `lr=-0.1` (notebook 00)",
+         "run_domain_gap (notebook 00)", lambda c: _gap(c, lr=-0.1), ValueError,
+         r"domain gap: lr must be a positive number, got -0\.1"),
+    Case("crop-larger-than-image", "A crop larger than the image",
+         f"`crop=(16, 32)` on {H}x{W} images, `cache_features=False`", "Trainer preflight (check_crop)",
+         lambda c: train(c, cache_features=False, crop=(16, 32)), ValueError,
+         rf"crop 16x32 \(HxW\) is larger than the source images \({H}x{W} at the smallest\): use a crop of at most"),
+    Case("batch-not-divisible", "A batch that does not split into micro-batches",
+         "`batch_size=6, grad_accum=4`", "check_config via train_dg",
+         lambda c: train(c, batch_size=6, grad_accum=4), ValueError,
+         r"batch_size 6 is not a multiple of grad_accum 4"),
+    Case("model-missing-component", "A model folder missing a component", "a diffusers folder without unet/",
+         "resolve_model_folder via train_dg", _missing_component, ModelNotFoundError,
+         r"lacks unet; a complete checkpoint folder holds vae, unet"),
+    Case("pickled-weights", "A model whose weights are pickles, not safetensors",
+         "unet/diffusion_pytorch_model.bin only", "DiffusionBackbone.from_pretrained",
+         _pickled_weights, ModelNotFoundError, r"unet holds diffusion_pytorch_model\.bin \(pickled\) but no \.safetensors file.*Convert it once"),
+    Case("hub-offline", "A hub id while offline", "`model=\"someone/some-sd\"` with HF_HUB_OFFLINE=1",
+         "resolve_model_folder via train_dg", lambda c: train(c, model="someone/some-sd"),
+         ModelNotFoundError, r"not in the local Hugging Face cache and HF_HUB_OFFLINE is set.*hf download"),
+    Case("checkpoint-config-mismatch", "A checkpoint from another configuration",
+         "`dg_checkpoint` written with consistency_weight 1, run with 3", "dg_trainer (notebook 03)",
+         _checkpoint_config_mismatch, ConfigMismatchError,
+         r"written by a run with another configuration \(fields \['consistency_weight', 'steps'\] differ\); delete it"),
+    Case("checkpoint-shape-mismatch", "A checkpoint whose shapes do not fit the model",
+         "the model folder was replaced by one of other widths", "Trainer.load_checkpoint (dg_trainer)",
+         _checkpoint_shape_mismatch, ConfigMismatchError, r"does not fit this model \(size mismatch.*delete it"),
+    Case("truncated-checkpoint", "A truncated checkpoint", "checkpoint.pt cut to half its bytes",
+         "train_dg (resume)", _truncated_checkpoint, CheckpointError,
+         r"cannot be read .*truncated or not a diffprompt DG checkpoint: delete it"),
+    Case("read-only-results", "A read-only results folder", "results/ with mode 0555",
+         "Run (every notebook's first cell), train_dg, check_targets", _read_only_results,
+         NotWritableError, r"is not writable: Permission denied; make it writable"),
+    Case("results-is-a-file", "A results path below a file", "`results_dir=\"some/file/sub\"`",
+         "Run", _results_is_a_file, NotWritableError, r"cannot be created: .* is not a folder"),
+    Case("tta-no-dg-model", "TTA without a trained DG model", "`-p dg_missing error`, nothing in results/",
+         "dg_trainer (notebook 03)", lambda c: _tta(c, missing="error"), FileNotFoundError,
+         r"no trained DG model for this configuration .*run notebook 02 with the same parameters"),
+    Case("unknown-device", "An unknown device", "`device=\"gpu\"`", "resolve_device via train_dg",
+         lambda c: train(c, device="gpu"), ValueError, r"unknown device 'gpu': use 'auto', 'cpu', 'cuda'"),
+    Case("cli-wrong-value", "A command-line value of the wrong type", "`python -m diffprompt.train steps=abc`",
+         "python -m diffprompt.train", lambda c: _cli(c, "steps=abc"), SystemExit,
+         r"error: steps must be a positive integer, got 'abc'"),
+    Case("cli-unknown-field", "A misspelt command-line field", "`python -m diffprompt.train stepz=5`",
+         "python -m diffprompt.train", lambda c: _cli(c, "stepz=5"), SystemExit,
+         r"error: unknown TrainConfig field 'stepz'\. Did you mean 'steps'"),
+]  # fmt: skip
+
+MESSAGES: dict[str, tuple[str, str]] = {}  # id -> (exception type, normalised message)
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def _normalise(msg: str, ctx: Ctx) -> str:
+    for path, name in ((ctx.results, "<results>"), (ctx.root, "<data>"), (ctx.model, "<model>"),
+                       (ctx.tmp, "<tmp>"), (REPO_ROOT, "<repo>")):  # fmt: skip
+        msg = msg.replace(str(path), name)
+    return re.sub(r"-[0-9a-f]{16}\b", "-<config hash>", msg)  # run folders hash the paths too
+
+
+def run_case(case: Case, tmp: Path, model: Path, monkeypatch) -> str:
+    """Run one case; assert its error, its message and that nothing was written."""
+    from diffprompt.backbones.diffusion import DiffusionBackbone
+
+    ctx = Ctx(tmp, build_fake_root(tmp / "data"), model, tmp / "results")
+    monkeypatch.setenv("DIFFPROMPT_RESULTS", str(ctx.results))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def work(*a, **k):
+        raise WorkStarted(f"{case.id}: work started before the error")
+
+    monkeypatch.setattr(DiffusionBackbone, "encode", work)
+    monkeypatch.setattr(DiffusionBackbone, "forward", work)
+    monkeypatch.setattr("diffprompt.probing.fit_probe", work)
+    monkeypatch.setattr("diffprompt.domain_gap.train_cnn", work)
+    before = {p for p in _files(tmp) if not p.is_relative_to(ctx.results)}
+    with pytest.raises(case.error) as e:
+        case.run(ctx)
+    msg = str(e.value) if not isinstance(e.value, SystemExit) else str(e.value.code)
+    assert re.search(case.match, msg, re.S), msg
+    assert _files(ctx.results) == [], f"{case.id} wrote into results/"
+    partial = [
+        p for p in _files(tmp) if p.name.endswith(".tmp") or ".diffprompt-write-probe" in p.name
+    ]
+    assert partial == [], partial
+    new = [p for p in _files(tmp) if p not in before and not p.is_relative_to(ctx.results)]
+    assert [p for p in new if not p.is_relative_to(ctx.scratch)] == []
+    if ctx.results.exists():
+        ctx.results.chmod(0o755)
+    MESSAGES[case.id] = (type(e.value).__name__, _normalise(msg, ctx))
+    return msg
+
+
+def test_there_are_at_least_twenty_cases():
+    assert len(CASES) >= 20
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_fails_early_and_clearly(case, tmp_path, tiny_sd, monkeypatch):
+    run_case(case, tmp_path, tiny_sd, monkeypatch)
+
+
+def render(messages: dict[str, tuple[str, str]]) -> str:
+    """Return docs/ERRORS.md for the messages of every case."""
+    out = [
+        "# Bad input: what diffprompt says",
+        "",
+        "Every case below is a test (`tests/test_bad_input.py`). Each stops before any work",
+        "starts (no feature is computed, no model trained), writes nothing to results/ and leaves",
+        "no partial file; the message names the problem and what to do. Paths are shown as",
+        "`<data>` (the data root), `<model>`, `<results>`, `<tmp>` and `<repo>`. This page is",
+        "generated from the tests: `DIFFPROMPT_WRITE_DOCS=1 pytest tests/test_bad_input.py`.",
+        "",
+        "What is checked before a run, and where, is described in `diffprompt/preflight.py`:",
+        "notebook parameters (types and names) in every notebook's first cell; configurations",
+        "(`check_config`, `check_tta`, `check_fields`); data sets (the root, each data set's",
+        "folder and split, and the files a run reads: every file for up to 256 images, an evenly",
+        "spread sample of 32 beyond; `python -m diffprompt.data check NAME` reads all); the",
+        "crop against the images; the model folder and its weights (safetensors only);",
+        "checkpoints (readable, same configuration hash, same shapes); and the results folder.",
+        "",
+        "| # | case | input | caught by | error |",
+        "|---|---|---|---|---|",
+    ]
+    for i, c in enumerate(CASES, 1):
+        out.append(f"| {i} | [{c.title}](#{i}-{c.id}) | {c.given} | {c.where} | "
+                   f"`{messages[c.id][0]}` |")  # fmt: skip
+    out.append("")
+    for i, c in enumerate(CASES, 1):
+        kind, msg = messages[c.id]
+        out += [f"## {i}. {c.id}", "", f"{c.title}: {c.given}. Caught by {c.where}; raises "
+                f"`{kind}`:", "", "```text", msg, "```", ""]  # fmt: skip
+    return "\n".join(out)
+
+
+def test_errors_doc_lists_every_case_with_its_message(tmp_path_factory, tiny_sd, monkeypatch):
+    for case in CASES:  # the cases this session did not run (e.g. under -k) run now
+        if case.id not in MESSAGES:
+            with monkeypatch.context() as m:
+                run_case(case, tmp_path_factory.mktemp(case.id), tiny_sd, m)
+    text = render(MESSAGES)
+    if os.environ.get("DIFFPROMPT_WRITE_DOCS") == "1":
+        DOC.write_text(text)
+    assert DOC.is_file(), "run DIFFPROMPT_WRITE_DOCS=1 pytest tests/test_bad_input.py"
+    assert DOC.read_text() == text, (
+        "docs/ERRORS.md is out of date: DIFFPROMPT_WRITE_DOCS=1 pytest tests/test_bad_input.py"
+    )
+
+
+def test_check_parameters_types_and_names():
+    from diffprompt.preflight import check_parameters
+
+    ann = {"steps": int, "lr": float, "targets": list, "retrain": bool, "name": str}
+    good = {"steps": 3, "lr": 1, "targets": ["a"], "retrain": False, "name": "x", "np": np,
+            "In": [], "_": None, "__annotations__": ann}  # fmt: skip
+    assert check_parameters(good)["lr"] == 1.0 and isinstance(check_parameters(good)["lr"], float)
+    for bad, match in [({"steps": 1.5}, "'steps' must be an integer"),
+                       ({"steps": True}, "'steps' must be an integer"),
+                       ({"retrain": 1}, "'retrain' must be True or False"),
+                       ({"targets": "cityscapes"}, r"-y 'targets: \[\]'"),
+                       ({"lr": "fast"}, "'lr' must be a number"),
+                       ({"name": 5}, "'name' must be a string")]:  # fmt: skip
+        with pytest.raises(ParameterError, match=match):
+            check_parameters({**good, **bad})
+    with pytest.raises(ParameterError, match="unknown parameter 'lrr'.*Did you mean 'lr'"):
+        check_parameters({**good, "lrr": 0.1})
+    # a namespace checked once (a notebook re-run interactively) may hold the run's variables
+    ns = dict(good)
+    check_parameters(ns)
+    ns["trainer"] = object()
+    check_parameters(ns)
+
+
+def test_sampled_file_check_reads_first_last_and_spread():
+    from diffprompt.preflight import ALL_FILES, SAMPLE_FILES, file_indices
+
+    assert file_indices(10) == list(range(10))
+    big = file_indices(10_000)
+    assert len(big) == SAMPLE_FILES and big[0] == 0 and big[-1] == 9999
+    assert file_indices(ALL_FILES + 1, range(5, ALL_FILES + 6))[0] == 5
+    assert torch.tensor(big).diff().min() > 100  # evenly spread
