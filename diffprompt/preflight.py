@@ -141,8 +141,7 @@ def check_fields(obj: Any, positive_int: Iterable[str] = (), nonneg_int: Iterabl
     for name in nonneg_int:
         v = getattr(obj, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ValueError(f"{pre}{name} must be a non-negative integer (0 = all/off), "
-                             f"got {v!r}")  # fmt: skip
+            raise ValueError(f"{pre}{name} must be a non-negative integer, got {v!r}")
     for name in positive:
         v = getattr(obj, name)
         if not num(v) or v <= 0:

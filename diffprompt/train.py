@@ -323,15 +323,12 @@ def check_config(cfg: TrainConfig) -> None:
         bad(f"unknown prompt_mode {cfg.prompt_mode!r}; choose one of {PROMPT_MODES}")
     if cfg.consistency not in CONSISTENCY_KINDS:
         bad(f"unknown consistency {cfg.consistency!r}; choose one of {CONSISTENCY_KINDS}")
-    for name in ("steps", "batch_size", "grad_accum", "num_prompts", "eval_batch"):
-        v = getattr(cfg, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            bad(f"{name} must be a positive integer, got {v!r}")
-    for name in ("max_train_images", "max_eval_images", "vocabulary_size", "prompt_pool",
-                 "warmup", "log_every", "ckpt_every"):  # fmt: skip
-        v = getattr(cfg, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            bad(f"{name} must be a non-negative integer, got {v!r}")
+    from diffprompt.preflight import check_fields
+
+    check_fields(cfg, positive_int=("steps", "batch_size", "grad_accum", "num_prompts",
+                                    "eval_batch"),
+                 nonneg_int=("max_train_images", "max_eval_images", "vocabulary_size",
+                             "prompt_pool", "warmup", "log_every", "ckpt_every"))  # fmt: skip
     if cfg.batch_size % cfg.grad_accum:
         bad(f"batch_size {cfg.batch_size} is not a multiple of grad_accum {cfg.grad_accum}: "
             "use a batch_size that grad_accum divides (each micro-batch is batch_size / "

@@ -104,12 +104,11 @@ def check_tta(cfg: TTAConfig, objectives: Sequence[str], modes: Sequence[str]) -
     for m in modes:
         if m not in MODES:
             raise ValueError(f"unknown TTA mode {m!r}; choose from {MODES}")
-    for name in ("steps", "batch_size"):
-        v = getattr(cfg, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
-    if not cfg.lr > 0:
-        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    from diffprompt.preflight import check_fields
+
+    check_fields(cfg, positive_int=("steps", "batch_size", "online_steps"),
+                 nonneg_int=("fit_images", "eval_images", "eval_every"), positive=("lr",),
+                 nonneg=("entropy_weight",))  # fmt: skip
     lo, hi = cfg.denoise_t
     if not 0 <= lo < hi:
         raise ValueError(f"denoise_t must be [low, high) with 0 <= low < high, got {cfg.denoise_t}")
