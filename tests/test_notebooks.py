@@ -32,6 +32,14 @@ def test_notebook_is_stripped_paired_and_thin(path):
     for node in ast.parse("".join(params[0]["source"])).body:
         assert isinstance(node, ast.Assign | ast.AnnAssign), ast.dump(node)
         ast.literal_eval(node.value)
+    # every parameter is annotated with its type, and the next cell checks them (preflight)
+    types = {"int", "float", "bool", "str", "list", "dict"}
+    for node in ast.parse("".join(params[0]["source"])).body:
+        assert isinstance(node, ast.AnnAssign) and ast.unparse(node.annotation) in types, (
+            ast.unparse(node)
+        )
+    after = "".join(code[code.index(params[0]) + 1]["source"])
+    assert "check_parameters(globals())" in after
     # thin: no function or class definitions in cells
     for c in code:
         tree = ast.parse("".join(c["source"]))
