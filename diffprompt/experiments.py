@@ -103,8 +103,7 @@ def miou_table(trainer: Trainer, cms: Mapping[str, Any], sets: Mapping[str, Any]
     rows = []
     for name, cm in cms.items():
         classes = eval_classes(cfg, sets[name])
-        n = len(sets[name]) if not cfg.max_eval_images else min(cfg.max_eval_images,
-                                                                 len(sets[name]))  # fmt: skip
+        n = trainer.eval_count(sets[name])
         rows.append({"target": name, "mIoU": cm.miou(classes), "images": n,
                      "classes": len(classes) if classes is not None else len(CLASSES)})  # fmt: skip
     return pd.DataFrame(rows).set_index("target")

@@ -48,12 +48,11 @@ _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
 _checked: set[int] = set()
 
 
-def _example(name: str, kind: type, default: Any) -> str:
+def _example(name: str, kind: type) -> str:
     if kind in (list, dict):
-        import json
-
-        return f"-y '{name}: {json.dumps(default if default else ([] if kind is list else {}))}'"
-    return f"-p {name} {default!r}" if kind is str else f"-p {name} {default}"
+        return f"-y '{name}: {'[]' if kind is list else '{}'}'"
+    return {int: f"-p {name} 10", float: f"-p {name} 0.5", bool: f"-p {name} True",
+            str: f"-p {name} NAME"}[kind]  # fmt: skip
 
 
 def _fits(value: Any, kind: type) -> bool:
@@ -68,33 +67,27 @@ def _fits(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-def check_parameters(namespace: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
-                     annotations: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def check_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
     """Check a notebook's parameters; return {name: value}.
 
     ``namespace`` is the notebook's ``globals()`` after its parameters cell (each parameter
-    declared ``name: type = default``) and papermill's injected cell. Raises
-    :class:`ParameterError` when a value does not have its declared type (papermill passes
-    ``-p steps abc`` as the string "abc") or, on the first check of a namespace, when it
-    holds a name that is no parameter (``-p stepz 5``: papermill only warns and runs the
-    defaults). ``defaults`` (the declared values, for the examples in messages) and
-    ``annotations`` default to what the namespace records.
+    declared ``name: type = default``, recorded in ``__annotations__``) and papermill's
+    injected cell. Raises :class:`ParameterError` when a value does not have its declared
+    type (papermill passes ``-p steps abc`` as the string "abc") or, on the first check of a
+    namespace, when it holds a name that is no parameter (``-p stepz 5``: papermill only
+    warns and runs the defaults).
     """
-    ann = dict(annotations if annotations is not None else namespace.get("__annotations__", {}))
+    ann = dict(namespace.get("__annotations__", {}))
     problems: list[str] = []
     values: dict[str, Any] = {}
     for name, kind in ann.items():
-        if isinstance(kind, str):  # postponed annotations
-            kind = {"int": int, "float": float, "bool": bool, "str": str, "list": list,
-                    "dict": dict}.get(kind, object)  # fmt: skip
         if name not in namespace or kind not in _TYPE_NAMES:
             continue
         value = namespace[name]
         if not _fits(value, kind):
-            default = (defaults or {}).get(name, _placeholder(kind))
             problems.append(f"parameter {name!r} must be {_TYPE_NAMES[kind]} ({name}: "
                             f"{kind.__name__}), got {type(value).__name__} {value!r}; pass e.g. "
-                            f"{_example(name, kind, default)}")  # fmt: skip
+                            f"{_example(name, kind)}")  # fmt: skip
         values[name] = float(value) if kind is float and _fits(value, float) else value
     if id(namespace) not in _checked:
         unknown = [k for k, v in namespace.items() if k not in ann and not k.startswith("_")
@@ -110,10 +103,6 @@ def check_parameters(namespace: Mapping[str, Any], defaults: Mapping[str, Any] |
         raise ParameterError("; ".join(problems))
     _checked.add(id(namespace))
     return values
-
-
-def _placeholder(kind: type) -> Any:
-    return {int: 10, float: 0.5, bool: True, str: "NAME", list: [], dict: {}}[kind]
 
 
 # ---------------------------------------------------------------------------------------

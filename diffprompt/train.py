@@ -593,8 +593,7 @@ class Trainer:
             if not ds.labeled:
                 raise ValueError(f"{name}: split {ds.split!r} has no labels to evaluate on; set "
                                  "target_split to a labeled split (e.g. 'val')")  # fmt: skip
-            n = len(ds) if not self.cfg.max_eval_images else min(len(ds), self.cfg.max_eval_images)
-            check_files(ds, range(n))
+            check_files(ds, range(self.eval_count(ds)))
 
     def _check_sizes(self) -> None:
         """Fail early on sizes the backbone cannot take: a train_size or crop that is not a
@@ -877,6 +876,12 @@ class Trainer:
         """Return {name: dataset} of what :meth:`evaluate` scores (source val first)."""
         return dict(self._eval_sets)
 
+    def eval_count(self, dataset) -> int:
+        """Return how many images of ``dataset`` are evaluated (the first ``max_eval_images``,
+        0 = all)."""
+        m = self.cfg.max_eval_images
+        return min(len(dataset), m) if m else len(dataset)
+
     def _open_eval_sets(self) -> dict[str, Any]:
         from diffprompt.data import build_dataset
 
@@ -907,7 +912,7 @@ class Trainer:
         self.ddp_model.eval()
         out = {}
         for name, ds in sets.items():
-            n = len(ds) if not self.cfg.max_eval_images else min(len(ds), self.cfg.max_eval_images)
+            n = self.eval_count(ds)
             out[name] = evaluate_predictions(self.predictor(ds), ds, range(n), self.cfg.eval_batch)
             if self.acc.is_main_process:
                 eval_classes = getattr(ds, "eval_classes", None)

@@ -124,7 +124,6 @@ def check_targets(cfgs: Mapping[str, TTAConfig], objectives: Sequence[str],
     (present, labeled where evaluated, their files readable; see
     :func:`diffprompt.preflight.check_files`) and that ``results_dir`` (None: results/) can
     be written. Raises an error that says what to do."""
-    from diffprompt.data import DATASETS, build_dataset
     from diffprompt.paths import resolve_data_root, results_root
     from diffprompt.preflight import check_files, check_writable
     from diffprompt.train import check_config
@@ -137,17 +136,28 @@ def check_targets(cfgs: Mapping[str, TTAConfig], objectives: Sequence[str],
         raise FileNotFoundError(f"no DG checkpoint at {checkpoint}: pass the checkpoint.pt of a "
                                 "finished DG run (results/runs/dg/<run>/), or '' to use results/")  # fmt: skip
     root = resolve_data_root(dg_cfg.data_root)
-    for t, cfg in cfgs.items():
+    for cfg in cfgs.values():
         check_tta(cfg, objectives, modes)
-        split, _ = fit_split(DATASETS[t], root)
-        fit_set = build_dataset(t, split, root)
-        eval_set = build_dataset(t, dg_cfg.target_split, root)
+        fit_set, eval_set, n_fit, n_eval, _ = target_sets(cfg, root, dg_cfg.target_split)
         if not eval_set.labeled:
-            raise ValueError(f"{t}: split {dg_cfg.target_split!r} has no labels to evaluate on")
-        n_fit = len(fit_set) if not cfg.fit_images else min(cfg.fit_images, len(fit_set))
-        n_eval = len(eval_set) if not cfg.eval_images else min(cfg.eval_images, len(eval_set))
+            raise ValueError(f"{cfg.target}: split {dg_cfg.target_split!r} has no labels to "
+                             "evaluate on")  # fmt: skip
         check_files(fit_set, range(n_fit))
         check_files(eval_set, range(n_eval))
+
+
+def target_sets(cfg: TTAConfig, root, eval_split: str, transform=None) -> tuple:
+    """Return (fit set, evaluation set, images fitted on, images evaluated, fit-split note)
+    of a target: the fit split of :func:`fit_split` and ``eval_split``, with the image
+    limits of ``cfg`` (0 = all)."""
+    from diffprompt.data import DATASETS, build_dataset
+
+    split, note = fit_split(DATASETS[cfg.target], root)
+    fit_set = build_dataset(cfg.target, split, root, transform=transform)
+    eval_set = build_dataset(cfg.target, eval_split, root, transform=transform)
+    n_fit = len(fit_set) if not cfg.fit_images else min(cfg.fit_images, len(fit_set))
+    n_eval = len(eval_set) if not cfg.eval_images else min(cfg.eval_images, len(eval_set))
+    return fit_set, eval_set, n_fit, n_eval, note
 
 
 #: Named groups of targets: ``adverse`` is the paper's clear-to-adverse benchmark.
@@ -437,18 +447,13 @@ def run_target(trainer: Trainer, cfg: TTAConfig, objectives: Sequence[str] = OBJ
     """Run every row of one target's TTA table. Returns {"table": rows, "curves": rows,
     "nearest": {objective: rows}, "fit_split": note, "examples": {row: prediction (H, W)},
     "example": (image, mask), "seconds": wall time}."""
-    from diffprompt.data import DATASETS, build_dataset
-
     check_tta(cfg, objectives, modes)
     t0 = time.time()
-    root, transform = trainer.root, trainer._eval_transform()
-    split, note = fit_split(DATASETS[cfg.target], root)
-    fit_set = build_dataset(cfg.target, split, root, transform=transform)
-    eval_set = build_dataset(cfg.target, trainer.cfg.target_split, root, transform=transform)
-    n_fit = len(fit_set) if not cfg.fit_images else min(cfg.fit_images, len(fit_set))
-    n_eval = len(eval_set) if not cfg.eval_images else min(cfg.eval_images, len(eval_set))
+    fit_set, eval_set, n_fit, n_eval, note = target_sets(
+        cfg, trainer.root, trainer.cfg.target_split, trainer._eval_transform()
+    )
     if n_fit == 0 or n_eval == 0:
-        raise ValueError(f"{cfg.target}: no images to fit on ({split}) or to evaluate on")
+        raise ValueError(f"{cfg.target}: no images to fit on ({note}) or to evaluate on")
     fit_idx, eval_idx = list(range(n_fit)), list(range(n_eval))
     tta = PromptTTA(trainer, cfg, log)
     rows, curves, nearest, examples = [], [], {}, {}

@@ -168,15 +168,13 @@ def _checkpoint_shape_mismatch(ctx: Ctx) -> None:
 
 
 def _truncated_checkpoint(ctx: Ctx) -> None:
-    from diffprompt.experiments import dg_run_dir
+    from diffprompt.experiments import dg_run_dir, train_dg
 
     cfg = ctx.cfg()
     data = _checkpoint_of(ctx, cfg).read_bytes()
     run = dg_run_dir(cfg, ctx.scratch / "old")  # a run folder whose checkpoint was cut short
     run.mkdir(parents=True)
     (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
-    from diffprompt.experiments import train_dg
-
     train_dg(cfg, ctx.scratch / "old", log=quiet)
 
 
