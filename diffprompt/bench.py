@@ -263,7 +263,7 @@ def _feature_speed(model, images: torch.Tensor, name: str, batch: int, reps: int
 def child_features_miniature() -> dict:
     """Feature extraction of the bundled model on miniature images (128x256), batch 8."""
     from diffprompt.data import build_dataset
-    from diffprompt.paths import resolve_data_root
+    from diffprompt.data.roots import resolve_data_root
     from diffprompt.runtime import resolve_device
     from diffprompt.train import TrainConfig, build_model
 
@@ -457,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import pandas as pd
 
     from diffprompt.paths import results_root
-    from diffprompt.results import atomic_write_text
+    from diffprompt.io import atomic_write_text
 
     names = a.only or DEFAULT
     unknown = [n for n in names if n not in CHILDREN]

@@ -305,7 +305,7 @@ def load_or_run_domain_gap(
 
 def store_domain_gap_key(df: pd.DataFrame, results_dir) -> Path:
     """Write ``tables/domain_gap.json`` (key, checks, provenance) beside a fresh table."""
-    from diffprompt.results import atomic_write_text, git_info
+    from diffprompt.io import atomic_write_text, git_info
 
     prov = {"finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "git": git_info()}  # fmt: skip

@@ -51,7 +51,7 @@ def train_dg(cfg: TrainConfig, results_dir: str | os.PathLike | None = None,
     keeps frozen features on disk under :func:`cache_dir` (else in memory only).
     """
     from diffprompt.preflight import check_writable
-    from diffprompt.results import atomic_write_text
+    from diffprompt.io import atomic_write_text
 
     out = dg_run_dir(cfg, results_dir)
     check_writable(out, "run folder")
@@ -251,7 +251,7 @@ def prompt_sensitivity(base: TrainConfig, indices: Sequence[int] = range(16),
     from diffprompt.cache import FeatureCache
     from diffprompt.data import build_dataset
     from diffprompt.data.transforms import Compose, Resize, ToFloat
-    from diffprompt.paths import resolve_data_root
+    from diffprompt.data.roots import resolve_data_root
     from diffprompt.train import build_backbone, build_model, prompt_pool, source_split
 
     bb = backbone if backbone is not None else build_backbone(base, _device(base))

@@ -313,7 +313,7 @@ def update_readme_parameters(readme: str | os.PathLike | None = None) -> Path:
     """Rewrite the README's parameter section (between ``<!-- params:begin -->`` and
     ``<!-- params:end -->``) from the notebooks."""
     from diffprompt.paths import REPO_ROOT
-    from diffprompt.results import atomic_write_text
+    from diffprompt.io import atomic_write_text
 
     path = Path(readme) if readme else REPO_ROOT / "README.md"
     text = path.read_text()

@@ -1,4 +1,6 @@
-"""Where things live: the repository, the data root and the results root.
+"""Where things live: the repository, the bundled assets, the data root and the results root.
+
+Constants and path conventions only (a leaf: it imports nothing of the package).
 
 The data root holds one folder per data set (see ``DATASET_DIRS``); the embedded
 miniature is generated on demand into ``data/miniature`` of the repository with exactly
@@ -16,6 +18,9 @@ from pathlib import Path
 
 #: The repository (or, for an installed package, the folder above the package).
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Files shipped inside the package (the embedded model).
+ASSETS = Path(__file__).resolve().parent / "assets"
 
 #: Special data-root value that means "the embedded miniature, generated on demand".
 MINIATURE = "miniature"
@@ -43,26 +48,12 @@ def results_root() -> Path:
     return Path(env).expanduser() if env else REPO_ROOT / "results"
 
 
-def resolve_data_root(data_root: str | os.PathLike | None = None, *, ensure: bool = True) -> Path:
-    """Return the data root as a Path.
+def runs_root(results_dir: str | os.PathLike | None = None) -> Path:
+    """Return the folder of run scratch space (DG checkpoints, the feature cache, executed
+    notebooks): ``<results>/runs`` (``results_dir`` None or "": :func:`results_root`)."""
+    return (Path(results_dir) if results_dir else results_root()) / "runs"
 
-    ``None`` means ``$DIFFPROMPT_DATA`` if set, else the miniature. The string
-    ``"miniature"`` means the embedded miniature, which is generated (or regenerated when
-    stale) here when ``ensure`` is true. Any other value is a folder that must exist.
-    """
-    if data_root is None or str(data_root) == "":
-        data_root = os.environ.get("DIFFPROMPT_DATA") or MINIATURE
-    if str(data_root) == MINIATURE:
-        if ensure:
-            from diffprompt.data.toyworld import ensure_miniature
 
-            return ensure_miniature()
-        return miniature_root()
-    root = Path(data_root).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"Data root {root} does not exist or is not a folder. Pass the folder that holds "
-            f"the data sets (subfolders {sorted(set(DATASET_DIRS.values()))}), set "
-            f"DIFFPROMPT_DATA to it, or use data_root='{MINIATURE}' for the embedded miniature."
-        )
-    return root
+def cache_dir(results_dir: str | os.PathLike | None = None) -> Path:
+    """Return the feature-cache folder, ``<results>/runs/cache``."""
+    return runs_root(results_dir) / "cache"

@@ -94,7 +94,7 @@ def check_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
                    and k not in _IPYTHON_NAMES and not callable(v)
                    and type(v).__name__ != "module"]  # fmt: skip
         if ann and unknown:
-            from diffprompt.data import did_you_mean
+            from diffprompt.io import did_you_mean
 
             for k in unknown:
                 problems.append(f"unknown parameter {k!r}: the notebook has no such parameter."

@@ -181,7 +181,7 @@ def score_probe(probe: LinearProbe, names: Sequence[str], features: Features, da
 def probe_sets(cfg: ProbeConfig, targets: Sequence[str] | None = None) -> dict[str, Any]:
     """Return {"train": source train, "source": source val, target: target val} data sets."""
     from diffprompt.data import build_dataset
-    from diffprompt.paths import resolve_data_root
+    from diffprompt.data.roots import resolve_data_root
     from diffprompt.preflight import check_fields, check_files
 
     check_fields(cfg, positive_int=("n_train", "n_eval", "steps", "batch_size", "stride"),
@@ -249,7 +249,7 @@ def embedded_backbones(model: str = "toy-sd", supervised_steps: int = 80,
     from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
     from diffprompt.backbones.variants import SupervisedConfig, random_unet, train_supervised
     from diffprompt.data import build_dataset
-    from diffprompt.paths import resolve_data_root
+    from diffprompt.data.roots import resolve_data_root
 
     bb = DiffusionBackbone.from_pretrained(model, FeatureConfig())
     train = build_dataset("gta5", "train", resolve_data_root(data_root))

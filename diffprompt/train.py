@@ -310,7 +310,8 @@ def config_hash(cfg: TrainConfig) -> str:
 def check_config(cfg: TrainConfig) -> None:
     """Raise a ValueError naming the problem and the fix for an invalid config, before
     any work starts."""
-    from diffprompt.data import DATASETS, did_you_mean
+    from diffprompt.data import DATASETS
+    from diffprompt.io import did_you_mean
 
     def bad(msg: str) -> None:
         raise ValueError(msg)
@@ -529,7 +530,7 @@ class Trainer:
         from accelerate import Accelerator
 
         from diffprompt.data import build_dataset
-        from diffprompt.paths import resolve_data_root
+        from diffprompt.data.roots import resolve_data_root
         from diffprompt.runtime import resolve_device
 
         self.cfg, self.log = cfg, log
@@ -739,7 +740,7 @@ class Trainer:
         if path is None:
             return None
         if self.acc.is_main_process:
-            from diffprompt.results import atomic_path
+            from diffprompt.io import atomic_path
 
             payload = {"config": json.dumps(config_dict(self.cfg)), "config_hash": self.hash,
                        "state": json.dumps(asdict(self.state)), "model": self.trainable_state(),
@@ -989,7 +990,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         if not eq:
             raise ValueError(f"expected KEY=VALUE, got {kv!r}")
         if key not in names:
-            from diffprompt.data import did_you_mean
+            from diffprompt.io import did_you_mean
 
             raise ValueError(f"unknown TrainConfig field {key!r}.{did_you_mean(key, names)}")
 

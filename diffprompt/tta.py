@@ -93,7 +93,7 @@ def fit_split(dataset_cls, root) -> tuple[str, str]:
 
 def check_tta(cfg: TTAConfig, objectives: Sequence[str], modes: Sequence[str]) -> None:
     """Raise a ValueError naming the problem for a bad TTA configuration, before any work."""
-    from diffprompt.data import did_you_mean
+    from diffprompt.io import did_you_mean
 
     if cfg.target not in TARGETS:
         raise ValueError(f"unknown target {cfg.target!r}; valid targets: {list(TARGETS)}, 'all' "
@@ -124,7 +124,8 @@ def check_targets(cfgs: Mapping[str, TTAConfig], objectives: Sequence[str],
     (present, labeled where evaluated, their files readable; see
     :func:`diffprompt.preflight.check_files`) and that ``results_dir`` (None: results/) can
     be written. Raises an error that says what to do."""
-    from diffprompt.paths import resolve_data_root, results_root
+    from diffprompt.data.roots import resolve_data_root
+    from diffprompt.paths import results_root
     from diffprompt.preflight import check_files, check_writable
     from diffprompt.train import check_config
 
@@ -177,7 +178,7 @@ def resolve_targets(target: str | Sequence[str]) -> list[str]:
         elif name in TARGETS:
             out.append(name)
         else:
-            from diffprompt.data import did_you_mean
+            from diffprompt.io import did_you_mean
 
             raise ValueError(f"unknown target {name!r}; valid targets: {list(TARGETS)}, 'all' "
                              f"or {sorted(TARGET_GROUPS)}.{did_you_mean(name, TARGETS)}")  # fmt: skip

@@ -62,7 +62,7 @@ from diffprompt.domain_gap import (
     pick_samples,
     record_domain_gap,
 )
-from diffprompt.paths import resolve_data_root
+from diffprompt.data.roots import resolve_data_root
 from diffprompt.results import Run
 from diffprompt.viz import class_frequency_plot, sample_grid
 

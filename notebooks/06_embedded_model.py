@@ -66,7 +66,7 @@ from diffprompt.backbones.toy_sd_eval import (
     sample_images,
     training_figure,
 )
-from diffprompt.paths import resolve_data_root
+from diffprompt.data.roots import resolve_data_root
 from diffprompt.results import Run
 
 root = resolve_data_root(data_root)

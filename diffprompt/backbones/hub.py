@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from diffprompt.paths import ASSETS
+
 #: Names of bundled models and their folders.
 BUNDLED = {"toy-sd": ASSETS / "toy-sd", "embedded": ASSETS / "toy-sd"}
 

@@ -284,7 +284,7 @@ def recipe_hash(cfg: ToySDConfig) -> str:
 
 def _save(obj: Any, path: Path) -> None:
     """torch.save ``obj`` to ``path`` atomically (a temporary file, then a rename)."""
-    from diffprompt.results import atomic_path
+    from diffprompt.io import atomic_path
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -528,7 +528,7 @@ def pretrain(cfg: ToySDConfig, out_dir: str | Path, work_dir: str | Path,
     after the VAE stage (to split a long run). Returns ``out_dir`` when done, else None.
     """
     from diffprompt.backbones.tokenizer import build_clip_tokenizer
-    from diffprompt.paths import resolve_data_root
+    from diffprompt.data.roots import resolve_data_root
 
     dev = resolve_device(device)
     work = Path(work_dir)
@@ -537,7 +537,7 @@ def pretrain(cfg: ToySDConfig, out_dir: str | Path, work_dir: str | Path,
     if cfg_file.is_file() and json.loads(cfg_file.read_text()) != _jsonable(cfg):
         raise ValueError(f"{work} holds a run with another configuration; use another "
                          "work_dir or delete it to start over")  # fmt: skip
-    from diffprompt.results import atomic_write_text
+    from diffprompt.io import atomic_write_text
 
     atomic_write_text(cfg_file, json.dumps(_jsonable(cfg), indent=1))
     torch.manual_seed(cfg.seed)

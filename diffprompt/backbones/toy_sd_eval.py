@@ -507,7 +507,7 @@ def write_card(folder: Path, results: Path | None = None) -> Path:
 
     from diffprompt.backbones.toy_sd import load_training_record
     from diffprompt.paths import results_root
-    from diffprompt.results import atomic_write_text
+    from diffprompt.io import atomic_write_text
 
     root = Path(results) if results else results_root()
     t = root / "tables"

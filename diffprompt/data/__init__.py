@@ -35,7 +35,6 @@ from diffprompt.data.datasets import (
     DatasetNotFoundError,
     Mapillary,
     SegDataset,
-    did_you_mean,
     env_var,
 )
 from diffprompt.paths import MINIATURE

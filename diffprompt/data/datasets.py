@@ -20,7 +20,6 @@ wrong sizes, unknown label values. Both name the path and what was expected.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import os
@@ -37,8 +36,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from diffprompt import labels
+from diffprompt.data.roots import resolve_data_root
 from diffprompt.data.transforms import ToFloat
-from diffprompt.paths import DATASET_DIRS, MINIATURE, resolve_data_root
+from diffprompt.io import did_you_mean
+from diffprompt.paths import DATASET_DIRS, MINIATURE
 
 README = "data/README.md"
 #: The four ACDC adverse conditions.
@@ -56,12 +57,6 @@ class DatasetNotFoundError(DatasetError, FileNotFoundError):
 def env_var(domain: str) -> str:
     """Return the env var that points straight at a data set folder, e.g. DIFFPROMPT_ACDC_ROOT."""
     return f"DIFFPROMPT_{domain.upper()}_ROOT"
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """Return " Did you mean 'x'?" for the closest of ``choices``, or "" when none is close."""
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 def read_image(path: Path) -> np.ndarray:
