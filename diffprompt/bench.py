@@ -31,9 +31,9 @@ path of :mod:`diffprompt.fastpath` where it has one:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -42,7 +42,39 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pandas as pd
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
+from diffprompt.backbones.tokenizer import build_clip_tokenizer, caption_words
+from diffprompt.build import build_model
+from diffprompt.cache import MEMORY, FeatureCache
+from diffprompt.data import build_dataset
+from diffprompt.data.roots import resolve_data_root
+from diffprompt.dg.config import TrainConfig
+from diffprompt.dg.losses import mean_entropy
+from diffprompt.dg.runs import train_dg
+from diffprompt.evaluate import ConfusionMatrix
+from diffprompt.experiments import notebook_defaults
+from diffprompt.experiments.dg import dg_config
+from diffprompt.experiments.tta import dg_model, run_target, tta_configs, tta_dg_config
+from diffprompt.fastpath import (
+    ImageList,
+    attention_backends,
+    autocast,
+    fast_features,
+    naive_features,
+    to_channels_last,
+)
+from diffprompt.heads import SemanticFPN
+from diffprompt.io import atomic_write_text, machine_info
+from diffprompt.labels import CLASSES, NUM_CLASSES
+from diffprompt.model import SegModel
+from diffprompt.paths import results_root
+from diffprompt.prompts import PromptConfig, Prompts, prompt_corpus
+from diffprompt.runtime import resolve_device
+from diffprompt.tta import denoising_loss
 
 GB = 1024**3
 
@@ -73,11 +105,6 @@ def sd15_backbone(folder: str | os.PathLike, cfg=None, seed: int = 0):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from diffprompt.backbones.diffusion import DiffusionBackbone
-    from diffprompt.backbones.tokenizer import build_clip_tokenizer, caption_words
-    from diffprompt.labels import CLASSES
-    from diffprompt.prompts import prompt_corpus
-
     torch.manual_seed(seed)
     tok = build_clip_tokenizer(caption_words(prompt_corpus(CLASSES)), Path(folder) / "tok", 77)
     text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT, bos_token_id=tok.bos_token_id,
@@ -95,22 +122,6 @@ def peak_rss_gb() -> float:
     return r / (GB if sys.platform == "darwin" else 1024**2)
 
 
-def machine() -> dict:
-    """The machine a number was measured on."""
-    out = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                out["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name(0)
-    return out
-
-
 # ---------------------------------------------------------------------------------------
 # Measurements (each runs in its own process)
 # ---------------------------------------------------------------------------------------
@@ -119,18 +130,9 @@ def machine() -> dict:
 def child_tta_fullsize(checkpointing: bool = True, steps: int = 2, miniature: bool = False) -> dict:
     """One full-size TTA step per objective at 512x512, batch 1, on the CPU (or the GPU);
     ``miniature``: the same step of the bundled model at the miniature's 128x256."""
-    from diffprompt.backbones.diffusion import FeatureConfig
-    from diffprompt.heads import SemanticFPN
-    from diffprompt.labels import CLASSES
-    from diffprompt.model import SegModel
-    from diffprompt.prompts import PromptConfig, Prompts
-    from diffprompt.runtime import resolve_device
-    from diffprompt.tta import denoising_loss, entropy
 
     dev = resolve_device("auto")
     if miniature:
-        from diffprompt.backbones.diffusion import DiffusionBackbone
-
         bb = DiffusionBackbone.from_pretrained("toy-sd", FeatureConfig()).to(dev)
         size, widths = (128, 256), (32, 32)
     else:
@@ -163,7 +165,7 @@ def child_tta_fullsize(checkpointing: bool = True, steps: int = 2, miniature: bo
                 loss = denoising_loss(bb, z, ctx, torch.Generator().manual_seed(s))
             else:
                 feats = bb(x, ctx, latents=z)
-                loss = entropy(model.decode(feats, None))
+                loss = mean_entropy(model.decode(feats, None))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -175,24 +177,19 @@ def child_tta_fullsize(checkpointing: bool = True, steps: int = 2, miniature: bo
     return out
 
 
-#: Notebook defaults the miniature measurements follow (tests/test_fastpath.py checks them).
-NB02_TRAIN_IMAGES = 64  # notebook 02's max_train_images
-NB03 = dict(source="cityscapes", objectives=("denoise", "entropy"), dg_max_train_images=64)
+def quiet(_: str) -> None:
+    """A log function that prints nothing."""
 
 
 def child_tta_miniature(target: str = "acdc_night") -> dict:
     """TTA of one miniature target with notebook 03's defaults (wall time of run_target; the
     DG model, from Cityscapes, is trained first when missing and timed apart)."""
-    from diffprompt.train import TrainConfig
-    from diffprompt.tta import TTAConfig, dg_trainer, run_target
-
+    params = {**notebook_defaults("03_tta"), "target": target}
     t0 = time.perf_counter()
-    dg = TrainConfig(source=NB03["source"], max_train_images=NB03["dg_max_train_images"],
-                     targets=())  # fmt: skip
-    trainer = dg_trainer(dg, log=lambda s: None)
+    dg = dg_model(tta_dg_config(params), log=quiet)
     dg_s = time.perf_counter() - t0
-    res = run_target(trainer, TTAConfig(target=target), NB03["objectives"], log=lambda s: None)
-    rows = {r["method"]: round(r["mIoU"], 2) for r in res["table"]}
+    res = run_target(dg, tta_configs(params)[target], params["objectives"], log=quiet)
+    rows = {r["method"]: round(r["mIoU"], 2) for r in res["rows"]}
     return {"target": target, "tta_s": res["seconds"], "dg_load_or_train_s": dg_s,
             "peak_rss_gb": peak_rss_gb(), **{f"mIoU {k}": v for k, v in rows.items()}}  # fmt: skip
 
@@ -229,8 +226,6 @@ def _feature_speed(model, images: torch.Tensor, name: str, batch: int, reps: int
     """Images/s of the naive path and of the fast path (first pass: latents computed;
     second pass: latents cached, as where images repeat) over ``images``; and the largest
     difference between their maps."""
-    from diffprompt.cache import MEMORY, FeatureCache
-    from diffprompt.fastpath import ImageList, fast_features, naive_features, to_channels_last
 
     ds = ImageList(images, name)
     n = len(images)
@@ -262,10 +257,6 @@ def _feature_speed(model, images: torch.Tensor, name: str, batch: int, reps: int
 
 def child_features_miniature() -> dict:
     """Feature extraction of the bundled model on miniature images (128x256), batch 8."""
-    from diffprompt.data import build_dataset
-    from diffprompt.data.roots import resolve_data_root
-    from diffprompt.runtime import resolve_device
-    from diffprompt.train import TrainConfig, build_model
 
     dev = resolve_device("auto")
     model = build_model(TrainConfig(prompt_mode="fixed"), dev).eval()
@@ -280,16 +271,6 @@ def child_features_fullsize() -> dict:
     """Feature extraction of the SD 1.5 architecture at 512x512, batch 1 (the paper's
     setting: all four decoder blocks at t = 1, class tokens + scene prompt); plus the
     measured GEMM peak and the full UNet forward's achieved FLOP/s as a fraction of it."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from diffprompt.backbones.diffusion import FeatureConfig
-    from diffprompt.fastpath import attention_backends
-    from diffprompt.heads import SemanticFPN
-    from diffprompt.labels import CLASSES
-    from diffprompt.model import SegModel
-    from diffprompt.prompts import PromptConfig, Prompts
-    from diffprompt.runtime import resolve_device
-
     dev = resolve_device("auto")
     with tempfile.TemporaryDirectory() as tmp:
         bb = sd15_backbone(tmp, FeatureConfig()).to(dev)
@@ -340,21 +321,19 @@ def child_features_fullsize() -> dict:
 def child_dg_step_miniature() -> dict:
     """A DG training step of the embedded default (notebook 02): the fast path trains on
     cached features; the naive one recomputes text encoder, VAE and full UNet every step."""
-    from diffprompt.cache import MEMORY
-    from diffprompt.experiments import train_dg
-    from diffprompt.fastpath import naive_features
-    from diffprompt.train import TrainConfig
 
     steps = 20
+    nb02 = dg_config(notebook_defaults("02_dg_training"))
+    cfg = dataclasses.replace(
+        nb02, steps=steps, targets=(), eval_source=False, log_every=10**6, ckpt_every=0
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(steps=steps, max_train_images=NB02_TRAIN_IMAGES, targets=(),
-                          eval_source=False, log_every=10**6, ckpt_every=0)  # fmt: skip
         MEMORY.clear()
         t0 = time.perf_counter()
-        tr = train_dg(cfg, tmp, log=lambda s: None, retrain=True)  # features cached on the way
+        tr = train_dg(cfg, tmp, log=quiet, retrain=True)  # features cached on the way
         first = time.perf_counter() - t0
         t0 = time.perf_counter()
-        tr = train_dg(cfg, tmp, log=lambda s: None, retrain=True)  # every feature cached
+        tr = train_dg(cfg, tmp, log=quiet, retrain=True)  # every feature cached
         fast = (time.perf_counter() - t0) / steps
     # the naive step: features recomputed for the batch under each of the K prompts
     model = tr.model
@@ -377,19 +356,11 @@ def child_bf16_miniature() -> dict:
     """The change in mIoU and speed when the backbone runs under bf16 autocast: notebook
     03's DG model (from Cityscapes; trained first when missing), on ACDC night, with fp32 and
     with bf16 features."""
-    from diffprompt.cache import MEMORY
-    from diffprompt.data import build_dataset
-    from diffprompt.evaluate import ConfusionMatrix
-    from diffprompt.fastpath import autocast
-    from diffprompt.labels import NUM_CLASSES
-    from diffprompt.train import TrainConfig
-    from diffprompt.tta import dg_trainer
 
-    dg = TrainConfig(source=NB03["source"], max_train_images=NB03["dg_max_train_images"],
-                     targets=())  # fmt: skip
-    tr = dg_trainer(dg, log=lambda s: None)
-    ds = build_dataset("acdc_night", "val", tr.root)
-    model = tr.model.eval()
+    dg = dg_model(tta_dg_config(notebook_defaults("03_tta")), log=quiet)
+    ds = build_dataset("acdc_night", "val", dg.root)
+    model = dg.model.eval()
+    device = model.backbone.unet.device
     out = {}
     for dtype in ("no", "bf16"):
         MEMORY.clear()
@@ -398,7 +369,7 @@ def child_bf16_miniature() -> dict:
         for s in range(0, 8, 4):  # 8 images: bf16 is emulated (slow) on CPUs without it
             batch = [ds[i] for i in range(s, s + 4)]
             x = torch.stack([b["image"] for b in batch])
-            with torch.no_grad(), autocast(tr.device, dtype):
+            with torch.no_grad(), autocast(device, dtype):
                 feats = model.features(x)
             pred = model.decode({k: v.float() for k, v in feats.items()}, tuple(x.shape[-2:]))
             cm.update(pred.argmax(1), torch.stack([b["mask"] for b in batch]))
@@ -423,9 +394,9 @@ CHILDREN: dict[str, Callable[[], dict]] = {
 #: gradient checkpointing), sized to finish within 10 minutes on 2 CPU cores.
 DEFAULT = [n for n in CHILDREN if n != "tta_fullsize_no_ckpt"]
 
-#: Targets checked in the benchmark: (measurement, its key, limit, "min" (at least) or "max"
+#: Limits checked in the benchmark: (measurement, its key, limit, "min" (at least) or "max"
 #: (at most), what it is).
-TARGETS = [
+LIMITS = [
     ("features_fullsize", "fast_over_naive", 2.0, "min",
      "feature extraction, SD 1.5 at 512x512, images repeating: fast path / naive path (x)"),
     ("features_fullsize", "unet_fraction_of_gemm_peak", 0.5, "min",
@@ -454,17 +425,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.child:
         print(json.dumps(CHILDREN[a.child]()))
         return 0
-    import pandas as pd
-
-    from diffprompt.paths import results_root
-    from diffprompt.io import atomic_write_text
-
     names = a.only or DEFAULT
     unknown = [n for n in names if n not in CHILDREN]
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(CHILDREN)}")
     out = Path(a.out) if a.out else results_root() / "bench"
-    info = machine()
+    info = machine_info()
     results = {}
     for n in names:
         print(f"measuring {n} ...", flush=True)
@@ -472,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         df = pd.DataFrame([results[n]])
         atomic_write_text(out / f"{n}.csv", df.to_csv(index=False))
     rows = []
-    for name, key, limit, kind, what in TARGETS:
+    for name, key, limit, kind, what in LIMITS:
         if name in results:
             v = float(results[name][key])
             met = v >= limit if kind == "min" else v <= limit

@@ -18,49 +18,30 @@ safetensors files written atomically under ``folder/<backbone>/<context>/<image>
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-
-def _digest(obj) -> str:
-    text = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
-
-
-def tensor_checksum(t: Tensor) -> str:
-    """Return a hex digest of a tensor's dtype, shape and bytes."""
-    h = hashlib.blake2b(digest_size=12)
-    t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}|{tuple(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def module_checksum(module: nn.Module) -> str:
-    """Return a hex digest of every tensor in ``module``'s state dict (names, shapes, bytes)."""
-    h = hashlib.blake2b(digest_size=12)
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor_checksum(t).encode())
-    return h.hexdigest()
+from diffprompt.io import digest, module_checksum, save_tensors, tensor_checksum
 
 
 def image_identity(dataset, index: int) -> dict:
     """Return what identifies image ``index`` of a data set: class, split, root, file (name,
     size, mtime) and transform. Data sets without files fall back to their repr and index."""
     files = getattr(dataset, "files", None)
-    ident = {"dataset": type(dataset).__name__, "split": getattr(dataset, "split", None),
-             "root": str(getattr(dataset, "root", "")),
-             "transform": repr(getattr(dataset, "transform", None)), "index": index}  # fmt: skip
+    ident = {
+        "dataset": type(dataset).__name__,
+        "split": getattr(dataset, "split", None),
+        "root": str(getattr(dataset, "root", "")),
+        "transform": repr(getattr(dataset, "transform", None)),
+        "index": index,
+    }
     if files is not None:
         path = Path(files[index][0])
         st = path.stat()
@@ -80,15 +61,15 @@ def noise_seed(dataset, index: int, seed: int = 0) -> int:
     where the data lives (data set class, split, file path below the root, index), so that
     noised features are the same in every clone and data location."""
     files = getattr(dataset, "files", None)
-    ident = {"dataset": type(dataset).__name__, "split": getattr(dataset, "split", None),
-             "index": index}  # fmt: skip
+    ident = {"dataset": type(dataset).__name__, "split": getattr(dataset, "split", None)}
+    ident["index"] = index
     if files is not None:
         path = Path(files[index][0])
         try:
             ident["file"] = path.relative_to(Path(dataset.root)).as_posix()
         except (AttributeError, TypeError, ValueError):
             ident["file"] = path.name
-    return int(_digest(ident)[:12], 16) ^ int(seed)
+    return int(digest(ident)[:12], 16) ^ int(seed)
 
 
 class _Memory:
@@ -127,17 +108,6 @@ class _Memory:
 MEMORY = _Memory(int(float(os.environ.get("DIFFPROMPT_CACHE_GB", "4")) * 2**30))
 
 
-def _save_atomic(tensors: dict[str, Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 class FeatureCache:
     """Features of ``model``'s frozen backbone under fixed contexts, in memory and on disk.
 
@@ -163,15 +133,21 @@ class FeatureCache:
         self.folder = Path(folder) if folder is not None else None
         bb = model.backbone
         desc = bb.describe() if hasattr(bb, "describe") else {"repr": repr(bb)}
-        self.backbone_key = _digest({"backbone": desc, "weights": module_checksum(bb),
-                                     "dtype": str(dtype), "noise_seed": NOISE_SEED_VERSION})  # fmt: skip
+        self.backbone_key = digest(
+            {
+                "backbone": desc,
+                "weights": module_checksum(bb),
+                "dtype": str(dtype),
+                "noise_seed": NOISE_SEED_VERSION,
+            }
+        )
         vae = getattr(bb, "vae", None)
         self.latent_key = None
         if vae is not None:
-            self.latent_key = _digest({"vae": module_checksum(vae),
-                                       "scale": bb.cfg.scale_latents})  # fmt: skip
+            self.latent_key = digest({"vae": module_checksum(vae), "scale": bb.cfg.scale_latents})
         self._ctx: dict[str, tuple[str, Tensor | None]] = {}
-        self._ident: dict[tuple[int, int], str] = {}
+        # image keys per data set object (held weakly: a new data set never inherits them)
+        self._image_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.hits = self.misses = 0
 
     # ------------------------------------------------------------------ keys
@@ -187,10 +163,12 @@ class FeatureCache:
         return self._ctx[name]
 
     def image_key(self, dataset, index: int) -> str:
-        k = (id(dataset), index)
-        if k not in self._ident:
-            self._ident[k] = _digest(image_identity(dataset, index))
-        return self._ident[k]
+        """Return the cache key of image ``index`` of ``dataset`` (:func:`image_identity`),
+        computed once per data set object."""
+        keys = self._image_keys.setdefault(dataset, {})
+        if index not in keys:
+            keys[index] = digest(image_identity(dataset, index))
+        return keys[index]
 
     def _path(self, *parts: str) -> Path | None:
         if self.folder is None:
@@ -205,14 +183,14 @@ class FeatureCache:
                 entry = load_file(path)
                 MEMORY.put((group, sub, key), entry)
         elif path is not None and not path.is_file():
-            _save_atomic(entry, path)  # from another cache of the session: persist here too
+            save_tensors(entry, path)  # from another cache of the session: persist here too
         return entry
 
     def _store(self, group: str, sub: str, key: str, entry: dict[str, Tensor]) -> None:
         MEMORY.put((group, sub, key), entry)
         path = self._path(group, sub, key)
         if path is not None:
-            _save_atomic(entry, path)
+            save_tensors(entry, path)
 
     # ------------------------------------------------------------------ access
     def latents(self, dataset, indices: Sequence[int]) -> Tensor:
@@ -236,8 +214,13 @@ class FeatureCache:
                 out[j] = zj
         return torch.stack([out[j] for j in range(len(keys))])
 
-    def get(self, dataset, indices: Sequence[int], scene_text: str | None = None,
-            device: torch.device | str = "cpu") -> dict[str, Tensor]:  # fmt: skip
+    def get(
+        self,
+        dataset,
+        indices: Sequence[int],
+        scene_text: str | None = None,
+        device: torch.device | str = "cpu",
+    ) -> dict[str, Tensor]:
         """Return the backbone's maps {name: (B, C, h, w)} of images ``indices`` of
         ``dataset`` under ``scene_text`` (None: the default prompt), float32 on ``device``."""
         ctx_key, ctx = self.context(scene_text)
@@ -277,5 +260,8 @@ class FeatureCache:
                 self._store(group, ctx_key, keys[j], e)
                 entries[j] = e
         names = sorted(entries[0]) if entries else []
-        return {n: torch.stack([entries[j][n] for j in range(len(keys))]).to(device, torch.float32)
-                for n in names}  # fmt: skip
+        out = {}
+        for name in names:
+            stacked = torch.stack([entries[j][name] for j in range(len(keys))])
+            out[name] = stacked.to(device, torch.float32)
+        return out

@@ -1,29 +1,31 @@
 """A measured domain gap: a small CNN trained on one domain and tested on others.
 
-This is the sanity check of the miniature (data issue, point 6): a segmentation CNN trained
-on miniature GTA5 must lose clearly on miniature Cityscapes against the same CNN trained on
-Cityscapes, adverse conditions must cost more again, and every target must stay learnable
-from its own labels. ``run_domain_gap`` trains the CNNs and returns the table.
+This is the sanity check of the miniature: a segmentation CNN trained on miniature GTA5
+must lose clearly on miniature Cityscapes against the same CNN trained on Cityscapes,
+adverse conditions must cost more again, and every target must stay learnable from its own
+labels. :func:`run_domain_gap` trains the CNNs and returns their mIoU per target;
+:mod:`diffprompt.experiments.data` makes the table.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from diffprompt.data import SPLITS, DatasetError, build_dataset
+from diffprompt.benchmarks import GROUPS, eval_classes
+from diffprompt.data import DatasetError, build_dataset
 from diffprompt.evaluate import ConfusionMatrix
-from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
+from diffprompt.labels import IGNORE_INDEX, NUM_CLASSES
+from diffprompt.preflight import check_fields, check_files
 from diffprompt.runtime import resolve_device
 
 
@@ -49,8 +51,9 @@ class SmallSegNet(nn.Module):
         w = width
         self.stem = nn.Sequential(_block(3, w // 2, 2), _block(w // 2, w, 2))  # 1/4
         self.s4 = nn.Sequential(_block(w, w), _block(w, w))
-        self.s8 = nn.Sequential(_block(w, 2 * w, 2), _block(2 * w, 2 * w, dil=2),
-                                _block(2 * w, 2 * w, dil=4))  # 1/8  # fmt: skip
+        self.s8 = nn.Sequential(
+            _block(w, 2 * w, 2), _block(2 * w, 2 * w, dil=2), _block(2 * w, 2 * w, dil=4)
+        )  # 1/8
         self.fuse = _block(3 * w, w, k=1)
         self.refine = _block(w, w)
         self.head = nn.Conv2d(w, num_classes * 16, 1)
@@ -102,8 +105,10 @@ def train_cnn(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     weight = class_weights(train_set, cfg.class_balance).to(dev) if cfg.class_balance else None
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=g,
-                        drop_last=len(train_set) > cfg.batch_size)  # fmt: skip
+    drop_last = len(train_set) > cfg.batch_size
+    loader = DataLoader(
+        train_set, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=drop_last
+    )
     step = 0
     model.train()
     while step < cfg.steps:
@@ -159,14 +164,20 @@ def evaluate_cnn(
 # The experiment on registry data sets
 # ---------------------------------------------------------------------------------------
 
-ADVERSE = ("acdc_fog", "acdc_night", "acdc_rain", "acdc_snow", "darkzurich")
 
-
-def _subset(ds: Dataset, max_images: int, offset: int = 0) -> Dataset:
+def subset(ds: Dataset, max_images: int, offset: int = 0) -> Dataset:
+    """Return images ``offset ..`` of ``ds``, at most ``max_images`` of them (0 = all)."""
     n = len(ds) - offset
     if max_images and max_images < n:
         n = max_images
     return Subset(ds, range(offset, offset + n)) if (offset or n < len(ds)) else ds
+
+
+def base_dataset(ds: Dataset) -> Dataset:
+    """Return the data set under (nested) subsets."""
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    return ds
 
 
 def target_splits(name: str, root) -> tuple[Dataset, Dataset, str]:
@@ -175,9 +186,8 @@ def target_splits(name: str, root) -> tuple[Dataset, Dataset, str]:
     Targets with a labeled train split train on it and evaluate on "val". Targets whose
     only labeled split is "val" (Dark Zurich) train on its first half, evaluate on the rest.
     """
-    train_split = "train"
     try:
-        train = build_dataset(name, train_split, root)
+        train = build_dataset(name, "train", root)
         labeled = train.labeled
     except DatasetError:
         labeled = False
@@ -199,50 +209,75 @@ def run_domain_gap(
     cfg: GapConfig,
     max_images: int = 0,
     log: Callable[[str], None] | None = None,
-) -> pd.DataFrame:
-    """Train the small CNN on ``source`` and on each target; return the mIoU table.
-
-    Rows: targets. Columns: source-trained mIoU, target-trained mIoU, the drop between them,
-    and the number of train/eval images. ``df.attrs["checks"]`` holds the data issue's
-    three acceptance checks (each a bool) and ``df.attrs["source_in_domain"]`` the
-    source-trained CNN's mIoU on the source's own held-out split.
-    """
-    from diffprompt.preflight import check_fields, check_files
-
-    check_fields(cfg, positive_int=("steps", "batch_size", "width", "threads"),
-                 positive=("lr", "input_scale"), nonneg=("weight_decay", "class_balance"),
-                 what="domain gap")  # fmt: skip
+) -> dict[str, Any]:
+    """Train the small CNN on ``source`` and on each target; return {"rows": one per target
+    (source-trained mIoU, target-trained mIoU, the drop between them, the numbers of
+    train/eval images, the protocol), "source_in_domain": the source-trained CNN's mIoU on
+    the source's own held-out split, "checks": :func:`gap_checks`}."""
+    check_fields(
+        cfg,
+        positive_int=("steps", "batch_size", "width", "threads"),
+        positive=("lr", "input_scale"),
+        nonneg=("weight_decay", "class_balance"),
+        what="domain gap",
+    )
     say = log or (lambda s: None)
     say(f"device: {resolve_device(cfg.device)}")  # fails here if the device is absent
     src_train = build_dataset(source, "train", root)
     src_eval = build_dataset(source, "val", root)
     splits = {name: target_splits(name, root) for name in targets}  # every set before any work
     for ds in (src_train, src_eval, *(d for t in splits.values() for d in t[:2])):
-        check_files(_subset(ds, max_images))
+        check_files(subset(ds, max_images))
     torch.set_num_threads(cfg.threads)
     say(f"training on {source} ({len(src_train)} images)")
-    src_model = train_cnn(_subset(src_train, max_images), cfg, log)
-    in_domain, _ = evaluate_cnn(src_model, _subset(src_eval, max_images), cfg,
-                                src_eval.eval_classes)  # fmt: skip
+    src_model = train_cnn(subset(src_train, max_images), cfg, log)
+    classes = eval_classes(source, src_eval)
+    in_domain, _ = evaluate_cnn(src_model, subset(src_eval, max_images), cfg, classes)
     rows = []
     for name in targets:
         train, evaluation, note = splits[name]
-        train, evaluation = _subset(train, max_images), _subset(evaluation, max_images)
-        base = evaluation
-        while isinstance(base, Subset):  # the data set under (nested) subsets
-            base = base.dataset
-        src_miou, _ = evaluate_cnn(src_model, evaluation, cfg, base.eval_classes)
+        train, evaluation = subset(train, max_images), subset(evaluation, max_images)
+        classes = eval_classes(source, base_dataset(evaluation))
+        src_miou, _ = evaluate_cnn(src_model, evaluation, cfg, classes)
         say(f"training on {name} ({len(train)} images, {note})")
         own = train_cnn(train, cfg, log)
-        own_miou, _ = evaluate_cnn(own, evaluation, cfg, base.eval_classes)
-        rows.append({"target": name, "source-trained": src_miou, "target-trained": own_miou,
-                     "drop": own_miou - src_miou, "train images": len(train),
-                     "eval images": len(evaluation), "protocol": note})  # fmt: skip
+        own_miou, _ = evaluate_cnn(own, evaluation, cfg, classes)
+        rows.append(
+            {
+                "target": name,
+                "source-trained": src_miou,
+                "target-trained": own_miou,
+                "drop": own_miou - src_miou,
+                "train images": len(train),
+                "eval images": len(evaluation),
+                "protocol": note,
+            }
+        )
         say(f"{name}: source-trained {src_miou:.1f}, target-trained {own_miou:.1f}")
-    df = pd.DataFrame(rows).set_index("target")
-    df.attrs["source_in_domain"] = in_domain
-    df.attrs["checks"] = gap_checks(df)
-    return df
+    return {"rows": rows, "source_in_domain": in_domain, "checks": gap_checks(rows)}
+
+
+def gap_checks(
+    rows: Sequence[dict[str, Any]], min_gap: float = 15.0, min_own: float = 50.0
+) -> dict[str, bool]:
+    """Return the miniature's acceptance checks on the rows of :func:`run_domain_gap`.
+
+    ``cityscapes_gap``: source-trained loses at least ``min_gap`` mIoU on Cityscapes
+    against target-trained; ``adverse_costs_more``: the source-trained CNN scores lower on
+    every adverse target than on Cityscapes; ``learnable``: every target-trained CNN
+    reaches ``min_own``.
+    """
+    by_target = {r["target"]: r for r in rows}
+    checks = {}
+    if "cityscapes" in by_target:
+        cs = by_target["cityscapes"]
+        checks["cityscapes_gap"] = bool(cs["drop"] >= min_gap)
+        adverse = [t for t in GROUPS["adverse"] if t in by_target]
+        if adverse:
+            lower = [by_target[t]["source-trained"] < cs["source-trained"] for t in adverse]
+            checks["adverse_costs_more"] = bool(all(lower))
+    checks["learnable"] = bool(all(r["target-trained"] >= min_own for r in rows))
+    return checks
 
 
 #: Bump when the experiment's code changes its numbers (invalidates reused tables).
@@ -263,122 +298,11 @@ def experiment_key(
         data = {k: v for k, v in stamp.items() if k not in ("images", "seconds")}
     else:
         data = {"root": str(Path(root).resolve())}
-    return {"experiment_version": EXPERIMENT_VERSION, "source": source,
-            "targets": list(targets), "recipe": asdict(cfg), "max_images": max_images,
-            "data": data}  # fmt: skip
-
-
-def load_or_run_domain_gap(
-    root,
-    source: str,
-    targets: Sequence[str],
-    cfg: GapConfig,
-    results_dir,
-    max_images: int = 0,
-    reuse: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> pd.DataFrame:
-    """Return the domain-gap table, reusing a stored run when its key matches exactly.
-
-    A run's table is stored as ``tables/domain_gap.csv`` with ``tables/domain_gap.json``
-    holding its key, checks and provenance (git sha, time). With ``reuse`` and a matching
-    key the stored table is returned (``df.attrs["reused"]`` says from when); otherwise the
-    CNNs are trained (minutes per CNN on a CPU) and the caller writes the new table.
-    """
-    key = experiment_key(root, source, targets, cfg, max_images)
-    side = Path(results_dir) / "tables" / "domain_gap.json"
-    if reuse and side.is_file():
-        stored = json.loads(side.read_text())
-        csv = side.with_suffix(".csv")
-        if stored.get("key") == json.loads(json.dumps(key)) and csv.is_file():
-            df = pd.read_csv(csv, index_col=0)
-            df.attrs.update(checks=stored["checks"], source_in_domain=stored["source_in_domain"],
-                            reused=stored["provenance"])  # fmt: skip
-            if log:
-                log(f"reusing the domain-gap run of {stored['provenance']['finished_utc']} "
-                    f"(same code, recipe and data); pass reuse=False to rerun")  # fmt: skip
-            return df
-    df = run_domain_gap(root, source, targets, cfg, max_images=max_images, log=log)
-    df.attrs["key"] = key
-    return df
-
-
-def store_domain_gap_key(df: pd.DataFrame, results_dir) -> Path:
-    """Write ``tables/domain_gap.json`` (key, checks, provenance) beside a fresh table."""
-    from diffprompt.io import atomic_write_text, git_info
-
-    prov = {"finished_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "git": git_info()}  # fmt: skip
-    blob = {"key": df.attrs["key"], "checks": df.attrs["checks"],
-            "source_in_domain": df.attrs["source_in_domain"], "provenance": prov}  # fmt: skip
-    return atomic_write_text(Path(results_dir) / "tables" / "domain_gap.json",
-                             json.dumps(blob, indent=1, default=str) + "\n")  # fmt: skip
-
-
-def gap_checks(df: pd.DataFrame, min_gap: float = 15.0, min_own: float = 50.0) -> dict[str, bool]:
-    """Return the data issue's acceptance checks on a domain-gap table.
-
-    ``cityscapes_gap``: source-trained loses at least ``min_gap`` mIoU on Cityscapes
-    against target-trained; ``adverse_costs_more``: the source-trained CNN scores lower on
-    every adverse target than on Cityscapes; ``learnable``: every target-trained CNN
-    reaches ``min_own``.
-    """
-    checks = {}
-    if "cityscapes" in df.index:
-        cs = df.loc["cityscapes"]
-        checks["cityscapes_gap"] = bool(cs["drop"] >= min_gap)
-        adv = [t for t in ADVERSE if t in df.index]
-        if adv:
-            checks["adverse_costs_more"] = bool(
-                all(df.loc[t, "source-trained"] < cs["source-trained"] for t in adv)
-            )
-    checks["learnable"] = bool((df["target-trained"] >= min_own).all())
-    return checks
-
-
-def pick_samples(
-    root, names: Sequence[str], n: int, seed: int = 0, split: str | None = None
-) -> dict[str, list[dict]]:
-    """Return {name: n samples} drawn reproducibly from each data set's evaluation split."""
-    out = {}
-    g = torch.Generator().manual_seed(seed)
-    for name in names:
-        ds = build_dataset(name, split or ("val" if "val" in SPLITS[name] else None), root)
-        idx = torch.randperm(len(ds), generator=g)[:n].tolist()
-        out[name] = [ds[i] for i in idx]
-    return out
-
-
-def class_frequencies(root, names: Sequence[str], max_images: int = 0) -> pd.DataFrame:
-    """Return a (data sets x 19 classes) DataFrame of each class's share of labeled pixels."""
-    rows = {}
-    for name in names:
-        ds = build_dataset(name, "val" if "val" in SPLITS[name] else None, root)
-        counts = np.zeros(NUM_CLASSES, np.int64)
-        for i in range(len(ds) if not max_images else min(max_images, len(ds))):
-            m = ds[i]["mask"].numpy().ravel()
-            counts += np.bincount(m[m != IGNORE_INDEX], minlength=NUM_CLASSES)[:NUM_CLASSES]
-        rows[name] = counts / max(counts.sum(), 1)
-    return pd.DataFrame.from_dict(rows, orient="index", columns=list(CLASSES))
-
-
-def record_domain_gap(run, df: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Write a fresh domain-gap table (CSV/Markdown/LaTeX + key) through ``run``.
-
-    A reused table is left as it is and listed among the run's outputs. Returns ``df``.
-    """
-    checks = ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in df.attrs["checks"].items())
-    caption = (
-        f"mIoU (%) of a small CNN trained on {source} (source-trained, "
-        f"{df.attrs['source_in_domain']:.1f} on {source}'s held-out val split) or on the "
-        f"target's own labels (target-trained). Checks: {checks}."
-    )
-    if "reused" in df.attrs:
-        run.outputs += [f"tables/domain_gap.{s}" for s in ("csv", "md", "tex", "json")]
-    else:
-        run.table(df, "domain_gap", caption=caption)
-        store_domain_gap_key(df, run.root)
-        run.outputs.append("tables/domain_gap.json")
-    run.extra.update(domain_gap_checks=df.attrs["checks"],
-                     domain_gap_reused_from=df.attrs.get("reused"))  # fmt: skip
-    return df
+    return {
+        "experiment_version": EXPERIMENT_VERSION,
+        "source": source,
+        "targets": list(targets),
+        "recipe": asdict(cfg),
+        "max_images": max_images,
+        "data": data,
+    }

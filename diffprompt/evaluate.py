@@ -8,12 +8,14 @@ predicted but absent from the ground truth has IoU 0 and counts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from diffprompt.labels import IGNORE_INDEX, NUM_CLASSES
+from diffprompt.benchmarks import eval_classes
+from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
 
 
 def confusion_matrix(
@@ -120,8 +122,14 @@ def window_starts(size: int, crop: int, stride: int) -> list[int]:
     return starts
 
 
-def predict_slide(logits_fn, images: torch.Tensor, crop: tuple[int, int],
-                  stride: tuple[int, int], num_classes: int, multiple: int = 1) -> torch.Tensor:  # fmt: skip
+def predict_slide(
+    logits_fn,
+    images: torch.Tensor,
+    crop: tuple[int, int],
+    stride: tuple[int, int],
+    num_classes: int,
+    multiple: int = 1,
+) -> torch.Tensor:
     """Return logits (B, C, H, W) averaged over sliding windows (mmseg's ``slide`` mode).
 
     Windows of ``crop`` (h, w) every ``stride`` (h, w) cover the image; each window's
@@ -137,15 +145,20 @@ def predict_slide(logits_fn, images: torch.Tensor, crop: tuple[int, int],
     count = torch.zeros(1, 1, h, w, dtype=torch.float32, device=images.device)
     for top in window_starts(h, ch, stride[0]):
         for left in window_starts(w, cw, stride[1]):
-            win = images[..., top : top + ch, left : left + cw]
-            out[..., top : top + ch, left : left + cw] += predict_whole(logits_fn, win,
-                                                                        multiple).float()  # fmt: skip
-            count[..., top : top + ch, left : left + cw] += 1
+            rows, cols = slice(top, top + ch), slice(left, left + cw)
+            window_logits = predict_whole(logits_fn, images[..., rows, cols], multiple)
+            out[..., rows, cols] += window_logits.float()
+            count[..., rows, cols] += 1
     return out / count
 
 
-def evaluate_predictions(predict_fn, dataset, indices: Sequence[int] | None = None,
-                         batch_size: int = 8, num_classes: int = NUM_CLASSES) -> ConfusionMatrix:  # fmt: skip
+def evaluate_predictions(
+    predict_fn,
+    dataset,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 8,
+    num_classes: int = NUM_CLASSES,
+) -> ConfusionMatrix:
     """Return the dataset-level confusion matrix of ``predict_fn(images, indices) -> class
     indices (B, H, W)`` over ``indices`` of a labeled data set (default: all)."""
     indices = list(range(len(dataset))) if indices is None else list(indices)
@@ -161,3 +174,59 @@ def evaluate_predictions(predict_fn, dataset, indices: Sequence[int] | None = No
         x = torch.stack([smp["image"] for smp in samples])
         cm.update(predict_fn(x, idx).cpu(), y)
     return cm
+
+
+def predictor(
+    model,
+    cfg,
+    dataset,
+    cache=None,
+    scene_text: str | None = None,
+    device: torch.device | str = "cpu",
+) -> Callable[[torch.Tensor, Sequence[int]], torch.Tensor]:
+    """Return predict(images (B, 3, H, W), indices) -> class indices (B, H, W) of ``model``
+    (a SegModel) on images of ``dataset``.
+
+    With a feature cache (:class:`diffprompt.cache.FeatureCache`) the images' maps are read
+    from (or written to) it; else the model runs on the images, whole (padded to the
+    backbone's multiple) or by sliding window, as ``cfg`` (a TrainConfig: ``inference``,
+    ``eval_crop``, ``eval_stride``) says. ``scene_text``: the scene prompt (None: the
+    model's own).
+    """
+    multiple = getattr(model.backbone, "multiple", 1)
+    texts = None if scene_text is None else [scene_text]
+
+    def logits_fn(x: torch.Tensor) -> torch.Tensor:
+        return model(x.to(device), scene_texts=None if texts is None else texts * len(x))
+
+    def predict(images: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+        if cache is not None:
+            feats = cache.get(dataset, indices, scene_text, device)
+            return model(feats=feats, size=tuple(images.shape[-2:])).argmax(1)
+        if cfg.inference == "slide":
+            logits = predict_slide(
+                logits_fn, images, cfg.eval_crop, cfg.eval_stride, NUM_CLASSES, multiple
+            )
+            return logits.argmax(1)
+        return predict_whole(logits_fn, images, multiple).argmax(1)
+
+    return predict
+
+
+def miou_rows(
+    cms: Mapping[str, ConfusionMatrix],
+    sets: Mapping[str, Any],
+    source: str,
+    counts: Mapping[str, int],
+) -> list[dict[str, Any]]:
+    """Return one row per evaluated set: {"target", "mIoU" (%), "images", "classes"}, the
+    mIoU averaged over :func:`diffprompt.benchmarks.eval_classes` of a model trained on
+    ``source``; ``counts``: the images evaluated per set."""
+    rows = []
+    for name, cm in cms.items():
+        classes = eval_classes(source, sets[name])
+        n_classes = len(classes) if classes is not None else len(CLASSES)
+        rows.append(
+            {"target": name, "mIoU": cm.miou(classes), "images": counts[name], "classes": n_classes}
+        )
+    return rows

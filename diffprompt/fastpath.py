@@ -29,14 +29,15 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from diffprompt.prompts import Prompts
+from diffprompt.text import clear_category_cache
+
 
 def naive_context(model: nn.Module, batch_size: int,
                   scene_texts: Sequence[str] | None = None) -> Tensor | None:  # fmt: skip
     """Return ``model``'s context recomputed from scratch: every category embedding and the
     scene prompt go through the text encoder again (no cache), with the model's prompt
     weights (TextAdapter, learned scene embeddings) copied in."""
-    from diffprompt.prompts import Prompts, clear_category_cache
-
     p = getattr(model, "prompts", None)
     if p is None:
         return None

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffprompt.paths import results_root
-
-#: Targets of T2 and T4 in their column order.
-DG_GTA5_TARGETS = ("cityscapes", "bdd100k", "mapillary")
-TTA_TARGETS = ("acdc_fog", "acdc_night", "acdc_rain", "acdc_snow", "darkzurich")
+from diffprompt.benchmarks import BENCHMARKS, GROUPS
+from diffprompt.experiments.tta import paper_setting
+from diffprompt.io import atomic_write_text
+from diffprompt.paths import REPO_ROOT, results_root
+from diffprompt.results import format_mean_std
+from diffprompt.viz import paper_summary_figure
 
 #: Published single-source DG numbers, GTA5 -> Cityscapes / BDD100K / Mapillary (mIoU, %).
 PUBLISHED_DG = [
@@ -130,9 +131,9 @@ def t2_dg(results_dir=None, mode: str = "random_consistency", data_root: str = "
     cols = ["GTA5→Cityscapes", "GTA5→BDD100K", "GTA5→Mapillary", "SYNTHIA→Cityscapes (16)"]
     gta = _dg_miou(results_dir, "gta5", mode)
     syn = _dg_miou(results_dir, "synthia", mode)
-    rows = [{"method": f"ours: {mode}", "backbone": model, "rows": _label(data_root, model),
-             **dict(zip(cols, [gta.get(t, np.nan) for t in DG_GTA5_TARGETS]
-                        + [syn.get("cityscapes", np.nan)], strict=True))}]  # fmt: skip
+    measured = [gta.get(t, np.nan) for t in BENCHMARKS["gta5"]] + [syn.get("cityscapes", np.nan)]
+    ours = {"method": f"ours: {mode}", "backbone": model, "rows": _label(data_root, model)}
+    rows = [{**ours, **dict(zip(cols, measured, strict=True))}]
     for method, backbone, cite, c, b, m in PUBLISHED_DG:
         rows.append({"method": method, "backbone": backbone, "rows": f"published: {cite}",
                      cols[0]: c, cols[1]: b, cols[2]: m, cols[3]: np.nan})  # fmt: skip
@@ -152,12 +153,6 @@ def t2_dg(results_dir=None, mode: str = "random_consistency", data_root: str = "
 # ---------------------------------------------------------------------------------------
 
 
-def _pm(mean: float, std: float) -> str:
-    return (
-        "--" if pd.isna(mean) else f"{mean:.2f} ± {std:.2f}" if not pd.isna(std) else f"{mean:.2f}"
-    )
-
-
 def t3_ablation(results_dir=None, data_root: str = "miniature",
                 model: str = "toy-sd") -> tuple[pd.DataFrame, str]:  # fmt: skip
     """Return T3 (ablation grid, mean ± std over seeds per target) and its note."""
@@ -167,7 +162,8 @@ def t3_ablation(results_dir=None, data_root: str = "miniature",
     names = [c[: -len(" mean")] for c in df.columns if c.endswith(" mean")]
     out = df[["group", "setting"]].copy()
     for n in names:
-        out[n] = [_pm(m, s) for m, s in zip(df[f"{n} mean"], df[f"{n} std"], strict=True)]
+        pairs = zip(df[f"{n} mean"], df[f"{n} std"], strict=True)
+        out[n] = [format_mean_std(m, s) for m, s in pairs]
     out["seeds"] = df["seeds"]
     out.insert(0, "cell", [s if g == "mode" else f"{g} = {s}"
                            for g, s in zip(out["group"], out["setting"], strict=True)])  # fmt: skip
@@ -189,7 +185,7 @@ def t3_ablation(results_dir=None, data_root: str = "miniature",
 
 
 def t4_tta(results_dir=None, data_root: str = "miniature", model: str = "toy-sd",
-           targets: Sequence[str] = TTA_TARGETS) -> tuple[pd.DataFrame, str]:  # fmt: skip
+           targets: Sequence[str] = GROUPS["adverse"]) -> tuple[pd.DataFrame, str]:  # fmt: skip
     """Return T4 (TTA from Cityscapes on ACDC fog/night/rain/snow and Dark Zurich, with the
     no-adaptation and baseline rows) and its note."""
     summary = read_table("tta_summary", results_dir, index_col=0)
@@ -200,10 +196,17 @@ def t4_tta(results_dir=None, data_root: str = "miniature", model: str = "toy-sd"
     cols = list(targets) + ["acdc (all)"]
     rows = []
     for method, r in summary.iterrows():
-        rows.append({"method": method, "rows": _label(data_root, model), "setting": "TTA"
-                     if method.startswith(("TTA", "TENT")) else "DG",
-                     **{t: r[t] for t in targets}, "acdc (all)": np.nan,
-                     "mean": float(np.mean([r[t] for t in targets]))})  # fmt: skip
+        values = {t: r[t] for t in targets}
+        rows.append(
+            {
+                "method": method,
+                "rows": _label(data_root, model),
+                "setting": paper_setting(r["id"]),
+                **values,
+                "acdc (all)": np.nan,
+                "mean": float(np.mean(list(values.values()))),
+            }
+        )
     for method, backbone, cite, setting, column, value in PUBLISHED_ADVERSE:
         row = {"method": f"{method}, {backbone}", "rows": f"published: {cite}",
                "setting": setting, **dict.fromkeys(cols, np.nan), "mean": np.nan}  # fmt: skip
@@ -232,56 +235,11 @@ def paper_tables(results_dir=None, data_root: str = "miniature", model: str = "t
             "T4_tta": t4_tta(results_dir, **label)}  # fmt: skip
 
 
-def _mean_std(cell: str) -> tuple[float, float]:
-    parts = str(cell).split("±")
-    return float(parts[0]), float(parts[1]) if len(parts) > 1 else 0.0
-
-
 def paper_figure(tables: Mapping[str, tuple[pd.DataFrame, str]]):
     """Return one figure: T1's target mean per backbone, T3's target mean per cell, and T4's
     change from no adaptation per target (measured rows only)."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1, 2, 1.6]})
-    t1 = tables["T1_backbones"][0]
-    ms = [_mean_std(v) for v in t1["target mean"]]
-    ax = axes[0]
-    ax.bar(range(len(t1)), [m for m, _ in ms], yerr=[s for _, s in ms], capsize=3,
-           color=["C0"] + ["C7"] * (len(t1) - 1))  # fmt: skip
-    ax.set_xticks(range(len(t1)), [str(i).replace(" + ", "\n+ ").replace(" (", "\n(")
-                                   for i in t1.index], fontsize=8)  # fmt: skip
-    ax.set_ylabel("target mean mIoU (%)")
-    ax.set_title("T1 · linear probe, frozen backbone")
-
-    t3 = tables["T3_ablation"][0]
-    ms = [_mean_std(v) for v in t3["target mean"]]
-    ax = axes[1]
-    labels = list(t3.index)
-    colors = ["C1" if s == "random_consistency" else "C0" if g == "mode" else "C2"
-              for g, s in zip(t3["group"], t3["setting"], strict=True)]  # fmt: skip
-    ax.bar(range(len(t3)), [m for m, _ in ms], yerr=[s for _, s in ms], capsize=3, color=colors)
-    ax.set_xticks(range(len(t3)), labels, rotation=35, ha="right", fontsize=8)
-    lo = min(m - s for m, s in ms)
-    ax.set_ylim(max(0.0, lo - 3), max(m + s for m, s in ms) + 1.5)
-    ax.set_title("T3 · prompt ablation (target mean, mean ± std)")
-
-    t4 = tables["T4_tta"][0]
-    measured = t4[t4["rows"].str.startswith("measured")]
-    targets = [c for c in TTA_TARGETS if c in measured.columns]
-    base = measured.iloc[0][targets].astype(float)
-    ax = axes[2]
-    others = measured.iloc[1:]
-    width = 0.8 / max(1, len(others))
-    for j, (name, r) in enumerate(others.iterrows()):
-        ax.bar(np.arange(len(targets)) + j * width - 0.4 + width / 2,
-               r[targets].astype(float) - base, width, label=name)  # fmt: skip
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(range(len(targets)), [t.replace("acdc_", "") for t in targets], fontsize=8)
-    ax.set_ylabel(f"mIoU change vs '{measured.index[0]}'")
-    ax.set_title("T4 · test-time adaptation (Cityscapes source)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    t1, t3, t4 = (tables[k][0] for k in ("T1_backbones", "T3_ablation", "T4_tta"))
+    return paper_summary_figure(t1, t3, t4)
 
 
 # ---------------------------------------------------------------------------------------
@@ -292,7 +250,7 @@ def paper_figure(tables: Mapping[str, tuple[pd.DataFrame, str]]):
 def notebook_parameters(path: str | os.PathLike) -> pd.DataFrame:
     """Return a notebook's parameters as papermill infers them (``papermill --help-notebook``):
     name, type, default and help, one row each."""
-    import papermill as pm
+    import papermill as pm  # the notebooks extra
 
     rows = [{"parameter": f"`{n}`", "type": p["inferred_type_name"], "default": f"`{p['default']}`",
              "help": p["help"]} for n, p in pm.inspect_notebook(str(path)).items()]  # fmt: skip
@@ -312,9 +270,6 @@ def parameters_markdown(folder: str | os.PathLike) -> str:
 def update_readme_parameters(readme: str | os.PathLike | None = None) -> Path:
     """Rewrite the README's parameter section (between ``<!-- params:begin -->`` and
     ``<!-- params:end -->``) from the notebooks."""
-    from diffprompt.paths import REPO_ROOT
-    from diffprompt.io import atomic_write_text
-
     path = Path(readme) if readme else REPO_ROOT / "README.md"
     text = path.read_text()
     head, rest = text.split("<!-- params:begin -->\n")

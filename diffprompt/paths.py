@@ -19,6 +19,9 @@ from pathlib import Path
 #: The repository (or, for an installed package, the folder above the package).
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+#: The notebooks (each a py:percent twin beside its .ipynb).
+NOTEBOOKS = REPO_ROOT / "notebooks"
+
 #: Files shipped inside the package (the embedded model).
 ASSETS = Path(__file__).resolve().parent / "assets"
 

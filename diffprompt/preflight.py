@@ -1,7 +1,7 @@
 """Checks that run before any work starts, so that bad input fails in seconds, not hours.
 
-Every entry point (the notebooks, ``python -m diffprompt.train``, :func:`~diffprompt.
-experiments.train_dg`, the TTA, probing and domain-gap runs) calls these before it loads
+Every entry point (the notebooks, ``python -m diffprompt.dg``, :func:`~diffprompt.dg.
+train_dg`, the TTA, probing and domain-gap runs) calls these before it loads
 weights onto a device, computes a feature or writes a file:
 
 - :func:`check_parameters`: a notebook's parameters have their declared types and no
@@ -18,11 +18,15 @@ docs/ERRORS.md lists every bad input the project recognises and the message it g
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from diffprompt.data import DatasetError
+from diffprompt.io import did_you_mean
 
 #: Splits (as used by a run) up to this many images are read whole before a run.
 ALL_FILES = 256
@@ -94,8 +98,6 @@ def check_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
                    and k not in _IPYTHON_NAMES and not callable(v)
                    and type(v).__name__ != "module"]  # fmt: skip
         if ann and unknown:
-            from diffprompt.io import did_you_mean
-
             for k in unknown:
                 problems.append(f"unknown parameter {k!r}: the notebook has no such parameter."
                                 f"{did_you_mean(k, ann)} Its parameters: {', '.join(ann)}")  # fmt: skip
@@ -116,8 +118,6 @@ def check_fields(obj: Any, positive_int: Iterable[str] = (), nonneg_int: Iterabl
     """Raise a ValueError naming the first field of ``obj`` (a dataclass or any object) that
     is not a positive integer, a non-negative integer, a positive or a non-negative number
     as the lists say."""
-    import math
-
     pre = f"{what}: " if what else ""
 
     def num(v: Any) -> bool:
@@ -168,8 +168,6 @@ def check_files(dataset, used: Sequence[int] | None = None):
         used = [sel[i] for i in (range(len(sel)) if used is None else used)]
         dataset = dataset.dataset
     if len(dataset) == 0 or (used is not None and len(used) == 0):
-        from diffprompt.data import DatasetError
-
         raise DatasetError(f"{dataset.name} / {dataset.split} at {dataset.root} has no images "
                            "to use: check the split and the image limits (max_*_images, n_*)")  # fmt: skip
     return dataset.check(indices=file_indices(len(dataset), used))

@@ -10,27 +10,35 @@ Label-free measures of the domain gap between source and target features
 (:func:`linear_cka`, :func:`mmd`): linear CKA between the position-wise mean maps of the two
 domains (rows: the h x w positions, columns: channels; street scenes share their layout, so
 positions pair the two sets without labels), and the MMD (RBF kernel, median bandwidth)
-between the images' globally pooled features. :func:`gap_table` puts them beside the mIoU
-drop so one can check whether they predict it.
+between the images' globally pooled features. :func:`gap_measures` computes them per map;
+:mod:`diffprompt.experiments.probing` puts them beside the mIoU drop.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffprompt.benchmarks import TARGETS, eval_classes
+from diffprompt.cache import FeatureCache
+from diffprompt.data import build_dataset
+from diffprompt.data.roots import resolve_data_root
 from diffprompt.evaluate import ConfusionMatrix
-from diffprompt.labels import IGNORE_INDEX, NUM_CLASSES
+from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
+from diffprompt.model import SegModel
+from diffprompt.preflight import check_fields, check_files
+from diffprompt.prompts import PromptConfig, Prompts
+
+#: Images per batch when maps are read from the cache.
+CHUNK = 16
 
 
 @dataclass
@@ -38,8 +46,7 @@ class ProbeConfig:
     """The probe and its data (a comment per default; all ours)."""
 
     source: str = "gta5"
-    targets: tuple[str, ...] = ("cityscapes", "bdd100k", "mapillary", "acdc_fog", "acdc_night",
-                                "acdc_rain", "acdc_snow", "darkzurich")  # fmt: skip
+    targets: tuple[str, ...] = TARGETS
     data_root: str = "miniature"
     n_train: int = 100  # source train images the probe is fitted on
     n_eval: int = 20  # images of the source val split and of each target
@@ -64,13 +71,11 @@ class Features:
     """One frozen backbone (under one context) on the probe's data sets, through the cache.
 
     ``backbone``: a DiffusionBackbone (with ``prompts``, giving its context) or a feature
-    backbone taking images only (the comparators). ``sets`` maps names to data sets.
+    backbone taking images only (the comparators). ``cache_folder``: the feature cache's
+    folder (None: in memory only).
     """
 
     def __init__(self, backbone, prompts=None, cache_folder=None, name: str = ""):
-        from diffprompt.cache import FeatureCache
-        from diffprompt.model import SegModel
-
         self.name = name or getattr(backbone, "source", type(backbone).__name__)
         self.model = SegModel(backbone, nn.Identity(), prompts)
         self.cache = FeatureCache(self.model, cache_folder)
@@ -78,6 +83,28 @@ class Features:
     def get(self, dataset, indices: Sequence[int]) -> dict[str, Tensor]:
         """Return {map name: (B, C, h, w)} float32 of images ``indices``."""
         return self.cache.get(dataset, indices)
+
+
+def features_of(bb, name: str, cache_folder=None, tokens: str = "scene") -> Features:
+    """Return :class:`Features` of a backbone: a diffusion backbone under the context
+    ``tokens`` ("scene": [category tokens ; the default scene prompt], "null": the empty
+    prompt; no adapter), a comparator on images alone."""
+    prompts = None
+    if hasattr(bb, "text_encoder"):
+        cfg = PromptConfig(tokens=tokens, adapter=False)
+        prompts = Prompts(bb.text_encoder, bb.tokenizer, CLASSES, cfg)
+    return Features(bb, prompts, cache_folder, name)
+
+
+def with_features(bb, **changes):
+    """Return a view of a DiffusionBackbone with other feature settings (timesteps, noise,
+    attention tokens, ...) sharing its modules and hooks. ``blocks`` cannot change (hooks
+    are installed for them): select maps instead."""
+    if "blocks" in changes:
+        raise ValueError("blocks are fixed when the hooks are installed: select maps instead")
+    view = copy.copy(bb)
+    view.cfg = dataclasses.replace(bb.cfg, **changes)
+    return view
 
 
 def select_maps(feats: Mapping[str, Tensor], maps: str) -> list[str]:
@@ -97,8 +124,29 @@ def select_maps(feats: Mapping[str, Tensor], maps: str) -> list[str]:
 
 def stacked(feats: Mapping[str, Tensor], names: Sequence[str], size: tuple[int, int]) -> Tensor:
     """Return the maps ``names`` resized (bilinear) to ``size`` and concatenated: (B, C, h, w)."""
-    return torch.cat([F.interpolate(feats[n].float(), size=size, mode="bilinear",
-                                    align_corners=False) for n in names], 1)  # fmt: skip
+    resized = [
+        F.interpolate(feats[n].float(), size=size, mode="bilinear", align_corners=False)
+        for n in names
+    ]
+    return torch.cat(resized, 1)
+
+
+def probe_sets(cfg: ProbeConfig, targets: Sequence[str] | None = None) -> dict[str, Any]:
+    """Return {"train": source train, "source": source val, target: target val} data sets,
+    after checking the probe's numbers and reading the files the probes will read."""
+    positive_int = ("n_train", "n_eval", "steps", "batch_size", "stride")
+    check_fields(cfg, positive_int=positive_int, positive=("lr",), what="probe")
+    root = resolve_data_root(cfg.data_root)
+    out = {
+        "train": build_dataset(cfg.source, "train", root),
+        "source": build_dataset(cfg.source, "val", root),
+    }
+    for t in cfg.targets if targets is None else targets:
+        out[t] = build_dataset(t, "val", root)
+    for name, ds in out.items():  # the images the probes read, before any work
+        used = cfg.n_train if name == "train" else cfg.n_eval
+        check_files(ds, range(min(len(ds), used)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -118,32 +166,24 @@ class LinearProbe(nn.Module):
         return self.net(x)
 
 
-_MASKS: dict[tuple[int, int], Tensor] = {}
-
-
-def _masks(dataset, idx: Sequence[int]) -> Tensor:
-    """Labels (B, H, W) of images ``idx``, read once per data set object (uint8 in memory)."""
-    for i in idx:
-        if (id(dataset), i) not in _MASKS:
-            _MASKS[(id(dataset), i)] = dataset[i]["mask"].to(torch.uint8)
-    return torch.stack([_MASKS[(id(dataset), i)] for i in idx]).long()
-
-
-def fit_probe(features: Features, train_set, cfg: ProbeConfig,
-              log: Callable[[str], None] | None = None) -> tuple[LinearProbe, list[str]]:  # fmt: skip
+def fit_probe(
+    features: Features,
+    train_set,
+    cfg: ProbeConfig,
+    log: Callable[[str], None] | None = None,
+) -> tuple[LinearProbe, list[str]]:
     """Return (a linear probe trained on the first ``n_train`` source images, its map
     names). The maps are resized to 1/``stride`` once, and the probe is trained at that
     resolution against the labels sampled there (nearest); batches and the probe's initial
     weights come from ``cfg.seed``."""
     n = min(cfg.n_train, len(train_set))
     idx_all = list(range(n))
-    first = features.get(train_set, idx_all[:1])
-    names = select_maps(first, cfg.maps)
+    names = select_maps(features.get(train_set, idx_all[:1]), cfg.maps)
     h, w = train_set[0]["image"].shape[-2:]
     size = (h // cfg.stride, w // cfg.stride)
-    x_all = torch.cat([stacked(features.get(train_set, idx_all[s : s + 16]), names, size)
-                       for s in range(0, n, 16)])  # (n, C, h/s, w/s)  # fmt: skip
-    y_all = _masks(train_set, idx_all)
+    chunks = [idx_all[s : s + CHUNK] for s in range(0, n, CHUNK)]
+    x_all = torch.cat([stacked(features.get(train_set, c), names, size) for c in chunks])
+    y_all = train_set.masks(idx_all)  # (n, H, W)
     y_all = F.interpolate(y_all[:, None].float(), size=size, mode="nearest")[:, 0].long()
     torch.manual_seed(cfg.seed)
     probe = LinearProbe(x_all.shape[1])
@@ -165,129 +205,46 @@ def fit_probe(features: Features, train_set, cfg: ProbeConfig,
 
 
 @torch.no_grad()
-def score_probe(probe: LinearProbe, names: Sequence[str], features: Features, dataset,
-                n: int, stride: int, classes: Sequence[int] | None = None) -> float:  # fmt: skip
-    """Return the mIoU (%) of the probe on the first ``n`` images of a labeled data set."""
+def score_probe(
+    probe: LinearProbe,
+    names: Sequence[str],
+    features: Features,
+    dataset,
+    n: int,
+    stride: int,
+    source: str,
+) -> float:
+    """Return the mIoU (%) of the probe on the first ``n`` images of a labeled data set,
+    over :func:`diffprompt.benchmarks.eval_classes` of a probe trained on ``source``."""
     cm = ConfusionMatrix()
     h, w = dataset[0]["image"].shape[-2:]
-    for s in range(0, min(n, len(dataset)), 16):
-        idx = list(range(s, min(n, len(dataset), s + 16)))
+    n = min(n, len(dataset))
+    for s in range(0, n, CHUNK):
+        idx = list(range(s, min(n, s + CHUNK)))
         x = stacked(features.get(dataset, idx), names, (h // stride, w // stride))
         logits = F.interpolate(probe(x), size=(h, w), mode="bilinear", align_corners=False)
-        cm.update(logits.argmax(1), _masks(dataset, idx))
-    return cm.miou(classes if classes is not None else getattr(dataset, "eval_classes", None))
+        cm.update(logits.argmax(1), dataset.masks(idx))
+    return cm.miou(eval_classes(source, dataset))
 
 
-def probe_sets(cfg: ProbeConfig, targets: Sequence[str] | None = None) -> dict[str, Any]:
-    """Return {"train": source train, "source": source val, target: target val} data sets."""
-    from diffprompt.data import build_dataset
-    from diffprompt.data.roots import resolve_data_root
-    from diffprompt.preflight import check_fields, check_files
-
-    check_fields(cfg, positive_int=("n_train", "n_eval", "steps", "batch_size", "stride"),
-                 positive=("lr",), what="probe")  # fmt: skip
-    root = resolve_data_root(cfg.data_root)
-    out = {"train": build_dataset(cfg.source, "train", root),
-           "source": build_dataset(cfg.source, "val", root)}  # fmt: skip
-    for t in cfg.targets if targets is None else targets:
-        out[t] = build_dataset(t, "val", root)
-    for name, ds in out.items():  # the images the probes read, before any work
-        check_files(ds, range(min(len(ds), cfg.n_train if name == "train" else cfg.n_eval)))
-    return out
-
-
-def probe_backbone(features: Features, sets: Mapping[str, Any], cfg: ProbeConfig,
-                   log: Callable[[str], None] | None = None) -> dict[str, float]:  # fmt: skip
+def probe_backbone(
+    features: Features,
+    sets: Mapping[str, Any],
+    cfg: ProbeConfig,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, float]:
     """Train one probe (seed ``cfg.seed``) and return {"source": mIoU, target: mIoU, ...,
     "target mean", "drop"} (drop = source - target mean)."""
-    from diffprompt.labels import SYNTHIA_EVAL_CLASSES
-
-    classes = SYNTHIA_EVAL_CLASSES if cfg.source == "synthia" else None
     probe, names = fit_probe(features, sets["train"], cfg, log)
-    out = {name: score_probe(probe, names, features, ds, cfg.n_eval, cfg.stride, classes)
-           for name, ds in sets.items() if name != "train"}  # fmt: skip
-    tg = [out[t] for t in sets if t not in ("train", "source")]
-    out["target mean"] = float(np.mean(tg)) if tg else float("nan")
+    out = {
+        name: score_probe(probe, names, features, ds, cfg.n_eval, cfg.stride, cfg.source)
+        for name, ds in sets.items()
+        if name != "train"
+    }
+    target_mious = [out[t] for t in sets if t not in ("train", "source")]
+    out["target mean"] = float(np.mean(target_mious)) if target_mious else float("nan")
     out["drop"] = out["source"] - out["target mean"]
     return out
-
-
-def mean_std(rows: Sequence[dict], by: Sequence[str]) -> pd.DataFrame:
-    """Return "mean ± std" over seeds of every numeric column, grouped by ``by``."""
-    df = pd.DataFrame(rows)
-    num = [c for c in df.columns if c not in (*by, "seed") and pd.api.types.is_numeric_dtype(df[c])]
-    g = df.groupby(list(by), sort=False)[num]
-    m, s = g.mean(), g.std(ddof=1)
-    out = pd.DataFrame(index=m.index)
-    for c in num:
-        out[c] = [f"{a:.2f} ± {b:.2f}" if not math.isnan(b) else f"{a:.2f}"
-                  for a, b in zip(m[c], s[c], strict=True)]  # fmt: skip
-    out["seeds"] = g.size()
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# Backbones of the study
-# ---------------------------------------------------------------------------------------
-
-#: What each embedded backbone saw before probing (said in notebook 01).
-SAW = {
-    "diffusion (pretrained)": "unlabeled images and captions of every domain's training split (denoising)",
-    "supervised": "source labels only (end to end, from random weights)",
-    "supervised + photometric": "source labels only, with colour jitter, blur and noise",
-    "random": "nothing (random weights)",
-}  # fmt: skip
-
-
-def embedded_backbones(model: str = "toy-sd", supervised_steps: int = 80,
-                       supervised_batch: int = 4, data_root: str = "miniature", seed: int = 0,
-                       supervised_crop: tuple[int, int] | None = (64, 128),
-                       log: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Return the embedded study's backbones, {name: DiffusionBackbone}: the pretrained UNet,
-    the same architecture trained supervised on the source (without and with photometric
-    augmentation) and with random weights; all share the pretrained VAE and text encoder."""
-    from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
-    from diffprompt.backbones.variants import SupervisedConfig, random_unet, train_supervised
-    from diffprompt.data import build_dataset
-    from diffprompt.data.roots import resolve_data_root
-
-    bb = DiffusionBackbone.from_pretrained(model, FeatureConfig())
-    train = build_dataset("gta5", "train", resolve_data_root(data_root))
-    out = {"diffusion (pretrained)": bb}
-    for name, photometric in (("supervised", False), ("supervised + photometric", True)):
-        cfg = SupervisedConfig(steps=supervised_steps, batch_size=supervised_batch, seed=seed,
-                               photometric=photometric,
-                               crop=tuple(supervised_crop) if supervised_crop else None)  # fmt: skip
-        out[name], _ = train_supervised(bb, train, cfg, log)
-    out["random"] = random_unet(bb, seed)
-    return out
-
-
-def real_backbone(name: str, dtype: str = "fp32", device: str = "auto"):
-    """Return a backbone from a hub id or folder: a Stable Diffusion checkpoint (a folder
-    with ``unet/``, or a hub id naming "diffusion") as a DiffusionBackbone, anything else
-    (ResNet, ConvNeXt, Swin, DINOv2, CLIP) as a comparator."""
-    from pathlib import Path
-
-    from diffprompt.backbones.comparators import build_comparator
-    from diffprompt.backbones.diffusion import DiffusionBackbone
-
-    path = Path(name).expanduser()
-    is_sd = (path / "unet").is_dir() if path.is_dir() else "diffusion" in name.lower()
-    if is_sd:
-        return DiffusionBackbone.from_pretrained(name, dtype=dtype, device=device)
-    return build_comparator(name, dtype=dtype, device=device)
-
-
-def with_features(bb, **changes):
-    """Return a view of a DiffusionBackbone with other feature settings (timesteps, noise,
-    attention tokens, ...) sharing its modules and hooks. ``blocks`` cannot change (hooks
-    are installed for them): select maps instead."""
-    if "blocks" in changes:
-        raise ValueError("blocks are fixed when the hooks are installed: select maps instead")
-    view = copy.copy(bb)
-    view.cfg = dataclasses.replace(bb.cfg, **changes)
-    return view
 
 
 # ---------------------------------------------------------------------------------------
@@ -327,20 +284,22 @@ def mmd(a: Tensor, b: Tensor, bandwidth: float | None = None) -> float:
 def domain_statistics(features: Features, dataset, n: int) -> dict[str, dict[str, Tensor]]:
     """Return per map: {"position": (h*w, C) mean map over images, "pooled": (n, C)}."""
     idx = list(range(min(n, len(dataset))))
-    out: dict[str, dict[str, list]] = {}
-    for s in range(0, len(idx), 16):
-        f = features.get(dataset, idx[s : s + 16])
-        for k, v in f.items():
-            d = out.setdefault(k, {"sum": 0, "pooled": []})
-            d["sum"] = d["sum"] + v.sum(0)
-            d["pooled"].append(v.mean((2, 3)))
-    return {k: {"position": (d["sum"] / len(idx)).flatten(1).T, "pooled": torch.cat(d["pooled"])}
-            for k, d in out.items()}  # fmt: skip
+    sums: dict[str, Tensor | int] = {}
+    pooled: dict[str, list[Tensor]] = {}
+    for s in range(0, len(idx), CHUNK):
+        for k, v in features.get(dataset, idx[s : s + CHUNK]).items():
+            sums[k] = sums.get(k, 0) + v.sum(0)
+            pooled.setdefault(k, []).append(v.mean((2, 3)))
+    return {
+        k: {"position": (sums[k] / len(idx)).flatten(1).T, "pooled": torch.cat(pooled[k])}
+        for k in sums
+    }
 
 
-def gap_measures(features: Features, sets: Mapping[str, Any], n: int) -> pd.DataFrame:
+def gap_measures(features: Features, sets: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
     """Return, per (target, map), linear CKA between the position-wise mean maps of source and
-    target and the MMD between their pooled features (label-free)."""
+    target and the MMD between their pooled features (label-free): rows {"target", "map",
+    "CKA", "MMD"}."""
     src = domain_statistics(features, sets["source"], n)
     rows = []
     for t, ds in sets.items():
@@ -348,58 +307,11 @@ def gap_measures(features: Features, sets: Mapping[str, Any], n: int) -> pd.Data
             continue
         tgt = domain_statistics(features, ds, n)
         for k in sorted(src):
-            rows.append({"target": t, "map": k,
-                         "CKA": linear_cka(src[k]["position"], tgt[k]["position"]),
-                         "MMD": mmd(src[k]["pooled"], tgt[k]["pooled"])})  # fmt: skip
-    return pd.DataFrame(rows)
-
-
-def gap_table(gaps: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
-    """Join the measures (averaged over maps) with the mIoU drop of each (backbone, target):
-    drop = source mIoU - target mIoU of the probe (mean over seeds)."""
-    g = gaps.groupby(["backbone", "target"], sort=False)[["CKA", "MMD"]].mean().reset_index()
-    rows = []
-    for bname, part in probes.groupby("backbone", sort=False):
-        m = part.drop(columns=["seed"], errors="ignore").mean(numeric_only=True)
-        for t in g.loc[g["backbone"] == bname, "target"]:
-            rows.append({"backbone": bname, "target": t, "drop": m["source"] - m[t]})
-    return g.merge(pd.DataFrame(rows), on=["backbone", "target"])
-
-
-def correlations(table: pd.DataFrame) -> pd.DataFrame:
-    """Return Pearson and Spearman correlations of 1 - CKA and MMD with the mIoU drop."""
-    from scipy.stats import pearsonr, spearmanr
-
-    out = {}
-    for name, x in (("1 - CKA", 1 - table["CKA"]), ("MMD", table["MMD"])):
-        if len(table) >= 3 and x.std() > 0 and table["drop"].std() > 0:
-            out[name] = {"pearson r": pearsonr(x, table["drop"])[0],
-                         "spearman rho": spearmanr(x, table["drop"])[0], "pairs": len(table)}  # fmt: skip
-        else:
-            out[name] = {
-                "pearson r": float("nan"),
-                "spearman rho": float("nan"),
-                "pairs": len(table),
-            }
-    return pd.DataFrame(out).T
-
-
-def gap_scatter(table: pd.DataFrame):
-    """Return scatter plots of the mIoU drop against 1 - CKA and MMD, one colour per backbone."""
-    import matplotlib.pyplot as plt
-
-    corr = correlations(table)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, (name, x) in zip(axes, (("1 - CKA", 1 - table["CKA"]), ("MMD", table["MMD"])),
-                             strict=True):  # fmt: skip
-        for i, (b, part) in enumerate(table.groupby("backbone", sort=False)):
-            ax.scatter(x[part.index], part["drop"], s=18, color=f"C{i}", label=b)
-        r = corr.loc[name, "pearson r"]
-        ax.set(xlabel=f"{name} (source vs target features)", ylabel="mIoU drop (source - target)",
-               title=f"{name}: Pearson r = {r:.2f}")  # fmt: skip
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+            cka = linear_cka(src[k]["position"], tgt[k]["position"])
+            rows.append(
+                {"target": t, "map": k, "CKA": cka, "MMD": mmd(src[k]["pooled"], tgt[k]["pooled"])}
+            )
+    return rows
 
 
 # ---------------------------------------------------------------------------------------
@@ -407,14 +319,18 @@ def gap_scatter(table: pd.DataFrame):
 # ---------------------------------------------------------------------------------------
 
 
-def pca_figure(features: Features, sets: Mapping[str, Any], map_name: str = "s1",
-               images: int = 6, per_image: int = 300, seed: int = 0):  # fmt: skip
-    """Return a figure: the 2-D PCA of pixel features of one map from the source and each
-    target, coloured by domain (left) and by class (right, the Cityscapes palette)."""
-    import matplotlib.pyplot as plt
-
-    from diffprompt.labels import CLASSES, PALETTE
-
+def pca_points(
+    features: Features,
+    sets: Mapping[str, Any],
+    map_name: str = "s1",
+    images: int = 6,
+    per_image: int = 300,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Return the 2-D PCA of labeled pixel features of one map from the source and each
+    target (``per_image`` random pixels of each of the first ``images`` images): (points
+    (N, 2), domain of each point (N,) indexing the names, trainId of each point (N,),
+    names of the domains)."""
     g = torch.Generator().manual_seed(seed)
     xs, doms, cls = [], [], []
     names = [n for n in sets if n != "train"]
@@ -422,7 +338,7 @@ def pca_figure(features: Features, sets: Mapping[str, Any], map_name: str = "s1"
         ds = sets[name]
         idx = list(range(min(images, len(ds))))
         f = features.get(ds, idx)[map_name]  # (B, C, h, w)
-        y = _masks(ds, idx)
+        y = ds.masks(idx)
         y = F.interpolate(y[:, None].float(), size=f.shape[-2:], mode="nearest")[:, 0].long()
         v = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
         lab = y.reshape(-1)
@@ -434,121 +350,5 @@ def pca_figure(features: Features, sets: Mapping[str, Any], map_name: str = "s1"
     x = torch.cat(xs).double()
     x = x - x.mean(0)
     _, _, v = torch.linalg.svd(x, full_matrices=False)
-    p = (x @ v[:2].T).numpy()
-    doms, cls = np.array(doms), torch.cat(cls).numpy()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for di, name in enumerate(names):
-        m = doms == di
-        axes[0].scatter(p[m, 0], p[m, 1], s=2, alpha=0.4, color=f"C{di % 10}", label=name)
-    axes[0].legend(fontsize=7, markerscale=5)
-    axes[0].set_title(f"{features.name}, map {map_name}: by domain", fontsize=9)
-    axes[1].scatter(p[:, 0], p[:, 1], s=2, alpha=0.4, c=PALETTE[cls] / 255.0)
-    present = sorted(set(cls.tolist()))
-    for c in present:
-        axes[1].scatter([], [], s=12, color=PALETTE[c] / 255.0, label=CLASSES[c])
-    axes[1].legend(fontsize=6, ncol=2, markerscale=1.5)
-    axes[1].set_title("by class", fontsize=9)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    return fig
-
-
-def sweep_figure(sweeps: pd.DataFrame):
-    """Return one panel per sweep: source and target-mean mIoU against the swept value."""
-    import matplotlib.pyplot as plt
-
-    names = list(dict.fromkeys(sweeps["sweep"]))
-    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        part = sweeps[sweeps["sweep"] == name]
-        for col, style in (("source", "-o"), ("target mean", "-s")):
-            ax.plot(part["value"].astype(str), part[col], style, ms=4, label=col)
-        ax.set_title(name, fontsize=9)
-        ax.tick_params(axis="x", labelsize=7, rotation=30)
-        ax.set_ylabel("mIoU (%)")
-    axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-# ---------------------------------------------------------------------------------------
-# The study: every backbone x seed, the sweeps, the gap measures
-# ---------------------------------------------------------------------------------------
-
-
-def features_of(bb, name: str, cache_folder=None, mode: str = "scene") -> Features:
-    """Return :class:`Features` of a backbone: a diffusion backbone under the prompt
-    ``mode`` ("scene": [category tokens ; the default scene prompt], "null": the empty
-    prompt; no adapter), a comparator on images alone."""
-    from diffprompt.labels import CLASSES
-    from diffprompt.prompts import PromptConfig, Prompts
-
-    prompts = None
-    if hasattr(bb, "text_encoder"):
-        prompts = Prompts(
-            bb.text_encoder, bb.tokenizer, CLASSES, PromptConfig(mode=mode, adapter=False)
-        )
-    return Features(bb, prompts, cache_folder, name)
-
-
-def probe_all(features: Mapping[str, Features], sets: Mapping[str, Any], cfg: ProbeConfig,
-              seeds: Sequence[int], log: Callable[[str], None] | None = None) -> pd.DataFrame:  # fmt: skip
-    """Return one row per (backbone, seed): the probe's mIoU on the source val split and
-    every target, the target mean and the drop."""
-    rows = []
-    for name, f in features.items():
-        for seed in seeds:
-            r = probe_backbone(f, sets, dataclasses.replace(cfg, seed=int(seed)))
-            rows.append({"backbone": name, "seed": int(seed), **r})
-            if log:
-                log(f"{name} seed {seed}: source {r['source']:.2f}, target mean "
-                    f"{r['target mean']:.2f}")  # fmt: skip
-    return pd.DataFrame(rows)
-
-
-def run_sweeps(bb, sets: Mapping[str, Any], cfg: ProbeConfig, timesteps: Sequence[int],
-               noise_timesteps: Sequence[int], cache_folder=None,
-               log: Callable[[str], None] | None = None) -> pd.DataFrame:  # fmt: skip
-    """Return the probe's mIoU for each swept setting of a diffusion backbone (one seed):
-    timestep without noise, timestep with noise, decoder block, with or without text, and
-    decoder maps / class-token cross-attention maps / both."""
-    from diffprompt.labels import NUM_CLASSES as C
-
-    rows = []
-
-    def one(sweep: str, value, f: Features, maps: str = "s") -> None:
-        r = probe_backbone(f, sets, dataclasses.replace(cfg, maps=maps))
-        rows.append({"sweep": sweep, "value": value, **r})
-        if log:
-            log(
-                f"sweep {sweep} = {value}: source {r['source']:.2f}, target mean {r['target mean']:.2f}"
-            )
-
-    base = features_of(bb, "base", cache_folder)
-    for t in timesteps:
-        one("timestep (no noise)", t, features_of(with_features(bb, timesteps=(int(t),), noise=False),
-                                                  f"t={t}", cache_folder))  # fmt: skip
-    for t in noise_timesteps:
-        one("timestep (noised)", t, features_of(with_features(bb, timesteps=(int(t),), noise=True),
-                                                f"t={t}+noise", cache_folder))  # fmt: skip
-    for k in sorted(base.get(sets["train"], [0])):
-        one("decoder block", k, base, k)
-    one("decoder block", "all", base, "s")
-    one("text", "scene prompt", base)
-    one("text", "empty prompt", features_of(bb, "null", cache_folder, mode="null"))
-    att = features_of(with_features(bb, attention_tokens=C), "attention", cache_folder)
-    for maps, label in (("s", "decoder maps"), ("a", "cross-attention maps"), ("sa", "both")):
-        one("features", label, att, maps)
-    return pd.DataFrame(rows)
-
-
-def gap_study(features: Mapping[str, Features], sets: Mapping[str, Any], n: int) -> pd.DataFrame:
-    """Return the CKA and MMD of every (backbone, target, map)."""
-    parts = []
-    for name, f in features.items():
-        g = gap_measures(f, sets, n)
-        g.insert(0, "backbone", name)
-        parts.append(g)
-    return pd.concat(parts, ignore_index=True)
+    points = (x @ v[:2].T).numpy()
+    return points, np.array(doms), torch.cat(cls).numpy(), names

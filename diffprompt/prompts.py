@@ -3,12 +3,12 @@
 Following VPD and the paper, the UNet's cross-attention context is the concatenation
 ``[category tokens ; scene tokens]`` along the token axis:
 
-- category tokens (C, D): one token per class, the CLIP text encoder's pooled (EOS) output
-  of the class name in several templates, averaged over the templates, then refined by a
-  learnable :class:`TextAdapter` (VPD);
-- scene tokens (L, D): the last hidden states of one scene description ("a photo of an urban
-  street scene"), either fixed, randomized per training step over domain descriptors
-  (:func:`sample_scene_prompts`) or learned at test time (:class:`LearnableScenePrompt`).
+- category tokens (C, D): one token per class (:func:`diffprompt.text.category_embeddings`),
+  refined by a learnable :class:`TextAdapter` (VPD);
+- scene tokens (L, D): the last hidden states of one scene description
+  (:data:`DEFAULT_SCENE_TEXT`), either fixed, randomized per training step over domain
+  descriptors (:data:`SCENE_VOCABULARY`, :func:`sample_scene_prompts`) or learned at test
+  time (:class:`LearnableScenePrompt`).
 
 :class:`Prompts` puts the pieces together from a :class:`PromptConfig`. The text encoder is
 frozen and never becomes a submodule, so ``Prompts.parameters()`` and its state dict only
@@ -17,45 +17,26 @@ hold what is learned.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
-#: Templates for category prompts, "{}" standing for the class name. VPD averages the text
-#: embeddings of CLIP's 80 ImageNet templates; these 20 are our own wording, biased to street
-#: scenes and the conditions of the target domains.
-TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a photo of the {}.",
-    "a street scene with a {}.",
-    "a city street with the {}.",
-    "a blurry photo of the {}.",
-    "a dark photo of the {}.",
-    "a bright photo of a {}.",
-    "a close-up photo of a {}.",
-    "a cropped photo of the {}.",
-    "a low resolution photo of a {}.",
-    "a rendering of a {}.",
-    "a video game screenshot of a {}.",
-    "a painting of the {}.",
-    "a dashcam photo of a {}.",
-    "a photo of a {} at night.",
-    "a photo of a {} in the rain.",
-    "a photo of a {} in fog.",
-    "a photo of a {} in snow.",
-    "a good photo of the {}.",
-    "there is a {} in the scene.",
+from diffprompt.text import (
+    TEMPLATES,
+    category_embeddings,
+    encode_scene,
+    eos_index,
+    module_device,
+    tokenize,
 )
+
+#: The scene prompt the head is trained and tested with by default (ours).
+DEFAULT_SCENE_TEXT = "a photo of an urban street scene"
 
 #: Domain descriptors the scene prompt is randomized over (in the spirit of DIDEX's
 #: condition list). Each composed prompt draws one entry per key.
@@ -109,7 +90,9 @@ SCENE_VOCABULARY: dict[str, tuple[str, ...]] = {
     ),
 }
 SCENE_TEMPLATE = "{style} of {place} {time} {weather}, {camera}"
-MODES = ("null", "category", "scene")
+#: What a context holds (PromptConfig.tokens): the empty prompt's encoding, the category
+#: tokens only, or [category tokens ; scene tokens].
+TOKENS = ("null", "category", "scene")
 
 
 def sample_scene_prompts(
@@ -133,218 +116,24 @@ def sample_scene_prompts(
     return prompts
 
 
+def vocabulary(size: int = 0) -> dict[str, tuple[str, ...]]:
+    """Return the scene vocabulary with the first ``size`` descriptors of each key (0 = all)."""
+    if size < 0:
+        raise ValueError(f"vocabulary size must be >= 0, got {size}")
+    return {k: v[:size] if size else v for k, v in SCENE_VOCABULARY.items()}
+
+
 def prompt_corpus(class_names: Sequence[str] = ()) -> list[str]:
     """Return every text this module may encode for ``class_names`` (templates filled in,
     the default scene text, the scene vocabulary), e.g. to build a tokenizer that holds all
-    their words (:func:`diffprompt.backbones.tokenizer.build_clip_tokenizer`)."""
+    their words (``diffprompt.backbones.tokenizer.build_clip_tokenizer``)."""
     texts = [t.format(c) for c in class_names for t in TEMPLATES]
-    texts += [PromptConfig.scene_text, re.sub(r"\{\w+\}", "", SCENE_TEMPLATE)]
+    texts += [DEFAULT_SCENE_TEXT, re.sub(r"\{\w+\}", "", SCENE_TEMPLATE)]
     return texts + [e for entries in SCENE_VOCABULARY.values() for e in entries]
 
 
 # ---------------------------------------------------------------------------------------
-# Encoding texts
-
-
-@dataclass
-class TextEncoding:
-    """What the text encoder gives for N texts."""
-
-    last_hidden_state: Tensor  # (N, L, D) after the final layer norm
-    pooled: Tensor  # (N, D) the state at the EOS token (CLIPTextModel's pooler_output)
-
-
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> Tensor:
-    """Return the input ids (N, L) of ``texts``, padded and truncated to the model length."""
-    return tokenizer(
-        list(texts),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-
-
-def encode_texts(
-    text_encoder: CLIPTextModel,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str],
-    grad: bool = False,
-) -> TextEncoding:
-    """Return the encoder's last hidden states (N, L, D) and pooled outputs (N, D) of ``texts``.
-
-    Texts are padded to ``tokenizer.model_max_length`` and truncated; no attention mask is
-    passed (as Stable Diffusion 1.x encodes prompts). The result is on the encoder's device and
-    in its dtype, computed without autograd unless ``grad``.
-    """
-    ids = tokenize(tokenizer, texts).to(_device(text_encoder))
-    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-        out = text_encoder(input_ids=ids)
-    return TextEncoding(out.last_hidden_state, out.pooler_output)
-
-
-def _eos_index(ids: Tensor, eos_token_id: int) -> int:
-    """Return the position of the first EOS token in ``ids`` (L,) (the pad token may be EOS)."""
-    return int((ids == eos_token_id).nonzero()[0])
-
-
-def encode_scene(
-    text_encoder: CLIPTextModel, tokenizer: PreTrainedTokenizerBase, text: str, trim: bool = False
-) -> Tensor:
-    """Return the last hidden states (L, D) of one prompt, without autograd.
-
-    L is the tokenizer's model length, or with ``trim`` the number of tokens from BOS to EOS
-    inclusive (the padding states dropped).
-    """
-    states = encode_texts(text_encoder, tokenizer, [text]).last_hidden_state[0]  # (L, D)
-    if trim:
-        eos = _eos_index(tokenize(tokenizer, [text])[0], tokenizer.eos_token_id)
-        states = states[: eos + 1]
-    return states
-
-
-def null_conditioning(
-    text_encoder: CLIPTextModel, tokenizer: PreTrainedTokenizerBase, batch_size: int
-) -> Tensor:
-    """Return the encoded empty prompt "" repeated over the batch, (B, L, D): Stable
-    Diffusion's unconditional context."""
-    return encode_scene(text_encoder, tokenizer, "").expand(batch_size, -1, -1).clone()
-
-
-# ---------------------------------------------------------------------------------------
-# Category embeddings
-
-
-_CATEGORY_CACHE: dict[str, Tensor] = {}
-
-
-def clear_category_cache() -> None:
-    """Forget the category embeddings cached in memory (files in a cache_dir stay)."""
-    _CATEGORY_CACHE.clear()
-
-
-def _weights_checksum(module: nn.Module) -> str:
-    """Return a hash of every tensor of ``module``'s state dict (name, dtype, shape, bytes)."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in sorted(module.state_dict().items()):
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def category_fingerprint(
-    text_encoder: CLIPTextModel,
-    tokenizer: PreTrainedTokenizerBase,
-    class_names: Sequence[str],
-    templates: Sequence[str],
-    pooling: str = "eos",
-) -> str:
-    """Return a hex hash of what category embeddings depend on: the encoder's config and
-    weights, the tokenizer's vocabulary and model length, the class names, templates and
-    pooling."""
-    config = {
-        k: v
-        for k, v in text_encoder.config.to_dict().items()
-        if not k.startswith("_") and k != "transformers_version"
-    }
-    vocab = sorted(tokenizer.get_vocab().items())
-    key = {
-        "config": config,
-        "weights": _weights_checksum(text_encoder),
-        "vocab_size": len(tokenizer),
-        "vocab": hashlib.blake2b(json.dumps(vocab).encode(), digest_size=16).hexdigest(),
-        "model_max_length": tokenizer.model_max_length,
-        "class_names": list(class_names),
-        "templates": list(templates),
-        **({"pooling": pooling} if pooling != "eos" else {}),
-    }
-    text = json.dumps(key, sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def _save_atomic(tensor: Tensor, path: Path, metadata: dict[str, str]) -> None:
-    """Write ``tensor`` to a safetensors file at ``path`` through a temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"embeddings": tensor.contiguous()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def category_embeddings(
-    text_encoder: CLIPTextModel,
-    tokenizer: PreTrainedTokenizerBase,
-    class_names: Sequence[str],
-    templates: Sequence[str] = TEMPLATES,
-    num_templates: int | None = None,
-    cache_dir: str | Path | None = None,
-    pooling: str = "eos",
-) -> Tensor:
-    """Return one embedding per class (C, D), fp32, on the encoder's device.
-
-    Each class name fills the first K templates (K = ``num_templates``, or all); an
-    embedding per prompt is averaged over the K prompts. ``pooling`` picks that embedding:
-    ``"eos"``, the pooled (EOS) output, as VPD does with CLIP, whose EOS token was trained
-    contrastively to summarise the text; ``"word"``, the mean of the hidden states of the
-    class name's own tokens, for text encoders without such training (the embedded model,
-    whose encoder only learned from the denoising loss). Results are cached in memory, and in
-    ``cache_dir/category-<fingerprint>.safetensors`` when ``cache_dir`` is given, under
-    :func:`category_fingerprint`; a cache hit does not run the encoder.
-    """
-    templates = tuple(templates[:num_templates] if num_templates is not None else templates)
-    if not templates:
-        raise ValueError("category embeddings need at least one template")
-    if pooling not in ("eos", "word"):
-        raise ValueError(f"pooling must be 'eos' or 'word', got {pooling!r}")
-    key = category_fingerprint(text_encoder, tokenizer, class_names, templates, pooling)
-    path = Path(cache_dir) / f"category-{key}.safetensors" if cache_dir is not None else None
-    if key not in _CATEGORY_CACHE and path is not None and path.is_file():
-        _CATEGORY_CACHE[key] = load_file(path)["embeddings"]
-    if key not in _CATEGORY_CACHE:
-        texts = [t.format(name) for name in class_names for t in templates]
-        enc = encode_texts(text_encoder, tokenizer, texts)
-        if pooling == "eos":
-            pooled = enc.pooled.float()  # (C * K, D)
-        else:
-            pooled = _word_states(tokenizer, texts, [n for n in class_names for _ in templates],
-                                  enc.last_hidden_state.float())  # fmt: skip
-        emb = pooled.view(len(class_names), len(templates), -1).mean(dim=1).cpu()  # (C, D)
-        _CATEGORY_CACHE[key] = emb
-        if path is not None:
-            meta = {
-                "class_names": json.dumps(list(class_names)),
-                "templates": json.dumps(templates),
-            }
-            _save_atomic(emb, path, meta)
-    return _CATEGORY_CACHE[key].clone().to(_device(text_encoder))
-
-
-def word_positions(tokenizer, text: str, words: Sequence[str]) -> list[list[int]]:
-    """Return, per word, the positions of its tokens (first occurrence) in ``text`` as
-    :func:`tokenize` encodes it. A word whose tokens are not found is a ValueError."""
-    row = tokenize(tokenizer, [text])[0].tolist()
-    out = []
-    for w in words:
-        sub = tokenizer(w, add_special_tokens=False).input_ids
-        start = next((s for s in range(len(row) - len(sub) + 1) if row[s : s + len(sub)] == sub),
-                     None)  # fmt: skip
-        if start is None:
-            raise ValueError(f"the tokens of {w!r} are not found in {text!r} (truncated?)")
-        out.append(list(range(start, start + len(sub))))
-    return out
-
-
-def _word_states(tokenizer, texts: Sequence[str], words: Sequence[str], states: Tensor) -> Tensor:
-    """Return (N, D): per text, the mean hidden state of the tokens of its ``words``."""
-    return torch.stack([states[i, word_positions(tokenizer, t, [w])[0]].mean(0)
-                        for i, (t, w) in enumerate(zip(texts, words, strict=True))])  # fmt: skip
+# The conditioning modules
 
 
 class TextAdapter(nn.Module):
@@ -390,9 +179,9 @@ class LearnableScenePrompt(nn.Module):
         self.init_text, self.trim = init_text, trim
         self._frozen = (text_encoder,)  # a tuple hides the encoder from nn.Module
         ids = tokenize(tokenizer, [init_text])[0]  # (L,)
-        self.eos_index = _eos_index(ids, tokenizer.eos_token_id)
+        self.eos_index = eos_index(ids, tokenizer.eos_token_id)
         with torch.no_grad():
-            emb = text_encoder.get_input_embeddings()(ids.to(_device(text_encoder)))  # (L, D)
+            emb = text_encoder.get_input_embeddings()(ids.to(module_device(text_encoder)))  # (L, D)
         self.register_buffer("input_ids", ids, persistent=False)
         self.register_buffer("fixed", emb.detach().clone(), persistent=False)
         init_words = emb[1 : self.eos_index].detach().clone()
@@ -414,7 +203,7 @@ class LearnableScenePrompt(nn.Module):
         """Return the encoder's last hidden states (L, D) for the learned embeddings (trimmed
         to BOS..EOS when ``trim``). Gradients reach ``words`` only, never the encoder."""
         text_encoder = text_encoder if text_encoder is not None else self._frozen[0]
-        device = _device(text_encoder)
+        device = module_device(text_encoder)
         emb = self.input_embeddings().to(device)
 
         def replace(_module: nn.Module, _args: tuple, output: Tensor) -> Tensor:
@@ -431,8 +220,9 @@ class LearnableScenePrompt(nn.Module):
         return states[: self.eos_index + 1] if self.trim else states
 
     @torch.no_grad()
-    def nearest_words(self, tokenizer: PreTrainedTokenizerBase, k: int = 1,
-                      whole_words: bool = False) -> list[list[str]]:  # fmt: skip
+    def nearest_words(
+        self, tokenizer: PreTrainedTokenizerBase, k: int = 1, whole_words: bool = False
+    ) -> list[list[str]]:
         """Return, per learnable position, the ``k`` vocabulary tokens whose input embeddings
         are nearest (cosine) to the learned one, decoded as text, nearest first.
         ``whole_words`` searches only tokens that are whole alphabetic words (CLIP's
@@ -484,8 +274,8 @@ def assemble_conditioning(category: Tensor | None, scene: Tensor | None, batch_s
 class PromptConfig:
     """How the UNet is conditioned."""
 
-    mode: str = "scene"  # "null" (empty prompt) | "category" (class tokens) | "scene" (both)
-    scene_text: str = "a photo of an urban street scene"  # the default scene prompt
+    tokens: str = "scene"  # "null" (empty prompt) | "category" (class tokens) | "scene" (both)
+    scene_text: str = DEFAULT_SCENE_TEXT  # the default scene prompt
     num_templates: int | None = None  # templates averaged per class (None: all TEMPLATES)
     pooling: str = "eos"  # class embedding per prompt: "eos" (VPD, CLIP) or "word" (its tokens)
     adapter: bool = True  # refine category tokens with VPD's TextAdapter
@@ -512,8 +302,8 @@ class Prompts(nn.Module):
     ) -> None:
         super().__init__()
         cfg = cfg if cfg is not None else PromptConfig()
-        if cfg.mode not in MODES:
-            raise ValueError(f"unknown prompt mode {cfg.mode!r}; expected one of {MODES}")
+        if cfg.tokens not in TOKENS:
+            raise ValueError(f"unknown context tokens {cfg.tokens!r}; expected one of {TOKENS}")
         self.cfg, self.class_names = cfg, tuple(class_names)
         self._frozen = (text_encoder, tokenizer)  # a tuple hides the encoder from nn.Module
         self._scene_cache: dict[str, Tensor] = {}
@@ -522,7 +312,7 @@ class Prompts(nn.Module):
         self.category: Tensor | None
         self.scene: Tensor | None
         category = scene = None
-        if cfg.mode == "null":
+        if cfg.tokens == "null":
             scene = encode_scene(text_encoder, tokenizer, "").float()  # (L, D)
         else:
             category = category_embeddings(
@@ -536,7 +326,7 @@ class Prompts(nn.Module):
             )  # (C, D)
             if cfg.adapter:
                 self.adapter = TextAdapter(category.shape[-1], gamma_init=cfg.gamma_init)
-        if cfg.mode == "scene":
+        if cfg.tokens == "scene":
             if cfg.learnable_scene:
                 self.scene_prompt = LearnableScenePrompt(
                     text_encoder, tokenizer, cfg.scene_text, cfg.trim_scene
@@ -547,11 +337,11 @@ class Prompts(nn.Module):
         self.register_buffer("category", category, persistent=False)
         self.register_buffer("scene", scene, persistent=False)
         if self.adapter is not None:
-            self.adapter.to(_device(text_encoder))
+            self.adapter.to(module_device(text_encoder))
 
     @property
     def num_category_tokens(self) -> int:
-        """C, the number of category tokens in the context (0 in mode "null")."""
+        """C, the number of category tokens in the context (0 with tokens "null")."""
         return 0 if self.category is None else self.category.shape[0]
 
     @property
@@ -566,12 +356,12 @@ class Prompts(nn.Module):
 
     @property
     def category_slice(self) -> slice | None:
-        """The token positions of the category tokens in the context, None in mode "null"."""
+        """The token positions of the category tokens in the context, None with tokens "null"."""
         return None if self.category is None else slice(0, self.num_category_tokens)
 
     def category_tokens(self) -> Tensor:
         """Return the (adapted) category tokens (C, D)."""
-        assert self.category is not None, "mode 'null' has no category tokens"
+        assert self.category is not None, "tokens 'null' has no category tokens"
         return self.adapter(self.category) if self.adapter is not None else self.category
 
     def _encoded_scene(self, text: str) -> Tensor:
@@ -595,15 +385,15 @@ class Prompts(nn.Module):
     def forward(self, batch_size: int, scene_texts: Sequence[str] | None = None) -> Tensor:
         """Return the cross-attention context (B, N, D), N = :attr:`num_tokens`.
 
-        Mode "null": the empty prompt's encoding; "category": the adapted category tokens;
+        Tokens "null": the empty prompt's encoding; "category": the adapted category tokens;
         "scene": ``[adapted category tokens ; scene tokens]``, the scene tokens encoding
         ``scene_texts`` (one per batch element, e.g. randomized prompts) when given, else the
         default scene prompt.
         """
-        if self.cfg.mode == "null":
+        if self.cfg.tokens == "null":
             return assemble_conditioning(None, self.scene, batch_size)
         category = self.category_tokens()
-        if self.cfg.mode == "category":
+        if self.cfg.tokens == "category":
             return assemble_conditioning(category, None, batch_size)
         scene = self.scene_tokens(batch_size, scene_texts).to(category.device)
         return assemble_conditioning(category, scene, batch_size)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -18,6 +19,20 @@ from typing import Any
 from diffprompt.io import atomic_path, atomic_write_text, git_info, machine_info, versions
 from diffprompt.paths import results_root
 from diffprompt.preflight import check_writable
+
+
+def format_mean_std(mean: float, std: float) -> str:
+    """Return a table cell "m ± s" (two decimals); "m" when ``std`` is NaN (one seed); "--"
+    when ``mean`` is NaN."""
+    if math.isnan(mean):
+        return "--"
+    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def parse_mean_std(cell: str) -> tuple[float, float]:
+    """Return (mean, std) of a "m ± s" (or "m") table cell; std 0 when absent."""
+    parts = str(cell).split("±")
+    return float(parts[0]), float(parts[1]) if len(parts) > 1 else 0.0
 
 
 class Run:

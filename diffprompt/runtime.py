@@ -1,11 +1,21 @@
-"""Where computations run: device and dtype selection shared by every module."""
+"""Where and how computations run: device and dtype selection, and how progress is shown."""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import torch
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -31,13 +41,17 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         ) from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} was asked for, but this torch sees no CUDA GPU; "
-                             "use device='cpu' or 'auto'")  # fmt: skip
+            raise ValueError(
+                f"device {spec!r} was asked for, but this torch sees no CUDA GPU; "
+                "use device='cpu' or 'auto'"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {spec!r} was asked for, but only "
-                             f"{torch.cuda.device_count()} CUDA device(s) exist")  # fmt: skip
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None)
-                                  and torch.backends.mps.is_available()):  # fmt: skip
+            raise ValueError(
+                f"device {spec!r} was asked for, but only "
+                f"{torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    mps_available = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    if dev.type == "mps" and not mps_available:
         raise ValueError(f"device {spec!r} was asked for, but MPS is not available; use 'cpu'")
     return dev
 
@@ -50,3 +64,27 @@ def resolve_dtype(spec: str | torch.dtype) -> torch.dtype:
         return DTYPES[str(spec).lower()]
     except KeyError:
         raise ValueError(f"unknown dtype {spec!r}: use one of fp32, bf16, fp16") from None
+
+
+def _parent_cmdline() -> str:
+    try:
+        return Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def progress_mode(spec: str = "auto") -> str:
+    """Return "bar" (tqdm) or "log" (a line every N steps) for ``spec``.
+
+    "auto": ``$DIFFPROMPT_PROGRESS`` when set; "log" under papermill (the kernel's parent
+    process is papermill) or with no terminal; "bar" in a terminal or an interactive
+    Jupyter kernel.
+    """
+    if spec in ("bar", "log"):
+        return spec
+    env = os.environ.get("DIFFPROMPT_PROGRESS", "")
+    if env in ("bar", "log"):
+        return env
+    if "ipykernel" in sys.modules:
+        return "log" if "papermill" in _parent_cmdline() else "bar"
+    return "bar" if sys.stderr.isatty() else "log"

@@ -52,26 +52,22 @@ results_dir: str = ""  # "": results/ of the repository
 # %%
 from diffprompt.preflight import check_parameters
 
-check_parameters(globals())  # a wrong type or an unknown parameter stops here
+params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 
 # %%
-from diffprompt.domain_gap import (
-    GapConfig,
+from diffprompt.benchmarks import TARGETS
+from diffprompt.data.roots import resolve_data_root
+from diffprompt.experiments.data import (
     class_frequencies,
+    gap_config,
     load_or_run_domain_gap,
     pick_samples,
     record_domain_gap,
 )
-from diffprompt.data.roots import resolve_data_root
 from diffprompt.results import Run
 from diffprompt.viz import class_frequency_plot, sample_grid
 
 root = resolve_data_root(data_root)
-params = dict(data_root=data_root, samples_per_domain=samples_per_domain,
-              freq_images=freq_images, gap_source=gap_source, gap_targets=gap_targets,
-              gap_steps=gap_steps, gap_batch_size=gap_batch_size,
-              gap_input_scale=gap_input_scale, gap_max_images=gap_max_images,
-              gap_reuse=gap_reuse, seed=seed, device=device)  # fmt: skip
 run = Run("00_data", params, seed=seed, root=results_dir or None)
 print("data root:", root)
 
@@ -82,8 +78,7 @@ print("data root:", root)
 # adaptation only.
 
 # %%
-names = ["gta5", "synthia", "cityscapes", "bdd100k", "mapillary", "acdc_fog", "acdc_night",
-         "acdc_rain", "acdc_snow", "darkzurich"]  # fmt: skip
+names = ["gta5", "synthia", *TARGETS]
 rows = pick_samples(root, names, samples_per_domain, seed=seed)
 fig = sample_grid(rows)
 run.figure(fig, "data_samples", formats=("png",), dpi=72)  # raster content: PNG only
@@ -96,8 +91,8 @@ for name, samples in rows.items():
 
 # %%
 freq = class_frequencies(root, names, max_images=freq_images)
-run.table(freq * 100, "class_frequencies", float_format="%.3f",
-          caption="Percent of labeled pixels per class and domain.")  # fmt: skip
+caption = "Percent of labeled pixels per class and domain."
+run.table(freq * 100, "class_frequencies", float_format="%.3f", caption=caption)
 fig = class_frequency_plot(freq)
 run.figure(fig, "class_frequencies")
 freq.round(4) * 100
@@ -112,10 +107,10 @@ freq.round(4) * 100
 # provenance live in `results/tables/domain_gap.*`); `gap_reuse = False` retrains.
 
 # %%
-cfg = GapConfig(steps=gap_steps, batch_size=gap_batch_size, input_scale=gap_input_scale,
-                seed=seed, device=device)  # fmt: skip
-gap = load_or_run_domain_gap(root, gap_source, gap_targets, cfg, run.root,
-                             max_images=gap_max_images, reuse=gap_reuse, log=print)  # fmt: skip
+cfg = gap_config(params)
+gap = load_or_run_domain_gap(
+    root, gap_source, gap_targets, cfg, run.root, gap_max_images, reuse=gap_reuse, log=print
+)
 record_domain_gap(run, gap, gap_source)
 run.finish()
 print("checks:", gap.attrs["checks"])

@@ -64,40 +64,30 @@ results_dir: str = ""  # results folder ("": results/ of the repository)
 # %%
 from diffprompt.preflight import check_parameters
 
-check_parameters(globals())  # a wrong type or an unknown parameter stops here
+params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 
 # %%
 from dataclasses import replace
 
-from diffprompt.experiments import cache_dir
-from diffprompt.probing import (
+from diffprompt.experiments.probing import (
     SAW,
-    ProbeConfig,
     correlations,
     embedded_backbones,
-    features_of,
-    gap_scatter,
     gap_study,
     gap_table,
-    mean_std,
     pca_figure,
     probe_all,
-    probe_sets,
+    probe_config,
     real_backbone,
     run_sweeps,
-    sweep_figure,
 )
+from diffprompt.experiments.stats import mean_std
+from diffprompt.paths import cache_dir
+from diffprompt.probing import features_of, probe_sets
 from diffprompt.results import Run
+from diffprompt.viz import gap_scatter, sweep_figure
 
-params = dict(source=source, targets=targets, sweep_targets=sweep_targets, data_root=data_root,
-              model=model, real_backbones=real_backbones, seeds=seeds, n_train=n_train,
-              n_eval=n_eval, sweep_train=sweep_train, steps=steps, lr=lr,
-              supervised_steps=supervised_steps,
-              supervised_batch=supervised_batch, timesteps=timesteps,
-              noise_timesteps=noise_timesteps, gap_images=gap_images, pca_map=pca_map,
-              device=device)  # fmt: skip
-cfg = ProbeConfig(source=source, targets=tuple(targets), data_root=data_root, n_train=n_train,
-                  n_eval=n_eval, steps=steps, lr=lr, seed=seeds[0])  # fmt: skip
+cfg = probe_config(params)
 run = Run("01_feature_probing", params, seed=seeds[0], root=results_dir or None)
 cache = cache_dir(results_dir or None)
 sets = probe_sets(cfg)
@@ -106,7 +96,9 @@ sets = probe_sets(cfg)
 # ## The backbones
 
 # %%
-backbones = embedded_backbones(model, supervised_steps, supervised_batch, data_root, seeds[0])
+backbones = embedded_backbones(
+    model, supervised_steps, supervised_batch, data_root, seeds[0], device=device
+)
 backbones |= {name: real_backbone(name, device=device) for name in real_backbones}
 features = {name: features_of(bb, name, cache) for name, bb in backbones.items()}
 {name: SAW.get(name, "its own pretraining (see its model card)") for name in backbones}
@@ -131,8 +123,9 @@ table
 
 # %%
 sweep_cfg = replace(cfg, targets=tuple(sweep_targets), n_train=sweep_train)
-sweeps = run_sweeps(backbones["diffusion (pretrained)"], probe_sets(sweep_cfg), sweep_cfg,
-                    timesteps, noise_timesteps, cache, log=print)  # fmt: skip
+diffusion = backbones["diffusion (pretrained)"]
+sweep_sets = probe_sets(sweep_cfg)
+sweeps = run_sweeps(diffusion, sweep_sets, sweep_cfg, timesteps, noise_timesteps, cache, log=print)
 run.table(sweeps.set_index(["sweep", "value"]), "probe_sweeps")
 run.figure(sweep_figure(sweeps), "probe_sweeps", formats=("png",))
 sweeps.round(2)
@@ -148,7 +141,7 @@ run.table(gaps.set_index(["backbone", "target", "map"]), "probe_gap_measures", f
 joined = gap_table(gaps, probes)
 corr = correlations(joined)
 run.table(corr, "probe_gap_correlation", float_format="%.3f")
-run.figure(gap_scatter(joined), "probe_gap_scatter")
+run.figure(gap_scatter(joined, corr), "probe_gap_scatter")
 corr
 
 # %% [markdown]

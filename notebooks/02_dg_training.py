@@ -67,31 +67,15 @@ results_dir: str = ""  # results folder ("": results/ of the repository)
 # %%
 from diffprompt.preflight import check_parameters
 
-check_parameters(globals())  # a wrong type or an unknown parameter stops here
+params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 
 # %%
-from diffprompt.experiments import (
-    describe_features,
-    dg_run_dir,
-    launch,
-    loss_figure,
-    miou_table,
-    per_class_table,
-    prediction_figure,
-    train_dg,
-)
+from diffprompt.dg import config_dict, dg_run_dir, launch, train_dg
+from diffprompt.experiments.dg import describe_run, dg_config, miou_table, per_class_table
 from diffprompt.results import Run
-from diffprompt.train import config_dict, config_from
+from diffprompt.viz import dg_loss_figure, dg_prediction_figure
 
-params = dict(source=source, targets=targets, data_root=data_root, model=model, preset=preset,
-              prompt_mode=prompt_mode, scene_text=scene_text, num_prompts=num_prompts,
-              consistency_weight=consistency_weight, consistency=consistency,
-              vocabulary_size=vocabulary_size, prompt_pool=prompt_pool, steps=steps,
-              batch_size=batch_size, lr=lr, max_train_images=max_train_images,
-              max_eval_images=max_eval_images, cache_features=cache_features,
-              mixed_precision=mixed_precision, device=device, num_processes=num_processes,
-              retrain=retrain, seed=seed)  # fmt: skip
-cfg = config_from(params, preset)
+cfg = dg_config(params)
 tag = f"{cfg.source}_{cfg.prompt_mode}"
 run = Run(f"02_dg_training_{tag}", params, seed=seed, root=results_dir or None)
 print(cfg)
@@ -105,10 +89,10 @@ print(cfg)
 if num_processes > 1:
     launch(cfg, num_processes, results_dir or None, retrain=retrain)
 trainer = train_dg(cfg, results_dir or None, retrain=retrain and num_processes == 1)
-print(describe_features(trainer))
+print(describe_run(trainer))
 
 # %%
-fig = loss_figure(trainer)
+fig = dg_loss_figure(trainer.state.log, trainer.cfg.consistency)
 run.figure(fig, f"dg_{tag}_loss", formats=("png",))
 
 # %% [markdown]
@@ -133,11 +117,14 @@ per_class.round(1)
 # One image per evaluated set: the image, its labels and the prediction.
 
 # %%
-fig = prediction_figure(trainer, sets)
+fig = dg_prediction_figure(trainer, sets)
 run.figure(fig, f"dg_{tag}_predictions", formats=("png",), dpi=90)
-run.finish(config=config_dict(trainer.cfg), config_hash=trainer.hash,
-           checkpoint=str(dg_run_dir(cfg, results_dir or None).name),
-           training_seconds=round(trainer.state.seconds, 1))  # fmt: skip
+run.finish(
+    config=config_dict(trainer.cfg),
+    config_hash=trainer.hash,
+    checkpoint=dg_run_dir(cfg, results_dir or None).name,
+    training_seconds=round(trainer.state.seconds, 1),
+)
 
 # %% [markdown]
 # ## Explore (JupyterLab)

@@ -28,7 +28,7 @@
 # %% tags=["parameters"]
 target: str = "adverse"  # a target, "adverse" (ACDC and Dark Zurich) or "all"
 objectives: list = ["denoise", "entropy"]  # TTA objectives, one row each
-modes: list = ["offline"]  # "offline" (fit, then evaluate) and/or "online" (streaming)
+settings: list = ["offline"]  # "offline" (fit, then evaluate) and/or "online" (streaming)
 steps: int = 6  # TTA optimisation steps
 lr: float = 0.001  # Adam learning rate of the scene prompt's word embeddings
 fit_images: int = 12  # unlabeled target images to fit on (0: all)
@@ -57,47 +57,32 @@ results_dir: str = ""  # results folder ("": results/ of the repository)
 # %%
 from diffprompt.preflight import check_parameters
 
-check_parameters(globals())  # a wrong type or an unknown parameter stops here
+params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 
 # %%
-from diffprompt.results import Run
-from diffprompt.train import config_dict, config_from
-from diffprompt.tta import (
-    TTAConfig,
+from diffprompt.dg import config_dict
+from diffprompt.experiments.tta import (
     check_targets,
-    dg_trainer,
+    dg_model,
     record_target,
-    resolve_targets,
     run_target,
     summary_table,
+    tta_configs,
+    tta_dg_config,
 )
+from diffprompt.results import Run
 
-params = dict(target=target, objectives=objectives, modes=modes, steps=steps, lr=lr,
-              fit_images=fit_images, batch_size=batch_size, eval_images=eval_images,
-              eval_every=eval_every, entropy_weight=entropy_weight, tent=tent,
-              zero_shot=zero_shot, source=source, data_root=data_root, model=model,
-              preset=preset, prompt_mode=prompt_mode, scene_text=scene_text, dg_steps=dg_steps,
-              dg_batch_size=dg_batch_size, dg_max_train_images=dg_max_train_images,
-              dg_missing=dg_missing, dg_checkpoint=dg_checkpoint,
-              gradient_checkpointing=gradient_checkpointing, device=device, seed=seed)  # fmt: skip
-dg_cfg = config_from(dict(source=source, data_root=data_root, model=model,
-                          prompt_mode=prompt_mode, scene_text=scene_text, steps=dg_steps,
-                          batch_size=dg_batch_size, max_train_images=dg_max_train_images,
-                          device=device, seed=seed, targets=()),
-                     preset)  # fmt: skip
-targets = resolve_targets(target)
-tta_cfgs = {t: TTAConfig(target=t, steps=steps, lr=lr, fit_images=fit_images,
-                         batch_size=batch_size, eval_images=eval_images, eval_every=eval_every,
-                         entropy_weight=entropy_weight, seed=seed,
-                         gradient_checkpointing=gradient_checkpointing) for t in targets}  # fmt: skip
-check_targets(tta_cfgs, objectives, modes, dg_cfg, dg_missing, dg_checkpoint, results_dir)
+dg_cfg = tta_dg_config(params)
+tta_cfgs = tta_configs(params)
+targets = list(tta_cfgs)
+check_targets(tta_cfgs, objectives, settings, dg_cfg, dg_missing, dg_checkpoint, results_dir)
 
 # %% [markdown]
 # ## The DG model (from results/, or trained now)
 
 # %%
-trainer = dg_trainer(dg_cfg, results_dir or None, dg_missing, dg_checkpoint)
-print("DG run", trainer.hash, "step", trainer.state.step, "of", dg_cfg.steps)
+dg = dg_model(dg_cfg, results_dir or None, dg_missing, dg_checkpoint)
+print("DG run", dg.hash, "step", dg.step, "of", dg_cfg.steps)
 
 # %% [markdown]
 # ## Adapt to each target
@@ -105,18 +90,22 @@ print("DG run", trainer.hash, "step", trainer.state.step, "of", dg_cfg.steps)
 # per target (`tables/tta_<target>.*`, `manifests/03_tta_<target>.json`).
 
 # %%
-tables = {}
+tables, results = {}, {}
 for t in targets:
     run = Run(f"03_tta_{t}", params | {"target": t}, seed=seed, root=results_dir or None)
-    result = run_target(trainer, tta_cfgs[t], objectives, modes, tent, zero_shot)
-    tables[t] = record_target(result, t, run)
-    run.finish(dg_config=config_dict(dg_cfg), dg_config_hash=trainer.hash,
-               fit_split=result["fit_split"], tta_seconds=round(result["seconds"], 1))  # fmt: skip
-summary = summary_table(tables)
+    results[t] = run_target(dg, tta_cfgs[t], objectives, settings, tent, zero_shot)
+    tables[t] = record_target(results[t], t, run)
+    run.finish(
+        dg_config=config_dict(dg_cfg),
+        dg_config_hash=dg.hash,
+        fit_split=results[t]["fit_split"],
+        tta_seconds=round(results[t]["seconds"], 1),
+    )
+summary = summary_table(results)
 if len(targets) > 1:  # every target at once: one summary table beside the per-target ones
     run = Run("03_tta_all", params, seed=seed, root=results_dir or None)
     run.table(summary, "tta_summary", caption="mIoU (%) per TTA method and target.")
-    run.finish(targets=targets, dg_config_hash=trainer.hash)
+    run.finish(targets=targets, dg_config_hash=dg.hash)
 summary.round(2)
 
 # %%

@@ -55,33 +55,21 @@ results_dir: str = ""  # results folder ("": results/ of the repository)
 # %%
 from diffprompt.preflight import check_parameters
 
-check_parameters(globals())  # a wrong type or an unknown parameter stops here
+params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 
 # %%
-from diffprompt.experiments import (
+from diffprompt.experiments.ablation import (
+    ablation_base,
     ablation_cells,
     ablation_display,
-    ablation_plot,
     ablation_summary,
     prompt_sensitivity,
     run_ablation,
 )
 from diffprompt.results import Run
-from diffprompt.train import TrainConfig
+from diffprompt.viz import ablation_plot
 
-params = dict(source=source, targets=targets, data_root=data_root, model=model, modes=modes,
-              ks=ks, lambdas=lambdas, vocab_sizes=vocab_sizes, seeds=seeds, steps=steps,
-              batch_size=batch_size, lr=lr, train_size=train_size, fpn_width=fpn_width,
-              head_width=head_width, prompt_pool=prompt_pool,
-              max_train_images=max_train_images, max_eval_images=max_eval_images,
-              device=device)  # fmt: skip
-base = TrainConfig(source=source, targets=tuple(targets), data_root=data_root, model=model,
-                   steps=steps, batch_size=batch_size, lr=lr, train_size=tuple(train_size) or None,
-                   fpn_width=fpn_width, head_width=head_width, prompt_pool=prompt_pool,
-                   num_prompts=ks[0], consistency_weight=lambdas[0],
-                   vocabulary_size=vocab_sizes[0], max_train_images=max_train_images,
-                   max_eval_images=max_eval_images, device=device, eval_source=False,
-                   log_every=50, ckpt_every=0)  # fmt: skip
+base = ablation_base(params)
 cells = ablation_cells(modes, ks[1:], lambdas[1:], vocab_sizes[1:], base)
 run = Run("04_prompt_ablations", params, seed=seeds[0], root=results_dir or None)
 print(len(cells), "cells x", len(seeds), "seeds:", [(g, s) for g, s, _ in cells])
@@ -102,7 +90,8 @@ runs
 summary = ablation_summary(runs, targets)
 run.table(summary, "ablation_summary")
 shown = ablation_display(summary, [*targets, "target mean"])
-run.table(shown, "ablation", caption=f"mIoU (%), mean ± std over seeds {seeds}; source {source}.")
+caption = f"mIoU (%), mean ± std over seeds {seeds}; source {source}."
+run.table(shown, "ablation", caption=caption)
 shown
 
 # %%

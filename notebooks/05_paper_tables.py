@@ -38,7 +38,7 @@ results_dir: str = ""  # results folder the notebooks wrote to ("": results/ of 
 # %%
 from diffprompt.preflight import check_parameters
 
-check_parameters(globals())  # a wrong type or an unknown parameter stops here
+params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 
 # %%
 from IPython.display import Markdown, display
@@ -46,7 +46,6 @@ from IPython.display import Markdown, display
 from diffprompt.paper import paper_figure, paper_tables
 from diffprompt.results import Run
 
-params = dict(data_root=data_root, model=model, mode=mode)
 tables = paper_tables(results_dir or None, data_root=data_root, model=model, mode=mode)
 run = Run("05_paper_tables", params, root=results_dir or None)
 
@@ -63,5 +62,6 @@ for name, (table, note) in tables.items():
 # %%
 fig = paper_figure(tables)
 run.figure(fig, "paper_summary")
-run.finish(inputs=[f"tables/{n}.csv" for n in ("probe_backbones", f"dg_gta5_{mode}_miou",
-                  f"dg_synthia_{mode}_miou", "ablation_summary", "tta_summary")])  # fmt: skip
+inputs = ["probe_backbones", f"dg_gta5_{mode}_miou", f"dg_synthia_{mode}_miou"]
+inputs += ["ablation_summary", "tta_summary"]
+run.finish(inputs=[f"tables/{name}.csv" for name in inputs])

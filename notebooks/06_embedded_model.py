@@ -50,7 +50,7 @@ results_dir: str = ""  # "": results/ of the repository
 # %%
 from diffprompt.preflight import check_parameters
 
-check_parameters(globals())  # a wrong type or an unknown parameter stops here
+params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 
 # %%
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
@@ -67,14 +67,10 @@ from diffprompt.backbones.toy_sd_eval import (
     training_figure,
 )
 from diffprompt.data.roots import resolve_data_root
+from diffprompt.experiments import config_of
 from diffprompt.results import Run
 
 root = resolve_data_root(data_root)
-params = dict(model=model, data_root=data_root, images=images, probe_steps=probe_steps,
-              sample_steps=sample_steps, retrain=retrain, retrain_dir=retrain_dir,
-              vae_steps=vae_steps, unet_steps=unet_steps, unet_stop=unet_stop,
-              unet_batch=unet_batch, height=height, width=width, max_images=max_images,
-              device=device, compare_vaes=compare_vaes, seed=seed)  # fmt: skip
 run = Run("06_embedded_model", params, seed=seed, root=results_dir or None)
 
 # %% [markdown]
@@ -82,9 +78,7 @@ run = Run("06_embedded_model", params, seed=seed, root=results_dir or None)
 
 # %%
 if retrain:
-    cfg = ToySDConfig(data_root=data_root, vae_steps=vae_steps, unet_steps=unet_steps,
-                      unet_stop=unet_stop, unet_batch=unet_batch, height=height, width=width,
-                      max_images=max_images, seed=seed)  # fmt: skip
+    cfg = config_of(ToySDConfig, params)
     folder = pretrain(cfg, retrain_dir, retrain_dir + ".work", device=device)
 else:
     folder = resolve_model_folder(model)
@@ -141,7 +135,9 @@ record(run, "toy_sd_probe", evidence_probe(bb, root, probe_steps, seed=seed))
 # DDIM with classifier-free guidance 4 from the captions below.
 
 # %%
-fig = sample_figure(sample_images(folder, DEMO_CAPTIONS, steps=sample_steps, seed=seed,
-                                  height=height, width=width), DEMO_CAPTIONS)  # fmt: skip
+samples = sample_images(
+    folder, DEMO_CAPTIONS, steps=sample_steps, seed=seed, height=height, width=width
+)
+fig = sample_figure(samples, DEMO_CAPTIONS)
 run.figure(fig, "toy_sd_samples", formats=("png",), dpi=100)
 run.finish(model=model)

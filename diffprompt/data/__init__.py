@@ -62,6 +62,8 @@ def _cls(name: str) -> type[SegDataset]:
 
 #: Registry name -> its split names (the first ones are the usual ones).
 SPLITS: dict[str, tuple[str, ...]] = {name: _cls(name).splits for name in DATASETS}
+#: Registry name -> its unlabeled splits.
+UNLABELED_SPLITS: dict[str, frozenset[str]] = {name: _cls(name).unlabeled_splits for name in DATASETS}
 #: Registry name -> the split used when none is given.
 DEFAULT_SPLIT: dict[str, str] = {name: _cls(name).default_split for name in DATASETS}
 
@@ -122,6 +124,7 @@ __all__ = [
     "DEFAULT_SPLIT",
     "GTA5",
     "SPLITS",
+    "UNLABELED_SPLITS",
     "SYNTHIA",
     "CheckSummary",
     "Cityscapes",

@@ -493,6 +493,15 @@ class SegDataset(Dataset):
             sample["mask"] = torch.from_numpy(trainids.astype(np.int64))  # (H, W)
         return (self.transform or ToFloat())(sample)
 
+    def masks(self, indices: Iterable[int]) -> torch.Tensor:
+        """Return the trainIds (B, H, W) int64 of images ``indices``, each label read once
+        per data set object (kept as uint8)."""
+        cache = self.__dict__.setdefault("_mask_cache", {})
+        for i in indices:
+            if i not in cache:
+                cache[i] = self[i]["mask"].to(torch.uint8)
+        return torch.stack([cache[i] for i in indices]).long()
+
     def check(self, progress: bool = False, indices: Iterable[int] | None = None) -> CheckSummary:
         """Read every file (or those of ``indices``); return a CheckSummary, or raise one
         DatasetError listing all problems.

@@ -1,0 +1,335 @@
+"""What a domain-generalization run depends on: :class:`TrainConfig`, its presets, its hash,
+its checks, and the command line's ``KEY=VALUE`` overrides.
+
+The prompt modes give the method and its baselines (``PROMPT_MODES``):
+
+=====================  ==========================================================  =======
+prompt_mode            context while training                                      K, lam
+=====================  ==========================================================  =======
+null                   the empty prompt's encoding                                 1, 0
+category               the category tokens only                                    1, 0
+fixed                  [category ; the scene prompt ``scene_text``]                1, 0
+random                 [category ; K prompts drawn from the descriptor vocabulary]  K, 0
+random_consistency     the same, plus the consistency term (the method)            K, lam
+=====================  ==========================================================  =======
+
+At test time every scene mode uses ``scene_text`` (or ``test_scene_text``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from diffprompt.benchmarks import TARGETS
+from diffprompt.data import DATASETS, DEFAULT_SPLIT, SPLITS
+from diffprompt.io import did_you_mean
+from diffprompt.preflight import check_fields
+from diffprompt.prompts import DEFAULT_SCENE_TEXT
+from diffprompt.runtime import resolve_device
+
+PROMPT_MODES = ("null", "category", "fixed", "random", "random_consistency")
+#: The modes that randomize the scene prompt over K prompts per step.
+RANDOM_MODES = ("random", "random_consistency")
+CONSISTENCY_KINDS = ("js", "sym_kl")
+#: How a trained model predicts an image: whole (padded to the backbone's multiple) or by
+#: sliding window (mmseg's "slide").
+INFERENCE = ("whole", "slide")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a DG training run depends on (a comment per default; (ours) marks a
+    reconstructed choice, see docs/METHOD.md)."""
+
+    # --- data
+    source: str = "gta5"  # registry name of the source domain
+    source_split: str = "train"  # "train" reads "all" where a data set has no splits (SYNTHIA)
+    targets: tuple[str, ...] = TARGETS  # evaluated after training
+    target_split: str = "val"
+    eval_source: bool = True  # also evaluate the source's val split (in-domain reference)
+    data_root: str = "miniature"  # "miniature" (embedded) or a folder with the data sets
+    train_size: tuple[int, int] | None = None  # resize source images to (h, w); None: as is
+    crop: tuple[int, int] | None = None  # random crop (h, w), online path; None: whole image
+    scale_range: tuple[float, float] = (1.0, 1.0)  # random rescale before the crop (online)
+    flip: bool = True  # random horizontal flips
+    max_train_images: int = 0  # use the first N source images (0 = all)
+    max_eval_images: int = 0  # evaluate on the first N images of each target (0 = all)
+    # --- backbone
+    model: str = "toy-sd"  # bundled name, diffusers folder or hub id
+    dtype: str = "fp32"  # backbone weights: fp32 | bf16 | fp16
+    blocks: tuple[int, ...] | None = None  # UNet up_blocks read (None = all, VPD)
+    timesteps: tuple[int, ...] = (1,)  # VPD: one pass at t = 1
+    noise: bool = False  # noise the latent at each timestep (VPD: no)
+    attention_maps: bool = False  # also feed the class tokens' cross-attention maps (VPD: yes)
+    scale_latents: bool = False  # VPD: no
+    finetune_unet: bool = False  # this paper: frozen; VPD: fine-tuned
+    unet_lr_mult: float = 0.1  # learning-rate multiplier of a fine-tuned UNet (VPD: 0.1)
+    # --- prompts
+    prompt_mode: str = "random_consistency"  # one of PROMPT_MODES
+    scene_text: str = DEFAULT_SCENE_TEXT  # fixed/test scene prompt (ours)
+    test_scene_text: str = ""  # scene prompt at test time ("" = scene_text)
+    num_prompts: int = 2  # K, scene prompts per step in the random modes (ours)
+    consistency_weight: float = 1.0  # lambda (ours)
+    consistency: str = "js"  # "js" | "sym_kl" (ours)
+    vocabulary_size: int = 0  # descriptors per vocabulary key (0 = all; ours)
+    prompt_pool: int = 4  # prompts drawn once to randomize over (0 = fresh each step; ours)
+    pool_seed: int = 0  # seed of the pool's draw (kept apart from ``seed``, so seeds of an
+    #                     ablation share one pool and its cached features)
+    adapter: bool = False  # train VPD's TextAdapter on the category tokens (needs backprop
+    #                        through the UNet; no feature cache)
+    pooling: str = "eos"  # category embedding: "eos" (VPD) or "word"
+    num_templates: int | None = None  # templates averaged per class (None = all)
+    # --- head
+    fpn_width: int = 32  # Semantic FPN channels (mmseg: 256)
+    head_width: int = 32  # semantic-branch channels (mmseg: 128)
+    dropout: float = 0.1
+    # --- optimisation
+    steps: int = 120  # optimizer steps
+    batch_size: int = 8  # images per optimizer step (all processes and accumulation)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-2  # AdamW (VPD: 8e-5 at batch 16 with a fine-tuned UNet)
+    weight_decay: float = 1e-3  # VPD: 1e-3
+    warmup: int = 20  # linear warm-up steps (VPD: 1500)
+    poly_power: float = 1.0  # poly decay to 0 after warm-up (mmseg: 1.0)
+    mixed_precision: str = "no"  # accelerate: "no" | "bf16" | "fp16" (fp16: CUDA only)
+    cache_features: bool = True  # cache frozen features (see diffprompt.dg.trainer)
+    # --- evaluation
+    inference: str = "whole"  # "whole" | "slide" (INFERENCE)
+    eval_crop: tuple[int, int] = (512, 512)  # sliding window (VPD: 512)
+    eval_stride: tuple[int, int] = (341, 341)  # VPD: 341
+    eval_batch: int = 8
+    # --- bookkeeping
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "mps"
+    log_every: int = 25  # one log line every N steps (headless)
+    ckpt_every: int = 100  # checkpoint every N steps (0 = only at the end)
+    progress: str = "auto"  # "auto" | "bar" (tqdm) | "log"
+
+    def __post_init__(self):
+        tuple_fields = (
+            "targets",
+            "train_size",
+            "crop",
+            "scale_range",
+            "blocks",
+            "timesteps",
+            "eval_crop",
+            "eval_stride",
+        )
+        for name in tuple_fields:
+            value = getattr(self, name)
+            if isinstance(value, list):
+                setattr(self, name, tuple(value))
+        if isinstance(self.targets, str):
+            self.targets = (self.targets,)
+
+
+#: Fields that do not change the trained model (excluded from its configuration hash).
+NOT_HASHED = (
+    "targets",
+    "target_split",
+    "eval_source",
+    "max_eval_images",
+    "inference",
+    "eval_crop",
+    "eval_stride",
+    "eval_batch",
+    "test_scene_text",
+    "device",
+    "log_every",
+    "ckpt_every",
+    "progress",
+)
+
+#: The paper protocol for GPU users (reconstructed from VPD, see docs/METHOD.md): SD 1.5,
+#: 512 crops, batch 16, AdamW 8e-5 / wd 1e-3, poly schedule with 1500 warm-up steps over
+#: 80k, sliding-window test with crop 512 and stride 341.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(
+        model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        crop=(512, 512),
+        scale_range=(0.5, 2.0),
+        flip=True,
+        train_size=None,
+        batch_size=16,
+        steps=80_000,
+        lr=8e-5,
+        weight_decay=1e-3,
+        warmup=1500,
+        poly_power=1.0,
+        fpn_width=256,
+        head_width=128,
+        dropout=0.1,
+        attention_maps=True,
+        adapter=True,
+        cache_features=False,
+        prompt_pool=0,
+        mixed_precision="bf16",
+        inference="slide",
+        eval_crop=(512, 512),
+        eval_stride=(341, 341),
+        eval_batch=1,
+        ckpt_every=2000,
+        log_every=50,
+    ),
+}
+
+
+def apply_preset(cfg: TrainConfig, preset: str) -> TrainConfig:
+    """Return ``cfg`` with the fields of ``PRESETS[preset]`` ("" = unchanged).
+
+    The preset's ``model`` applies only while ``cfg.model`` is the embedded default
+    ``"toy-sd"``, so a local SD folder passed with the preset is kept.
+    """
+    if not preset:
+        return cfg
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)} or ''")
+    over = dict(PRESETS[preset])
+    if cfg.model != "toy-sd":
+        over.pop("model")
+    return dataclasses.replace(cfg, **over)
+
+
+def config_from(params: Mapping[str, Any], preset: str = "") -> TrainConfig:
+    """Return a TrainConfig from a dict that may hold other keys (e.g. notebook parameters);
+    unknown keys are ignored, then the preset is applied."""
+    names = {f.name for f in fields(TrainConfig)}
+    known = {k: v for k, v in params.items() if k in names}
+    return apply_preset(TrainConfig(**known), preset)
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """Return the config as JSON-able data."""
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """Return a hex hash of the fields that determine the trained model."""
+    hashed = {k: v for k, v in config_dict(cfg).items() if k not in NOT_HASHED}
+    text = json.dumps(hashed, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def changed_fields(cfg: TrainConfig, other: Mapping[str, Any]) -> list[str]:
+    """Return the hashed fields whose values differ between ``cfg`` and ``other`` (a
+    :func:`config_dict` of another run), sorted."""
+    mine = config_dict(cfg)
+    return sorted(k for k in mine if k not in NOT_HASHED and other.get(k) != mine[k])
+
+
+def source_split(cfg: TrainConfig) -> str:
+    """Return the split a run trains on: ``cfg.source_split``, except that "train" of a data
+    set without a train split (SYNTHIA-RAND-CITYSCAPES has none: the DG literature trains on
+    all of it) is its only split, "all"."""
+    if cfg.source_split == "train" and "train" not in SPLITS.get(cfg.source, ("train",)):
+        return DEFAULT_SPLIT[cfg.source]
+    return cfg.source_split
+
+
+def effective_prompts(cfg: TrainConfig) -> tuple[int, float]:
+    """Return (K, lambda) as the prompt mode uses them (1, 0 for the single-prompt modes)."""
+    if cfg.prompt_mode == "random":
+        return cfg.num_prompts, 0.0
+    if cfg.prompt_mode == "random_consistency":
+        return cfg.num_prompts, float(cfg.consistency_weight)
+    return 1, 0.0
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Raise a ValueError naming the problem and the fix for an invalid config, before
+    any work starts."""
+    for name in (cfg.source, *cfg.targets):
+        if name not in DATASETS:
+            raise ValueError(
+                f"unknown data set {name!r}; valid names: {sorted(DATASETS)}."
+                f"{did_you_mean(name, DATASETS)}"
+            )
+    choices = {
+        "prompt_mode": PROMPT_MODES,
+        "consistency": CONSISTENCY_KINDS,
+    }
+    for name, allowed in choices.items():
+        value = getattr(cfg, name)
+        if value not in allowed:
+            raise ValueError(f"unknown {name} {value!r}; choose one of {allowed}")
+    check_fields(
+        cfg,
+        positive_int=("steps", "batch_size", "grad_accum", "num_prompts", "eval_batch"),
+        nonneg_int=(
+            "max_train_images",
+            "max_eval_images",
+            "vocabulary_size",
+            "prompt_pool",
+            "warmup",
+            "log_every",
+            "ckpt_every",
+        ),
+    )
+    if cfg.batch_size % cfg.grad_accum:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is not a multiple of grad_accum {cfg.grad_accum}: "
+            "use a batch_size that grad_accum divides (each micro-batch is batch_size / "
+            "grad_accum images)"
+        )
+    if not cfg.lr > 0 or cfg.weight_decay < 0 or cfg.consistency_weight < 0:
+        raise ValueError("lr must be > 0, weight_decay and consistency_weight >= 0")
+    if cfg.inference not in INFERENCE:
+        raise ValueError(f"inference must be 'whole' or 'slide', got {cfg.inference!r}")
+    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ValueError(
+            f"mixed_precision must be 'no', 'bf16' or 'fp16', got {cfg.mixed_precision!r}"
+        )
+    if cfg.mixed_precision == "fp16" and resolve_device(cfg.device).type != "cuda":
+        raise ValueError("mixed_precision='fp16' needs a CUDA GPU; use 'bf16' or 'no'")
+    if cfg.progress not in ("auto", "bar", "log"):
+        raise ValueError(f"progress must be 'auto', 'bar' or 'log', got {cfg.progress!r}")
+    if cfg.cache_features and (cfg.adapter or cfg.finetune_unet):
+        raise ValueError(
+            "cache_features=True needs a frozen backbone and fixed prompts: set "
+            "cache_features=False to train the TextAdapter or fine-tune the UNet"
+        )
+    if cfg.prompt_mode in RANDOM_MODES and cfg.prompt_pool == 1:
+        raise ValueError(
+            "prompt_pool=1 leaves nothing to randomize: use >= 2, 0 (fresh prompts), or "
+            "prompt_mode='fixed'"
+        )
+    if cfg.prompt_mode == "random_consistency" and cfg.num_prompts < 2:
+        raise ValueError("the consistency loss compares K >= 2 predictions: set num_prompts >= 2")
+    if cfg.crop is not None and min(cfg.crop) < 1:
+        raise ValueError(f"crop must be positive, got {cfg.crop}")
+    low, high = cfg.scale_range
+    if not 0 < low <= high:
+        raise ValueError(f"scale_range must satisfy 0 < low <= high, got {cfg.scale_range}")
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """Return TrainConfig overrides from ``KEY=VALUE`` strings. Values are JSON when they
+    parse as JSON (numbers, true/false, null, lists), else strings; tuple fields take
+    comma-separated items ("targets=cityscapes,acdc_night", "crop=512,512")."""
+    by_name = {f.name: f for f in fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        if key not in by_name:
+            raise ValueError(f"unknown TrainConfig field {key!r}.{did_you_mean(key, by_name)}")
+        is_tuple = "tuple" in str(by_name[key].type)
+        if is_tuple and value not in ("null", "None"):
+            out[key] = tuple(_json_or_text(v) for v in value.split(",") if v)
+        else:
+            out[key] = None if value == "None" else _json_or_text(value)
+    return out
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value

@@ -1,0 +1,177 @@
+"""Notebook 04: the prompt-ablation grid (every cell a real DG run, over seeds) and how much
+the prompt moves the backbone's features."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from diffprompt.build import build_backbone, build_model
+from diffprompt.cache import FeatureCache
+from diffprompt.data import build_dataset
+from diffprompt.data.roots import resolve_data_root
+from diffprompt.dg.config import TrainConfig, check_config, config_dict, source_split
+from diffprompt.dg.data import image_transform
+from diffprompt.dg.runs import train_dg
+from diffprompt.dg.sampling import prompt_pool
+from diffprompt.paths import cache_dir
+from diffprompt.results import format_mean_std
+from diffprompt.runtime import resolve_device
+
+#: A cell of the grid: (group, setting, TrainConfig overrides).
+Cell = tuple[str, str, dict]
+
+
+def ablation_base(params: Mapping[str, Any]) -> TrainConfig:
+    """Return the grid's base configuration from notebook 04's parameters: its data, model,
+    head and optimisation parameters, the first of ``ks``, ``lambdas`` and ``vocab_sizes``,
+    no source evaluation and no intermediate checkpoints."""
+    p = params
+    return TrainConfig(
+        source=p["source"],
+        targets=tuple(p["targets"]),
+        data_root=p["data_root"],
+        model=p["model"],
+        steps=p["steps"],
+        batch_size=p["batch_size"],
+        lr=p["lr"],
+        train_size=tuple(p["train_size"]) or None,
+        fpn_width=p["fpn_width"],
+        head_width=p["head_width"],
+        prompt_pool=p["prompt_pool"],
+        num_prompts=p["ks"][0],
+        consistency_weight=p["lambdas"][0],
+        vocabulary_size=p["vocab_sizes"][0],
+        max_train_images=p["max_train_images"],
+        max_eval_images=p["max_eval_images"],
+        device=p["device"],
+        eval_source=False,
+        log_every=50,
+        ckpt_every=0,
+    )
+
+
+def ablation_cells(
+    modes: Sequence[str],
+    ks: Sequence[int],
+    lambdas: Sequence[float],
+    vocab_sizes: Sequence[int],
+    base: TrainConfig,
+) -> list[Cell]:
+    """Return the grid as (group, setting, overrides): every prompt mode at the base K,
+    lambda and vocabulary, then the method (``random_consistency``) at each K, lambda and
+    vocabulary size. A cell equal to an earlier one (the method at the base values) is
+    listed once, under "mode"."""
+    cells: list[Cell] = []
+    seen: set[str] = set()
+
+    def add(group: str, setting: str, over: dict) -> None:
+        key = json.dumps(config_dict(dataclasses.replace(base, **over)), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            cells.append((group, setting, over))
+
+    for m in modes:
+        add("mode", m, {"prompt_mode": m})
+    method = {"prompt_mode": "random_consistency"}
+    for k in ks:
+        add("K", str(k), {**method, "num_prompts": int(k)})
+    for lam in lambdas:
+        add("lambda", f"{lam:g}", {**method, "consistency_weight": float(lam)})
+    for v in vocab_sizes:
+        add("vocabulary", "all" if v == 0 else str(v), {**method, "vocabulary_size": int(v)})
+    return cells
+
+
+def run_ablation(
+    base: TrainConfig,
+    cells: Sequence[Cell],
+    seeds: Sequence[int],
+    results_dir: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Train and evaluate every cell with every seed (a real run each; a finished run of the
+    same configuration is reused). Returns one row per (group, setting, seed) with the
+    mIoU of each evaluated set."""
+    for _, _, over in cells:  # every cell's configuration before the backbone loads
+        check_config(dataclasses.replace(base, **over))
+    backbone = build_backbone(base, resolve_device(base.device))
+    rows = []
+    for group, setting, over in cells:
+        for seed in seeds:
+            cfg = dataclasses.replace(base, **over, seed=int(seed))
+            log(f"--- {group} = {setting}, seed {seed}")
+            trainer = train_dg(cfg, results_dir, log=log, backbone=backbone)
+            sets = trainer.eval_sets()
+            mious = {
+                r["target"]: r["mIoU"] for r in trainer.miou_rows(trainer.evaluate(sets), sets)
+            }
+            rows.append({"group": group, "setting": setting, "seed": int(seed), **mious})
+    return pd.DataFrame(rows)
+
+
+def ablation_summary(runs: pd.DataFrame, targets: Sequence[str]) -> pd.DataFrame:
+    """Return mean, std over seeds of each set's mIoU and of their mean over ``targets``,
+    per (group, setting), in the grid's order."""
+    df = runs.copy()
+    df["target mean"] = df[list(targets)].mean(axis=1)
+    cols = [c for c in df.columns if c not in ("group", "setting", "seed")]
+    order = list(dict.fromkeys(zip(df["group"], df["setting"], strict=True)))
+    g = df.groupby(["group", "setting"], sort=False)[cols]
+    out = g.mean().add_suffix(" mean").join(g.std(ddof=1).add_suffix(" std"))
+    out["seeds"] = g.size()
+    out = out.loc[order]
+    return out[[f"{c} {s}" for c in cols for s in ("mean", "std")] + ["seeds"]]
+
+
+def ablation_display(summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Return the summary as "mean ± std" strings for ``columns`` (for the Markdown table),
+    one row per cell with its group and setting as columns."""
+    out = pd.DataFrame(index=summary.index)
+    for c in columns:
+        pairs = zip(summary[f"{c} mean"], summary[f"{c} std"], strict=True)
+        out[c] = [format_mean_std(m, s) for m, s in pairs]
+    out["seeds"] = summary["seeds"]
+    return out.reset_index().set_index("group")
+
+
+def prompt_sensitivity(
+    base: TrainConfig,
+    indices: Sequence[int] = range(16),
+    results_dir: str | os.PathLike | None = None,
+    backbone=None,
+) -> pd.DataFrame:
+    """Return how much the backbone's maps of source images change with the prompt: per map,
+    the mean over images of ||f(context) - f(fixed)|| / ||f(fixed)||, where "fixed" is
+    [category ; the fixed scene prompt] and the context is another scene prompt of the
+    pool, the category tokens alone, or the empty prompt. Near 0: the prompt hardly
+    matters to the features, so randomizing it has little to regularize."""
+    bb = backbone if backbone is not None else build_backbone(base, resolve_device(base.device))
+    folder = cache_dir(results_dir)
+    caches = {}
+    for mode in ("fixed", "category", "null"):
+        model = build_model(dataclasses.replace(base, prompt_mode=mode), bb.unet.device, bb)
+        caches[mode] = FeatureCache(model, folder)
+    root = resolve_data_root(base.data_root)
+    ds = build_dataset(base.source, source_split(base), root, transform=image_transform(base))
+    idx = [i for i in indices if i < len(ds)]
+    ref = caches["fixed"].get(ds, idx)
+    pool = prompt_pool(dataclasses.replace(base, prompt_mode="random_consistency"))
+    others = {
+        f"scene prompt {i + 1} of the pool": caches["fixed"].get(ds, idx, p)
+        for i, p in enumerate(pool[:4])
+    }
+    others["category tokens only"] = caches["category"].get(ds, idx)
+    others["empty prompt"] = caches["null"].get(ds, idx)
+    rows = {}
+    for name, feats in others.items():
+        rows[name] = {}
+        for k in sorted(ref):
+            change = (feats[k] - ref[k]).flatten(1).norm(dim=1)
+            rows[name][k] = float((change / ref[k].flatten(1).norm(dim=1)).mean())
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("context vs the fixed prompt")

@@ -1,0 +1,52 @@
+"""Every figure of the toolkit, and the JupyterLab explorer.
+
+- :mod:`~diffprompt.viz.images`: pictures as arrays (label overlays, a feature map's PCA
+  picture) and grids of them;
+- :mod:`~diffprompt.viz.plots`: the figures of the notebooks' tables and the paper's
+  summary figure;
+- :mod:`~diffprompt.viz.explorer`: the ipywidgets explorer (``Explorer``), ipywidgets
+  imported only when one is built.
+
+Matplotlib is imported inside the functions that draw.
+"""
+
+from diffprompt.viz.explorer import Explorer, explorer_view
+from diffprompt.viz.images import (
+    feature_pca_image,
+    overlay,
+    panel_grid,
+    sample_grid,
+    to_uint8_image,
+)
+from diffprompt.viz.plots import (
+    ablation_plot,
+    class_frequency_plot,
+    dg_loss_figure,
+    dg_prediction_figure,
+    gap_scatter,
+    paper_summary_figure,
+    pca_figure,
+    sweep_figure,
+    tta_curve_figure,
+    tta_prediction_figure,
+)
+
+__all__ = [
+    "Explorer",
+    "ablation_plot",
+    "class_frequency_plot",
+    "dg_loss_figure",
+    "dg_prediction_figure",
+    "explorer_view",
+    "feature_pca_image",
+    "gap_scatter",
+    "overlay",
+    "panel_grid",
+    "paper_summary_figure",
+    "pca_figure",
+    "sample_grid",
+    "sweep_figure",
+    "to_uint8_image",
+    "tta_curve_figure",
+    "tta_prediction_figure",
+]

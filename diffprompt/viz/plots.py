@@ -1,0 +1,269 @@
+"""The figures of the notebooks' tables: class frequencies, DG losses and predictions, the
+prompt ablation, TTA curves and predictions, the probe sweeps, the gap measures, the
+feature PCA, and the paper's summary figure.
+
+Each function takes what it draws (tables, arrays, precomputed predictions) and returns a
+matplotlib figure; matplotlib is imported inside them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from diffprompt.benchmarks import GROUPS
+from diffprompt.labels import CLASSES, PALETTE
+from diffprompt.results import parse_mean_std
+from diffprompt.viz.images import overlay, panel_grid, to_uint8_image
+
+
+def class_frequency_plot(freq: pd.DataFrame, title: str = "pixel share of each class per domain"):
+    """Return a figure of a (domains x classes) DataFrame of pixel shares, log-scaled bars."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(14, 4.2))
+    n = len(freq.index)
+    x = np.arange(len(freq.columns))
+    bw = 0.85 / n
+    cmap = plt.get_cmap("tab20")
+    for i, dom in enumerate(freq.index):
+        shares = freq.loc[dom].to_numpy() * 100
+        ax.bar(x + i * bw - 0.425 + bw / 2, shares, bw, label=dom, color=cmap(i % 20))
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels(freq.columns, rotation=45, ha="right")
+    ax.set_ylabel("% of labeled pixels")
+    ax.set_title(title)
+    ax.legend(ncol=4, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# DG runs (notebook 02) and the ablation (notebook 04)
+# ---------------------------------------------------------------------------------------
+
+
+def dg_loss_figure(log: Sequence[dict], consistency: str):
+    """Return a figure of a DG run's training loss per step (``log``: the run's state log),
+    cross-entropy and consistency (``consistency``: its kind)."""
+    import matplotlib.pyplot as plt
+
+    df = pd.DataFrame(log)
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+    ax[0].plot(df["step"], df["ce"], lw=1)
+    ax[0].set(xlabel="step", ylabel="cross-entropy", title="source cross-entropy")
+    ax[1].plot(df["step"], df["consistency"], lw=1, color="C1")
+    ax[1].set(xlabel="step", ylabel="consistency", title=f"consistency ({consistency})")
+    fig.tight_layout()
+    return fig
+
+
+def dg_prediction_figure(trainer, sets: Mapping[str, object], index: int = 0):
+    """Return a figure: per evaluated set, image ``index``, its labels and the prediction of
+    a DG run (``trainer``: a :class:`diffprompt.dg.Trainer`)."""
+    rows = {}
+    for name, ds in sets.items():
+        s = ds[index]
+        pred = trainer.predictor(ds)(s["image"][None], [index])[0].cpu()
+        image = s["image"]
+        rows[name] = [to_uint8_image(image), overlay(image, s["mask"]), overlay(image, pred)]
+    columns = ["image", "ground truth", f"prediction ({trainer.cfg.prompt_mode})"]
+    return panel_grid(rows, columns)
+
+
+def ablation_plot(summary: pd.DataFrame, column: str = "target mean"):
+    """Return a bar plot of ``column``'s mean ± std over seeds per grid cell."""
+    import matplotlib.pyplot as plt
+
+    labels = [f"{g}: {s}" for g, s in summary.index]
+    m = summary[f"{column} mean"].to_numpy()
+    s = summary[f"{column} std"].fillna(0).to_numpy()
+    groups = [g for g, _ in summary.index]
+    colours = {g: f"C{i}" for i, g in enumerate(dict.fromkeys(groups))}
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels)), 3.6))
+    ax.bar(range(len(m)), m, yerr=s, capsize=3, color=[colours[g] for g in groups])
+    ax.set_xticks(range(len(m)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(f"mIoU (%), {column}")
+    lo = max(0.0, float(np.nanmin(m - s)) - 2)
+    ax.set_ylim(lo, float(np.nanmax(m + s)) + 1)
+    ax.set_title("prompt ablation (mean ± std over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# Test-time adaptation (notebook 03)
+# ---------------------------------------------------------------------------------------
+
+
+def tta_curve_figure(curves: Sequence[dict], target: str):
+    """Return a plot of mIoU against TTA steps, one line per objective."""
+    import matplotlib.pyplot as plt
+
+    df = pd.DataFrame(curves)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for obj, part in df.groupby("objective", sort=False):
+        ax.plot(part["step"], part["mIoU"], marker="o", ms=3, label=obj)
+    ax.set(xlabel="TTA step", ylabel="mIoU (%)", title=f"{target}: mIoU against TTA steps")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def tta_prediction_figure(example: tuple, predictions: Mapping[str, np.ndarray], target: str):
+    """Return a figure of one target image (``example``: (image, mask)): the image, its
+    labels and the prediction (H, W) of every method of ``predictions`` (name -> map), four
+    panels a row."""
+    image, mask = example
+    panels = {"image": to_uint8_image(image), "ground truth": overlay(image, mask)}
+    for name, pred in predictions.items():
+        panels[name] = overlay(image, pred)
+    names = list(panels)
+    cols = min(4, len(names))
+    blank = panels["image"] * 0 + 255
+    rows = {}
+    for r in range(math.ceil(len(names) / cols)):
+        chunk = names[r * cols : (r + 1) * cols]
+        chunk += [None] * (cols - len(chunk))
+        rows[" " * r] = [panels[n] if n else blank for n in chunk]
+    fig = panel_grid(rows, [""] * cols, width=3.2 * cols)
+    axes_rows = [fig.axes[i : i + cols] for i in range(0, len(fig.axes), cols)]
+    for r, ax_row in enumerate(axes_rows):
+        for c, ax in enumerate(ax_row):
+            i = r * cols + c
+            ax.set_title(names[i] if i < len(names) else "", fontsize=7)
+    fig.suptitle(f"{target}: before and after test-time adaptation", fontsize=9, y=1.02)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# Feature probing (notebook 01)
+# ---------------------------------------------------------------------------------------
+
+
+def sweep_figure(sweeps: pd.DataFrame):
+    """Return one panel per sweep: source and target-mean mIoU against the swept value."""
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(sweeps["sweep"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        part = sweeps[sweeps["sweep"] == name]
+        for col, style in (("source", "-o"), ("target mean", "-s")):
+            ax.plot(part["value"].astype(str), part[col], style, ms=4, label=col)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, rotation=30)
+        ax.set_ylabel("mIoU (%)")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def gap_scatter(table: pd.DataFrame, corr: pd.DataFrame):
+    """Return scatter plots of the mIoU drop against 1 - CKA and MMD, one colour per backbone
+    (``table``: backbone, target, CKA, MMD, drop; ``corr``: their correlations, with a
+    "pearson r" column per measure)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    measures = (("1 - CKA", 1 - table["CKA"]), ("MMD", table["MMD"]))
+    for ax, (name, x) in zip(axes, measures, strict=True):
+        for i, (b, part) in enumerate(table.groupby("backbone", sort=False)):
+            ax.scatter(x[part.index], part["drop"], s=18, color=f"C{i}", label=b)
+        r = corr.loc[name, "pearson r"]
+        ax.set(
+            xlabel=f"{name} (source vs target features)",
+            ylabel="mIoU drop (source - target)",
+            title=f"{name}: Pearson r = {r:.2f}",
+        )
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def pca_figure(
+    points: np.ndarray,
+    domains: np.ndarray,
+    classes: np.ndarray,
+    names: Sequence[str],
+    title: str,
+):
+    """Return a figure of 2-D PCA points (N, 2) of pixel features, coloured by domain (left;
+    ``domains`` (N,) indexes ``names``) and by class (right, the Cityscapes palette;
+    ``classes`` (N,) trainIds)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for di, name in enumerate(names):
+        m = domains == di
+        axes[0].scatter(
+            points[m, 0], points[m, 1], s=2, alpha=0.4, color=f"C{di % 10}", label=name
+        )
+    axes[0].legend(fontsize=7, markerscale=5)
+    axes[0].set_title(f"{title}: by domain", fontsize=9)
+    axes[1].scatter(points[:, 0], points[:, 1], s=2, alpha=0.4, c=PALETTE[classes] / 255.0)
+    for c in sorted(set(classes.tolist())):
+        axes[1].scatter([], [], s=12, color=PALETTE[c] / 255.0, label=CLASSES[c])
+    axes[1].legend(fontsize=6, ncol=2, markerscale=1.5)
+    axes[1].set_title("by class", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# The paper's summary figure (notebook 05)
+# ---------------------------------------------------------------------------------------
+
+
+def paper_summary_figure(t1: pd.DataFrame, t3: pd.DataFrame, t4: pd.DataFrame):
+    """Return one figure of the paper's tables: T1's target mean per backbone, T3's target
+    mean per cell (both "mean ± std" cells), and T4's change from no adaptation per adverse
+    target (measured rows only)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1, 2, 1.6]})
+    ms = [parse_mean_std(v) for v in t1["target mean"]]
+    ax = axes[0]
+    colors = ["C0"] + ["C7"] * (len(t1) - 1)
+    ax.bar(range(len(t1)), [m for m, _ in ms], yerr=[s for _, s in ms], capsize=3, color=colors)
+    ticks = [str(i).replace(" + ", "\n+ ").replace(" (", "\n(") for i in t1.index]
+    ax.set_xticks(range(len(t1)), ticks, fontsize=8)
+    ax.set_ylabel("target mean mIoU (%)")
+    ax.set_title("T1 · linear probe, frozen backbone")
+
+    ms = [parse_mean_std(v) for v in t3["target mean"]]
+    ax = axes[1]
+    labels = list(t3.index)
+    cells = zip(t3["group"], t3["setting"], strict=True)
+    colors = [
+        "C1" if s == "random_consistency" else "C0" if g == "mode" else "C2" for g, s in cells
+    ]
+    ax.bar(range(len(t3)), [m for m, _ in ms], yerr=[s for _, s in ms], capsize=3, color=colors)
+    ax.set_xticks(range(len(t3)), labels, rotation=35, ha="right", fontsize=8)
+    lo = min(m - s for m, s in ms)
+    ax.set_ylim(max(0.0, lo - 3), max(m + s for m, s in ms) + 1.5)
+    ax.set_title("T3 · prompt ablation (target mean, mean ± std)")
+
+    measured = t4[t4["rows"].str.startswith("measured")]
+    targets = [c for c in GROUPS["adverse"] if c in measured.columns]
+    base = measured.iloc[0][targets].astype(float)
+    ax = axes[2]
+    others = measured.iloc[1:]
+    width = 0.8 / max(1, len(others))
+    for j, (name, r) in enumerate(others.iterrows()):
+        offsets = np.arange(len(targets)) + j * width - 0.4 + width / 2
+        ax.bar(offsets, r[targets].astype(float) - base, width, label=name)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(targets)), [t.replace("acdc_", "") for t in targets], fontsize=8)
+    ax.set_ylabel(f"mIoU change vs '{measured.index[0]}'")
+    ax.set_title("T4 · test-time adaptation (Cityscapes source)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

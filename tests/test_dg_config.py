@@ -1,0 +1,108 @@
+"""DG configuration: prompt modes, checks, hash, presets and command-line overrides."""
+
+import dataclasses
+
+import pytest
+
+from diffprompt.dg.config import (
+    NOT_HASHED,
+    PROMPT_MODES,
+    TrainConfig,
+    apply_preset,
+    changed_fields,
+    check_config,
+    config_dict,
+    config_from,
+    config_hash,
+    effective_prompts,
+    parse_overrides,
+    source_split,
+)
+
+
+def test_synthia_trains_on_its_only_split():
+    assert source_split(TrainConfig(source="synthia")) == "all"  # no official split
+    assert source_split(TrainConfig(source="gta5")) == "train"
+    assert source_split(TrainConfig(source="cityscapes", source_split="val")) == "val"
+
+
+def test_modes_set_k_and_lambda():
+    base = TrainConfig(num_prompts=3, consistency_weight=2.0)
+    got = {m: effective_prompts(dataclasses.replace(base, prompt_mode=m)) for m in PROMPT_MODES}
+    assert got == {
+        "null": (1, 0.0),
+        "category": (1, 0.0),
+        "fixed": (1, 0.0),
+        "random": (3, 0.0),
+        "random_consistency": (3, 2.0),
+    }
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        ({"source": "gta6"}, "unknown data set 'gta6'"),
+        ({"targets": ("citiscapes",)}, "Did you mean 'cityscapes'"),
+        ({"prompt_mode": "randomised"}, "unknown prompt_mode"),
+        ({"consistency": "l2"}, "unknown consistency"),
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"steps": -5}, "steps must be a positive integer"),
+        ({"batch_size": 6, "grad_accum": 4}, "not a multiple of grad_accum"),
+        ({"num_prompts": 1}, "K >= 2"),
+        ({"adapter": True}, "cache_features=False"),
+        ({"inference": "tiles"}, "inference must be 'whole' or 'slide'"),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"prompt_pool": 1}, "prompt_pool=1 leaves nothing"),
+        ({"scale_range": (2.0, 1.0)}, "scale_range"),
+    ],
+)
+def test_bad_configs_are_clear_errors(over, match):
+    with pytest.raises(ValueError, match=match):
+        check_config(TrainConfig(**over))
+
+
+def test_config_hash_ignores_evaluation_fields_only():
+    base = TrainConfig()
+    evaluation = dataclasses.replace(base, targets=("cityscapes",), max_eval_images=3)
+    assert config_hash(base) == config_hash(evaluation)
+    assert config_hash(base) != config_hash(dataclasses.replace(base, consistency_weight=0.5))
+    for name in NOT_HASHED:  # every listed field is a field
+        assert name in config_dict(base)
+    other = config_dict(dataclasses.replace(base, lr=0.5, seed=3))
+    assert changed_fields(base, other) == ["lr", "seed"]
+
+
+def test_paper_preset_and_overrides():
+    cfg = apply_preset(TrainConfig(), "paper")
+    assert (cfg.crop, cfg.batch_size, cfg.inference, cfg.eval_stride) == (
+        (512, 512),
+        16,
+        "slide",
+        (341, 341),
+    )
+    assert cfg.model == "stable-diffusion-v1-5/stable-diffusion-v1-5" and not cfg.cache_features
+    local = apply_preset(TrainConfig(model="/models/sd15"), "paper")
+    assert local.model == "/models/sd15"  # a given model is kept
+    with pytest.raises(ValueError, match="unknown preset"):
+        apply_preset(TrainConfig(), "papers")
+    items = ["targets=cityscapes,acdc_night", "crop=64,64", "steps=10", "flip=false"]
+    over = parse_overrides([*items, "scene_text=a photo", "train_size=None"])
+    assert over == {
+        "targets": ("cityscapes", "acdc_night"),
+        "crop": (64, 64),
+        "steps": 10,
+        "flip": False,
+        "scene_text": "a photo",
+        "train_size": None,
+    }
+    with pytest.raises(ValueError, match="unknown TrainConfig field 'step'"):
+        parse_overrides(["step=3"])
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_overrides(["steps"])
+
+
+def test_config_from_notebook_parameters_ignores_other_names_and_applies_a_preset():
+    params = {"steps": 7, "targets": ["cityscapes"], "explore": True, "results_dir": ""}
+    cfg = config_from(params)
+    assert cfg.steps == 7 and cfg.targets == ("cityscapes",)
+    assert config_from(params, "paper").crop == (512, 512)
