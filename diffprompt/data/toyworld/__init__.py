@@ -40,6 +40,7 @@ from diffprompt.data.toyworld.domains import (
     Domain,
     Look,
 )
+from diffprompt.data.toyworld.layouts import SampleFiles, sample_files, write_label
 from diffprompt.data.toyworld.miniature import (
     DEFAULT_COUNTS,
     GENERATOR_VERSION,
@@ -51,7 +52,6 @@ from diffprompt.data.toyworld.miniature import (
     render_sample,
     sample_seed,
 )
-from diffprompt.data.toyworld.layouts import SampleFiles, sample_files, write_label
 from diffprompt.data.toyworld.render import CONDITION_PASSES, render_appearance
 from diffprompt.data.toyworld.scene import build_layout
 from diffprompt.data.toyworld.world import Camera, Layout, Light, Part, sample_camera
