@@ -494,28 +494,11 @@ class SegDataset(Dataset):
         sizes: Counter = Counter()
         pixels = np.zeros(256, dtype=np.int64)
         for image_path, label_path in files:
-            image = ids = None
-            try:
-                image = read_image(image_path)
-                sizes[image.shape[:2]] += 1
-            except DatasetError as e:
-                problems.append(str(e))
-            if label_path is None:
-                continue
-            try:
-                ids = self._read_ids(label_path)
-            except DatasetError as e:
-                problems.append(str(e))
-                continue
-            if image is not None and ids.shape != image.shape[:2]:
-                problems.append(
-                    f"label {label_path} is {ids.shape[1]}x{ids.shape[0]} (WxH) but its image "
-                    f"{image_path} is {image.shape[1]}x{image.shape[0]}"
-                )
-            trainids, problem = self._to_trainids(ids, label_path)
-            if problem:
-                problems.append(problem)
-            pixels += np.bincount(trainids.ravel(), minlength=256)
+            size, trainids = self._check_pair(image_path, label_path, problems)
+            if size is not None:
+                sizes[size] += 1
+            if trainids is not None:
+                pixels += np.bincount(trainids.ravel(), minlength=256)
         if problems:
             listing = "".join(f"\n  - {p}" for p in problems)
             of = f"{checked} images"
@@ -537,6 +520,34 @@ class SegDataset(Dataset):
             class_pixels=pixels[: labels.NUM_CLASSES].tolist(),
             ignore_pixels=int(pixels[labels.NUM_CLASSES :].sum()),
         )
+
+    def _check_pair(
+        self, image_path: Path, label_path: Path | None, problems: list[str]
+    ) -> tuple[tuple[int, int] | None, np.ndarray | None]:
+        """Read one image and its label; append what is wrong to ``problems``. Return the
+        image's (H, W) (None if unreadable) and its (H, W) trainIds (None if no label)."""
+        image = None
+        try:
+            image = read_image(image_path)
+        except DatasetError as e:
+            problems.append(str(e))
+        size = None if image is None else image.shape[:2]
+        if label_path is None:
+            return size, None
+        try:
+            ids = self._read_ids(label_path)
+        except DatasetError as e:
+            problems.append(str(e))
+            return size, None
+        if image is not None and ids.shape != image.shape[:2]:
+            problems.append(
+                f"label {label_path} is {ids.shape[1]}x{ids.shape[0]} (WxH) but its image "
+                f"{image_path} is {image.shape[1]}x{image.shape[0]}"
+            )
+        trainids, problem = self._to_trainids(ids, label_path)
+        if problem:
+            problems.append(problem)
+        return size, trainids
 
     def __repr__(self) -> str:
         return (
