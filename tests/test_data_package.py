@@ -30,6 +30,7 @@ from diffprompt.data.transforms import (
     RandomScale,
     Resize,
     ToFloat,
+    is_deterministic,
 )
 from diffprompt.paths import REPO_ROOT
 
@@ -269,6 +270,7 @@ def test_deterministic_flags_of_the_transforms():
         assert random.deterministic is False
         assert Compose([Resize((2, 2)), random]).deterministic is False
     assert Compose([Resize((2, 2)), lambda s: s]).deterministic is False
+    assert is_deterministic(None) and not is_deterministic(lambda s: s)
 
 
 def test_masks_of_an_unlabeled_split_is_a_clear_error(shared_root):

@@ -173,3 +173,21 @@ def test_module_runs_as_a_command():
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     assert "--scale" in out.stdout and "--force" in out.stdout and "--seed" in out.stdout
     assert "RuntimeWarning" not in out.stderr
+
+
+def test_package_docstring_names_what_exists():
+    import importlib
+    import re
+
+    import diffprompt.data.toyworld as tw
+
+    names = re.findall(r"``([A-Za-z_][\w.]*)(?:\(\))?``", tw.__doc__)
+    assert "build_layout" in " ".join(names) and len(names) > 20
+    for name in names:
+        if name.startswith("diffprompt."):
+            importlib.import_module(name)
+            continue
+        obj = tw
+        for part in name.split("."):
+            assert hasattr(obj, part), name
+            obj = getattr(obj, part)

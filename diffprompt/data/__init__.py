@@ -82,7 +82,7 @@ def available_splits(name: str, root: str | os.PathLike | None = None) -> tuple[
     if root is not None and str(root) != MINIATURE and not Path(root).expanduser().is_dir():
         raise DatasetNotFoundError(f"data root {root} does not exist or is not a folder")
     _ensure_miniature_for(name, root)
-    return dataset_class(name).splits_at(root, **dataset_options(name))
+    return dataset_class(name)._splits_at(root, **dataset_options(name))
 
 
 __all__ = [

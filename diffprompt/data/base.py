@@ -54,7 +54,7 @@ from diffprompt.data.files import (
     read_image,
     read_label_8bit,
 )
-from diffprompt.data.transforms import ToFloat
+from diffprompt.data.transforms import ToFloat, is_deterministic
 from diffprompt.io import did_you_mean
 from diffprompt.paths import DATASET_DIRS, MINIATURE
 
@@ -87,12 +87,6 @@ class CheckSummary:
             lines.append(f"  classes present ({len(present)}/19): {', '.join(present)}")
             lines.append(f"  ignored pixels: {100.0 * self.ignore_pixels / total:.1f}%")
         return "\n".join(lines)
-
-
-def is_deterministic(transform: Transform | None) -> bool:
-    """Return whether ``transform`` gives the same output for the same sample every time:
-    True for None and for a transform whose ``deterministic`` attribute is true."""
-    return transform is None or getattr(transform, "deterministic", False) is True
 
 
 class SegDataset(Dataset):
@@ -181,10 +175,11 @@ class SegDataset(Dataset):
         return bool(os.environ.get(env_var(cls.domain))) and str(root) != MINIATURE
 
     @classmethod
-    def splits_at(cls, root: str | os.PathLike | None = None, **options: Any) -> tuple[str, ...]:
+    def _splits_at(cls, root: str | os.PathLike | None = None, **options: Any) -> tuple[str, ...]:
         """Return the splits whose image folders exist in this data set's folder below the
         data root ``root``; () when that folder is missing. Opens no split and generates
-        nothing; ``options`` as the constructor's (ACDC: ``conditions``)."""
+        nothing; ``options`` as the constructor's (ACDC: ``conditions``). Callers use
+        ``diffprompt.data.available_splits``, which serves registry names."""
         probe = cls.__new__(cls)  # located, not opened: no split, no files
         probe._configure(**options)
         try:

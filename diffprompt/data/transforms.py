@@ -11,6 +11,10 @@ RNG). A generator object is copied into each DataLoader worker with the same sta
 with ``num_workers > 0`` leave ``generator=None``: the DataLoader seeds the global RNG of
 each worker differently (``base_seed + worker_id``).
 
+Each transform says whether it is ``deterministic``: Resize, ToFloat, Normalize and a
+Compose of such are; the random ones are not. ``SegDataset.masks`` keeps labels in memory
+only under a deterministic transform (``is_deterministic``).
+
 >>> t = Compose([RandomScale(0.5, 2.0), RandomCrop((512, 512)), RandomHorizontalFlip(),
 ...              Normalize.diffusion()])
 """
@@ -64,6 +68,12 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out[0, 0].to(mask.dtype)  # (h, w)
 
 
+def is_deterministic(transform: Callable[[Sample], Sample] | None) -> bool:
+    """Return whether ``transform`` gives the same output for the same sample every time:
+    True for None and for a transform whose ``deterministic`` attribute is true."""
+    return transform is None or getattr(transform, "deterministic", False) is True
+
+
 class Compose:
     """Apply transforms in order."""
 
@@ -73,7 +83,7 @@ class Compose:
     @property
     def deterministic(self) -> bool:
         """Return whether every part is deterministic (has a true ``deterministic``)."""
-        return all(getattr(t, "deterministic", False) is True for t in self.transforms)
+        return all(t is not None and is_deterministic(t) for t in self.transforms)
 
     def __call__(self, sample: Sample) -> Sample:
         for t in self.transforms:

@@ -9,7 +9,7 @@ How a picture is made (numpy, PIL and cv2; deterministic by seed), module by mod
 2. ``world.sample_camera`` draws a pinhole camera; ``scene.build_layout`` draws a street
    in world coordinates (``world.sample_street``: road, lanes, sidewalks, grass) and
    renders it to a ``Layout``: the ground and the facades per pixel with a depth test,
-   then the objects of ``objects`` (``place_objects``, ``draw_objects``: vehicles,
+   then the objects (``objects.place_objects``, ``objects.draw_objects``: vehicles,
    people, two-wheelers, poles, trees, 3 m to 80 m away) far to near as polygons. Every
    pixel holds a part (class, material, colour, depth), so the label map, the depth map
    and the picture come from the same geometry.

@@ -76,7 +76,7 @@ BODY_COLORS = {
     "train": ((30, 80, 170), (235, 235, 235), (200, 50, 40)),
     "truck": ((220, 220, 215), (90, 100, 120), (170, 60, 40), (230, 180, 40)),
 }
-#: (width, height, length) in metres of each vehicle kind, and its trainId.
+#: (width, height, length) in metres of each vehicle kind, and (below) its trainId.
 VEHICLE_SIZES = {
     "car": (1.8, 1.45, 4.3),
     "truck": (2.5, 3.3, 7.5),
@@ -275,7 +275,7 @@ class ObjectDrawer:
     ) -> None:
         """Fill the projected polygon of world points ``pts3d`` with ``pid``."""
         pts = [self.cam.project(*p) for p in pts3d]
-        (draw or self.draw).polygon(pts, fill=pid)
+        (self.draw if draw is None else draw).polygon(pts, fill=pid)
 
     def _rect(self, x0: float, x1: float, y0: float, y1: float, z: float, pid: int) -> None:
         """Fill an upright rectangle facing the camera at depth z."""
