@@ -9,6 +9,7 @@ from PIL import Image
 
 from diffprompt.data import DATASETS, SPLITS, build_dataset
 from diffprompt.data import toyworld as tw
+from diffprompt.data.toyworld import miniature
 from diffprompt.labels import CLASSES
 
 
@@ -70,7 +71,7 @@ def test_fog_attenuates_with_depth():
     rng = np.random.default_rng(0)
     dom = tw.DOMAINS["acdc_fog"]
     cam = tw.sample_camera(rng, dom.camera, 128, 256)
-    layout = tw.SceneBuilder(rng, dom, cam).build()
+    layout = tw.build_layout(rng, dom, cam)
     img = tw.render_appearance(layout, dom, np.random.default_rng(1)).astype(np.float32)
     sky = layout.label == 10
     airlight = img[sky].mean(0)
@@ -104,8 +105,8 @@ def test_miniature_has_every_name_in_real_layouts(mini_root):
 def test_miniature_label_formats_are_the_real_ones(mini_root):
     gta = next((mini_root / "gta5" / "labels").glob("*.png"))
     assert Image.open(gta).mode == "P"
-    syn = cv2.imread(str(next((mini_root / "synthia" / "GT" / "LABELS").glob("*.png"))),
-                     cv2.IMREAD_UNCHANGED)  # fmt: skip
+    syn_label = next((mini_root / "synthia" / "GT" / "LABELS").glob("*.png"))
+    syn = cv2.imread(str(syn_label), cv2.IMREAD_UNCHANGED)
     assert syn.dtype == np.uint16 and syn.ndim == 3 and syn.shape[2] == 3
     assert set(np.unique(syn[..., 2]).tolist()) <= set(range(23))
     cs = next((mini_root / "cityscapes" / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))
@@ -135,7 +136,7 @@ def test_regenerated_when_parameters_change_and_nothing_half_written(tmp_path, m
         (out / "half.png").write_bytes(b"x")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tw, "generate", boom)
+    monkeypatch.setattr(miniature, "generate", boom)
     with pytest.raises(KeyboardInterrupt):
         tw.ensure_miniature(root, other)
     assert json.loads((root / "toyworld.json").read_text()) == stamp

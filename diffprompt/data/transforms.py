@@ -11,6 +11,10 @@ RNG). A generator object is copied into each DataLoader worker with the same sta
 with ``num_workers > 0`` leave ``generator=None``: the DataLoader seeds the global RNG of
 each worker differently (``base_seed + worker_id``).
 
+Each transform says whether it is ``deterministic``: Resize, ToFloat, Normalize and a
+Compose of such are; the random ones are not. ``SegDataset.masks`` keeps labels in memory
+only under a deterministic transform (``is_deterministic``).
+
 >>> t = Compose([RandomScale(0.5, 2.0), RandomCrop((512, 512)), RandomHorizontalFlip(),
 ...              Normalize.diffusion()])
 """
@@ -64,11 +68,22 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out[0, 0].to(mask.dtype)  # (h, w)
 
 
+def is_deterministic(transform: Callable[[Sample], Sample] | None) -> bool:
+    """Return whether ``transform`` gives the same output for the same sample every time:
+    True for None and for a transform whose ``deterministic`` attribute is true."""
+    return transform is None or getattr(transform, "deterministic", False) is True
+
+
 class Compose:
     """Apply transforms in order."""
 
     def __init__(self, transforms: Sequence[Callable[[Sample], Sample]]):
         self.transforms = list(transforms)
+
+    @property
+    def deterministic(self) -> bool:
+        """Return whether every part is deterministic (has a true ``deterministic``)."""
+        return all(t is not None and is_deterministic(t) for t in self.transforms)
 
     def __call__(self, sample: Sample) -> Sample:
         for t in self.transforms:
@@ -82,6 +97,8 @@ class Compose:
 
 class Resize:
     """Resize image (bilinear, antialiased) and mask (nearest) to a fixed (h, w)."""
+
+    deterministic = True  # the same sample gives the same output
 
     def __init__(self, size: tuple[int, int]):
         self.size = (int(size[0]), int(size[1]))
@@ -102,6 +119,8 @@ class RandomScale:
 
     The aspect ratio is kept; the new size is ``round(H * s), round(W * s)`` (at least 1).
     """
+
+    deterministic = False  # random: each call draws anew
 
     def __init__(
         self, min_scale: float, max_scale: float, generator: torch.Generator | None = None
@@ -128,6 +147,8 @@ class RandomCrop:
     mask with 255 = ignore) when ``pad_if_needed`` is true; otherwise a ValueError names
     both sizes.
     """
+
+    deterministic = False  # random: each call draws anew
 
     def __init__(
         self,
@@ -169,6 +190,8 @@ class RandomCrop:
 class RandomHorizontalFlip:
     """Flip image and mask left-right together with probability ``p``."""
 
+    deterministic = False  # random: each call draws anew
+
     def __init__(self, p: float = 0.5, generator: torch.Generator | None = None):
         self.p = float(p)
         self.generator = generator
@@ -196,6 +219,8 @@ def to_float(image: torch.Tensor) -> torch.Tensor:
 class ToFloat:
     """Convert the uint8 image (3, H, W) to float32 in [0, 1]; the mask is unchanged."""
 
+    deterministic = True
+
     def __call__(self, sample: Sample) -> Sample:
         out = dict(sample)
         out["image"] = to_float(sample["image"])
@@ -211,6 +236,8 @@ class Normalize:
     ``Normalize.imagenet()`` for ImageNet-pretrained backbones, ``Normalize.diffusion()``
     for the Stable Diffusion VAE (images in [-1, 1]). ``inverse`` undoes it (to [0, 1]).
     """
+
+    deterministic = True
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         if len(mean) != len(std) or any(s <= 0 for s in std):
@@ -252,6 +279,8 @@ class PhotometricAugment:
     Gaussian blur of sigma in [0.1, ``max_blur``], then Gaussian noise of std in
     [0, ``max_noise``]. Geometry and labels are unchanged. Call as ``aug(images, generator)``.
     """
+
+    deterministic = False  # random: each call draws anew
 
     def __init__(self, strength: float = 0.4, max_blur: float = 1.5, max_noise: float = 0.05):
         self.strength, self.max_blur, self.max_noise = strength, max_blur, max_noise
