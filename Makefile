@@ -31,7 +31,7 @@ setup: $(VENV)/.installed
 # the embedded miniature (regenerated only when the generator changes)
 ifeq ($(DATA_ROOT),miniature)
 DATA := data/miniature/toyworld.json
-$(DATA): diffprompt/data/toyworld.py | setup
+$(DATA): $(wildcard diffprompt/data/toyworld/*.py) diffprompt/data/datasets.py | setup
 	$(PY) -m diffprompt.data.toyworld
 	@touch $@
 else
@@ -42,7 +42,7 @@ data: setup $(DATA)
 # what notebooks 00-04 run, and the bundled model (paper.py feeds notebook 05 only; bench.py
 # and fastpath.py no notebook)
 CORE := $(filter-out diffprompt/paper.py diffprompt/bench.py diffprompt/fastpath.py, \
-	$(wildcard diffprompt/*.py diffprompt/data/*.py diffprompt/backbones/*.py)) \
+	$(wildcard diffprompt/*.py diffprompt/*/*.py diffprompt/*/*/*.py)) \
 	$(wildcard diffprompt/assets/toy-sd/*/*)
 COMMON := -p data_root $(DATA_ROOT) -p device $(DEVICE)
 WITH_MODEL := $(COMMON) -p model $(MODEL)

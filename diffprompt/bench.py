@@ -85,17 +85,39 @@ GB = 1024**3
 
 #: Stable Diffusion 1.5's component configurations (the values of its published
 #: ``config.json`` files), so the architecture can be built offline with random weights.
-SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280),
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-                 cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)  # fmt: skip
-SD15_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-                block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=512,
-                scaling_factor=0.18215)  # fmt: skip
-SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                 num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")  # fmt: skip
+SD15_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+SD15_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=32,
+    sample_size=512,
+    scaling_factor=0.18215,
+)
+SD15_TEXT = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+)
 
 
 def sd15_backbone(folder: str | os.PathLike, cfg=None, seed: int = 0):
@@ -107,13 +129,31 @@ def sd15_backbone(folder: str | os.PathLike, cfg=None, seed: int = 0):
 
     torch.manual_seed(seed)
     tok = build_clip_tokenizer(caption_words(prompt_corpus(CLASSES)), Path(folder) / "tok", 77)
-    text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT, bos_token_id=tok.bos_token_id,
-                                        eos_token_id=tok.eos_token_id,
-                                        pad_token_id=tok.pad_token_id))  # fmt: skip
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                          beta_schedule="scaled_linear", clip_sample=False, steps_offset=1)  # fmt: skip
-    return DiffusionBackbone(AutoencoderKL(**SD15_VAE), UNet2DConditionModel(**SD15_UNET), text,
-                             tok, sched, cfg, source="sd15-architecture (random weights)")  # fmt: skip
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            **SD15_TEXT,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
+    sched = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        steps_offset=1,
+    )
+    return DiffusionBackbone(
+        AutoencoderKL(**SD15_VAE),
+        UNet2DConditionModel(**SD15_UNET),
+        text,
+        tok,
+        sched,
+        cfg,
+        source="sd15-architecture (random weights)",
+    )
 
 
 def peak_rss_gb() -> float:
@@ -140,9 +180,12 @@ def child_tta_fullsize(checkpointing: bool = True, steps: int = 2, miniature: bo
             bb = sd15_backbone(tmp, FeatureConfig()).to(dev)
         size, widths = (512, 512), (256, 128)
     bb.requires_grad_(False)
-    prompts = Prompts(bb.text_encoder, bb.tokenizer, CLASSES,
-                      PromptConfig(mode="scene", learnable_scene=True, adapter=False,
-                                   num_templates=1))  # fmt: skip
+    prompts = Prompts(
+        bb.text_encoder,
+        bb.tokenizer,
+        CLASSES,
+        PromptConfig(mode="scene", learnable_scene=True, adapter=False, num_templates=1),
+    )
     head = SemanticFPN(bb.feature_channels, bb.feature_strides, 19, *widths)
     model = SegModel(bb, head, prompts).to(dev).eval()
     words = prompts.scene_prompt.words
@@ -154,8 +197,10 @@ def child_tta_fullsize(checkpointing: bool = True, steps: int = 2, miniature: bo
     x = torch.rand(1, 3, *size)
     z = bb.encode(x.to(dev))
     after_load = peak_rss_gb()
-    out = {"weights_gb": sum(p.numel() * p.element_size() for p in model.parameters()) / GB,
-           "rss_after_load_gb": after_load}  # fmt: skip
+    out = {
+        "weights_gb": sum(p.numel() * p.element_size() for p in model.parameters()) / GB,
+        "rss_after_load_gb": after_load,
+    }
     for objective in ("denoise", "entropy"):
         times = []
         for s in range(steps):
@@ -190,8 +235,13 @@ def child_tta_miniature(target: str = "acdc_night") -> dict:
     dg_s = time.perf_counter() - t0
     res = run_target(dg, tta_configs(params)[target], params["objectives"], log=quiet)
     rows = {r["method"]: round(r["mIoU"], 2) for r in res["rows"]}
-    return {"target": target, "tta_s": res["seconds"], "dg_load_or_train_s": dg_s,
-            "peak_rss_gb": peak_rss_gb(), **{f"mIoU {k}": v for k, v in rows.items()}}  # fmt: skip
+    return {
+        "target": target,
+        "tta_s": res["seconds"],
+        "dg_load_or_train_s": dg_s,
+        "peak_rss_gb": peak_rss_gb(),
+        **{f"mIoU {k}": v for k, v in rows.items()},
+    }
 
 
 def _timed(fn, reps: int) -> float:
@@ -204,8 +254,9 @@ def _timed(fn, reps: int) -> float:
     return best
 
 
-def gemm_peak(sizes: Sequence[int] = (1024, 2048, 3072), reps: int = 3,
-              device: str | torch.device = "cpu") -> float:  # fmt: skip
+def gemm_peak(
+    sizes: Sequence[int] = (1024, 2048, 3072), reps: int = 3, device: str | torch.device = "cpu"
+) -> float:
     """Return torch's measured fp32 GEMM peak (FLOP/s): the best of square matmuls."""
     best = 0.0
     for n in sizes:
@@ -246,13 +297,19 @@ def _feature_speed(model, images: torch.Tensor, name: str, batch: int, reps: int
     to_channels_last(model.backbone)  # the optional memory format, on the same cached inputs
     fast_cl = _timed(lambda: [fast_features(cache, ds, c) for c in chunks], reps)
     model.backbone.to(memory_format=torch.contiguous_format)
-    diff = max(float((a[k] - b[k]).abs().max()) for a, b in zip(ref, first, strict=True)
-               for k in a)  # fmt: skip
-    return {"images": n, "batch": batch, "naive_img_s": n / t_naive,
-            "fast_first_pass_img_s": n / fast_first, "fast_img_s": n / fast,
-            "fast_over_naive": t_naive / fast, "fast_first_pass_over_naive": t_naive / fast_first,
-            "max_abs_diff": diff, "fast_channels_last_img_s": n / fast_cl,
-            "channels_last_over_fast": fast / fast_cl}  # fmt: skip
+    diff = max(float((a[k] - b[k]).abs().max()) for a, b in zip(ref, first, strict=True) for k in a)
+    return {
+        "images": n,
+        "batch": batch,
+        "naive_img_s": n / t_naive,
+        "fast_first_pass_img_s": n / fast_first,
+        "fast_img_s": n / fast,
+        "fast_over_naive": t_naive / fast,
+        "fast_first_pass_over_naive": t_naive / fast_first,
+        "max_abs_diff": diff,
+        "fast_channels_last_img_s": n / fast_cl,
+        "channels_last_over_fast": fast / fast_cl,
+    }
 
 
 def child_features_miniature() -> dict:
@@ -275,8 +332,12 @@ def child_features_fullsize() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         bb = sd15_backbone(tmp, FeatureConfig()).to(dev)
     bb.requires_grad_(False)  # frozen, as in DG training and feature extraction
-    prompts = Prompts(bb.text_encoder, bb.tokenizer, CLASSES,
-                      PromptConfig(mode="scene", num_templates=4, adapter=False))  # fmt: skip
+    prompts = Prompts(
+        bb.text_encoder,
+        bb.tokenizer,
+        CLASSES,
+        PromptConfig(mode="scene", num_templates=4, adapter=False),
+    )
     head = SemanticFPN(bb.feature_channels, bb.feature_strides, 19, 256, 128)
     model = SegModel(bb, head, prompts).to(dev).eval()
     images = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0)).to(dev)
@@ -307,14 +368,23 @@ def child_features_fullsize() -> dict:
 
     head.train()
     head_s = _timed(head_step, 2)
-    out.update(head_step_s=head_s, dg_step_fast_s=1 / out["fast_first_pass_img_s"] + head_s,
-               dg_step_naive_s=1 / out["naive_img_s"] + head_s)  # fmt: skip
+    out.update(
+        head_step_s=head_s,
+        dg_step_fast_s=1 / out["fast_first_pass_img_s"] + head_s,
+        dg_step_naive_s=1 / out["naive_img_s"] + head_s,
+    )
     out["dg_step_fast_over_naive"] = out["dg_step_naive_s"] / out["dg_step_fast_s"]
     peak = gemm_peak(device=dev)
-    out.update(unet_gflop=flops / 1e9, unet_forward_s=secs, unet_gflop_s=flops / secs / 1e9,
-               gemm_peak_gflop_s=peak / 1e9, unet_fraction_of_gemm_peak=flops / secs / peak,
-               attention=str(attention_backends(bb.unet)), peak_rss_gb=peak_rss_gb(),
-               device=str(dev))  # fmt: skip
+    out.update(
+        unet_gflop=flops / 1e9,
+        unet_forward_s=secs,
+        unet_gflop_s=flops / secs / 1e9,
+        gemm_peak_gflop_s=peak / 1e9,
+        unet_fraction_of_gemm_peak=flops / secs / peak,
+        attention=str(attention_backends(bb.unet)),
+        peak_rss_gb=peak_rss_gb(),
+        device=str(dev),
+    )
     return out
 
 
@@ -347,9 +417,15 @@ def child_dg_step_miniature() -> dict:
             loss.backward()
 
     naive = _timed(naive_step, 2)
-    return {"fast_step_s": fast, "first_run_step_s": first / steps, "naive_step_s": naive,
-            "fast_over_naive": naive / fast, "batch": cfg.batch_size, "K": cfg.num_prompts,
-            "peak_rss_gb": peak_rss_gb()}  # fmt: skip
+    return {
+        "fast_step_s": fast,
+        "first_run_step_s": first / steps,
+        "naive_step_s": naive,
+        "fast_over_naive": naive / fast,
+        "batch": cfg.batch_size,
+        "K": cfg.num_prompts,
+        "peak_rss_gb": peak_rss_gb(),
+    }
 
 
 def child_bf16_miniature() -> dict:
@@ -397,14 +473,29 @@ DEFAULT = [n for n in CHILDREN if n != "tta_fullsize_no_ckpt"]
 #: Limits checked in the benchmark: (measurement, its key, limit, "min" (at least) or "max"
 #: (at most), what it is).
 LIMITS = [
-    ("features_fullsize", "fast_over_naive", 2.0, "min",
-     "feature extraction, SD 1.5 at 512x512, images repeating: fast path / naive path (x)"),
-    ("features_fullsize", "unet_fraction_of_gemm_peak", 0.5, "min",
-     "full-size UNet forward: achieved FLOP/s / measured GEMM peak"),
-    ("tta_fullsize", "peak_rss_gb", 8.0, "max",
-     "full-size SD 1.5 TTA step, 512x512, batch 1, checkpointing: peak RSS (GB)"),
+    (
+        "features_fullsize",
+        "fast_over_naive",
+        2.0,
+        "min",
+        "feature extraction, SD 1.5 at 512x512, images repeating: fast path / naive path (x)",
+    ),
+    (
+        "features_fullsize",
+        "unet_fraction_of_gemm_peak",
+        0.5,
+        "min",
+        "full-size UNet forward: achieved FLOP/s / measured GEMM peak",
+    ),
+    (
+        "tta_fullsize",
+        "peak_rss_gb",
+        8.0,
+        "max",
+        "full-size SD 1.5 TTA step, 512x512, batch 1, checkpointing: peak RSS (GB)",
+    ),
     ("tta_miniature", "tta_s", 60.0, "max", "TTA of one miniature target, notebook 03 (s)"),
-]  # fmt: skip
+]
 
 
 def run_child(name: str, timeout: float = 1800) -> dict:
@@ -442,16 +533,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name in results:
             v = float(results[name][key])
             met = v >= limit if kind == "min" else v <= limit
-            rows.append({"target": what, "measured": round(v, 3),
-                         "limit": f"{'>=' if kind == 'min' else '<='} {limit}",
-                         "ratio to limit": round(v / limit, 3), "met": met})  # fmt: skip
+            rows.append(
+                {
+                    "target": what,
+                    "measured": round(v, 3),
+                    "limit": f"{'>=' if kind == 'min' else '<='} {limit}",
+                    "ratio to limit": round(v / limit, 3),
+                    "met": met,
+                }
+            )
     table = pd.DataFrame(rows)
     if len(table):
         atomic_write_text(out / "targets.csv", table.to_csv(index=False))
         print(table.to_markdown(index=False))
     for n, r in results.items():
-        print(f"\n{n}: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                     for k, v in r.items()))  # fmt: skip
+        print(
+            f"\n{n}: "
+            + ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
+            )
+        )
     return 0
 
 

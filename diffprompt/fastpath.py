@@ -33,8 +33,9 @@ from diffprompt.prompts import Prompts
 from diffprompt.text import clear_category_cache
 
 
-def naive_context(model: nn.Module, batch_size: int,
-                  scene_texts: Sequence[str] | None = None) -> Tensor | None:  # fmt: skip
+def naive_context(
+    model: nn.Module, batch_size: int, scene_texts: Sequence[str] | None = None
+) -> Tensor | None:
     """Return ``model``'s context recomputed from scratch: every category embedding and the
     scene prompt go through the text encoder again (no cache), with the model's prompt
     weights (TextAdapter, learned scene embeddings) copied in."""
@@ -51,8 +52,9 @@ def naive_context(model: nn.Module, batch_size: int,
 
 
 @torch.no_grad()
-def naive_features(model: nn.Module, images: Tensor,
-                   scene_texts: Sequence[str] | None = None) -> dict[str, Tensor]:  # fmt: skip
+def naive_features(
+    model: nn.Module, images: Tensor, scene_texts: Sequence[str] | None = None
+) -> dict[str, Tensor]:
     """Return the maps of ``images`` (B, 3, H, W) in [0, 1] by the naive path: the text
     encoder, the VAE and the whole UNet, every call."""
     bb = model.backbone
@@ -66,8 +68,9 @@ def naive_features(model: nn.Module, images: Tensor,
 
 
 @torch.no_grad()
-def fast_features(cache, dataset, indices: Sequence[int],
-                  scene_text: str | None = None) -> dict[str, Tensor]:  # fmt: skip
+def fast_features(
+    cache, dataset, indices: Sequence[int], scene_text: str | None = None
+) -> dict[str, Tensor]:
     """Return the maps of images ``indices`` of ``dataset`` by the fast path: the context of
     ``scene_text`` and the images' latents from ``cache`` (a :class:`FeatureCache`; computed
     on first use), then the truncated UNet. The maps themselves are not cached."""

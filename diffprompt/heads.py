@@ -39,8 +39,9 @@ def levels_of(
 ) -> list[tuple[int, list[str]]]:
     """Group map names by stride: [(stride, [names sorted])], finest stride first."""
     if set(channels) != set(strides):
-        raise ValueError(f"channels {sorted(channels)} and strides {sorted(strides)} name "
-                         "different maps")  # fmt: skip
+        raise ValueError(
+            f"channels {sorted(channels)} and strides {sorted(strides)} name different maps"
+        )
     by_stride: dict[int, list[str]] = {}
     for name in sorted(channels):
         by_stride.setdefault(int(strides[name]), []).append(name)
@@ -49,8 +50,10 @@ def levels_of(
     for s, names in out:
         ratio = s / finest
         if ratio != 2 ** round(math.log2(ratio)):
-            raise ValueError(f"stride {s} of {names} is not a power-of-two multiple of the "
-                             f"finest stride {finest}")  # fmt: skip
+            raise ValueError(
+                f"stride {s} of {names} is not a power-of-two multiple of the "
+                f"finest stride {finest}"
+            )
     return out
 
 
@@ -82,8 +85,10 @@ class SemanticFPN(nn.Module):
         self.branches = nn.ModuleList()
         for s, _ in self.levels:
             n_up = round(math.log2(s / self.stride))
-            stages = [_conv_gn_relu(fpn_width if i == 0 else head_width, head_width)
-                      for i in range(max(1, n_up))]  # fmt: skip
+            stages = [
+                _conv_gn_relu(fpn_width if i == 0 else head_width, head_width)
+                for i in range(max(1, n_up))
+            ]
             self.branches.append(nn.ModuleList(stages))
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Conv2d(head_width, num_classes, 1)
@@ -93,11 +98,14 @@ class SemanticFPN(nn.Module):
         missing = [n for _, names in self.levels for n in names if n not in feats]
         if missing:
             raise KeyError(f"the head expects maps {missing} that the features do not hold")
-        lat = [conv(torch.cat([feats[n].float() for n in names], 1))
-               for conv, (_, names) in zip(self.lateral, self.levels, strict=True)]  # fmt: skip
+        lat = [
+            conv(torch.cat([feats[n].float() for n in names], 1))
+            for conv, (_, names) in zip(self.lateral, self.levels, strict=True)
+        ]
         for i in range(len(lat) - 2, -1, -1):  # top-down: coarse to fine
-            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="bilinear",
-                                            align_corners=False)  # fmt: skip
+            lat[i] = lat[i] + F.interpolate(
+                lat[i + 1], size=lat[i].shape[-2:], mode="bilinear", align_corners=False
+            )
         size = lat[0].shape[-2:]
         out = 0
         for x, conv, stages in zip(lat, self.output, self.branches, strict=True):

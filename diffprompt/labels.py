@@ -21,29 +21,6 @@ import numpy as np
 IGNORE_INDEX = 255
 NUM_CLASSES = 19
 
-#: The 19 Cityscapes train classes, in trainId order.
-CLASSES: tuple[str, ...] = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
-    "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
-    "bus", "train", "motorcycle", "bicycle",
-)  # fmt: skip
-
-#: The official Cityscapes colour of each train class, (19, 3) uint8.
-PALETTE = np.array(
-    [
-        [128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153],
-        [153, 153, 153], [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152],
-        [70, 130, 180], [220, 20, 60], [255, 0, 0], [0, 0, 142], [0, 0, 70],
-        [0, 60, 100], [0, 80, 100], [0, 0, 230], [119, 11, 32],
-    ],
-    dtype=np.uint8,
-)  # fmt: skip
-
-#: trainIds evaluated on SYNTHIA (16 classes: all but terrain, truck and train).
-SYNTHIA_EVAL_CLASSES: tuple[int, ...] = tuple(
-    i for i, c in enumerate(CLASSES) if c not in ("terrain", "truck", "train")
-)
-
 # (id, name, trainId, colour) of every Cityscapes label id (cityscapesScripts).
 CITYSCAPES_LABELS: tuple[tuple[int, str, int, tuple[int, int, int]], ...] = (
     (0, "unlabeled", 255, (0, 0, 0)),
@@ -82,6 +59,18 @@ CITYSCAPES_LABELS: tuple[tuple[int, str, int, tuple[int, int, int]], ...] = (
     (33, "bicycle", 18, (119, 11, 32)),
 )
 
+#: The 19 Cityscapes train classes, in trainId order, and the official colour of each
+#: ((19, 3) uint8), read off the table above.
+_TRAIN_LABELS = sorted((t, name, colour) for _, name, t, colour in CITYSCAPES_LABELS if t != 255)
+CLASSES: tuple[str, ...] = tuple(name for _, name, _ in _TRAIN_LABELS)
+PALETTE = np.array([colour for _, _, colour in _TRAIN_LABELS], dtype=np.uint8)
+
+#: trainIds evaluated on SYNTHIA (16 classes: all but terrain, truck and train).
+SYNTHIA_EVAL_CLASSES: tuple[int, ...] = tuple(
+    i for i, c in enumerate(CLASSES) if c not in ("terrain", "truck", "train")
+)
+
+
 # SYNTHIA-RAND-CITYSCAPES class ids (SYNTHIA README) and their trainIds.
 SYNTHIA_LABELS: tuple[tuple[int, str, int], ...] = (
     (0, "void", 255),
@@ -111,30 +100,73 @@ SYNTHIA_LABELS: tuple[tuple[int, str, int], ...] = (
 
 #: Mapillary Vistas v1.2 class names in label-id order (``config.json``, 66 classes).
 MAPILLARY_V12_NAMES: tuple[str, ...] = (
-    "animal--bird", "animal--ground-animal", "construction--barrier--curb",
-    "construction--barrier--fence", "construction--barrier--guard-rail",
-    "construction--barrier--other-barrier", "construction--barrier--wall",
-    "construction--flat--bike-lane", "construction--flat--crosswalk-plain",
-    "construction--flat--curb-cut", "construction--flat--parking",
-    "construction--flat--pedestrian-area", "construction--flat--rail-track",
-    "construction--flat--road", "construction--flat--service-lane",
-    "construction--flat--sidewalk", "construction--structure--bridge",
-    "construction--structure--building", "construction--structure--tunnel", "human--person",
-    "human--rider--bicyclist", "human--rider--motorcyclist", "human--rider--other-rider",
-    "marking--crosswalk-zebra", "marking--general", "nature--mountain", "nature--sand",
-    "nature--sky", "nature--snow", "nature--terrain", "nature--vegetation", "nature--water",
-    "object--banner", "object--bench", "object--bike-rack", "object--billboard",
-    "object--catch-basin", "object--cctv-camera", "object--fire-hydrant",
-    "object--junction-box", "object--mailbox", "object--manhole", "object--phone-booth",
-    "object--pothole", "object--street-light", "object--support--pole",
-    "object--support--traffic-sign-frame", "object--support--utility-pole",
-    "object--traffic-light", "object--traffic-sign--back", "object--traffic-sign--front",
-    "object--trash-can", "object--vehicle--bicycle", "object--vehicle--boat",
-    "object--vehicle--bus", "object--vehicle--car", "object--vehicle--caravan",
-    "object--vehicle--motorcycle", "object--vehicle--on-rails",
-    "object--vehicle--other-vehicle", "object--vehicle--trailer", "object--vehicle--truck",
-    "object--vehicle--wheeled-slow", "void--car-mount", "void--ego-vehicle", "void--unlabeled",
-)  # fmt: skip
+    "animal--bird",
+    "animal--ground-animal",
+    "construction--barrier--curb",
+    "construction--barrier--fence",
+    "construction--barrier--guard-rail",
+    "construction--barrier--other-barrier",
+    "construction--barrier--wall",
+    "construction--flat--bike-lane",
+    "construction--flat--crosswalk-plain",
+    "construction--flat--curb-cut",
+    "construction--flat--parking",
+    "construction--flat--pedestrian-area",
+    "construction--flat--rail-track",
+    "construction--flat--road",
+    "construction--flat--service-lane",
+    "construction--flat--sidewalk",
+    "construction--structure--bridge",
+    "construction--structure--building",
+    "construction--structure--tunnel",
+    "human--person",
+    "human--rider--bicyclist",
+    "human--rider--motorcyclist",
+    "human--rider--other-rider",
+    "marking--crosswalk-zebra",
+    "marking--general",
+    "nature--mountain",
+    "nature--sand",
+    "nature--sky",
+    "nature--snow",
+    "nature--terrain",
+    "nature--vegetation",
+    "nature--water",
+    "object--banner",
+    "object--bench",
+    "object--bike-rack",
+    "object--billboard",
+    "object--catch-basin",
+    "object--cctv-camera",
+    "object--fire-hydrant",
+    "object--junction-box",
+    "object--mailbox",
+    "object--manhole",
+    "object--phone-booth",
+    "object--pothole",
+    "object--street-light",
+    "object--support--pole",
+    "object--support--traffic-sign-frame",
+    "object--support--utility-pole",
+    "object--traffic-light",
+    "object--traffic-sign--back",
+    "object--traffic-sign--front",
+    "object--trash-can",
+    "object--vehicle--bicycle",
+    "object--vehicle--boat",
+    "object--vehicle--bus",
+    "object--vehicle--car",
+    "object--vehicle--caravan",
+    "object--vehicle--motorcycle",
+    "object--vehicle--on-rails",
+    "object--vehicle--other-vehicle",
+    "object--vehicle--trailer",
+    "object--vehicle--truck",
+    "object--vehicle--wheeled-slow",
+    "void--car-mount",
+    "void--ego-vehicle",
+    "void--unlabeled",
+)
 
 #: Our name-based Mapillary -> Cityscapes mapping. Names not listed map to 255. It follows
 #: the Cityscapes annotation rules: road markings, manholes and plain crosswalks are road;

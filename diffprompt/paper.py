@@ -36,23 +36,60 @@ PUBLISHED_DG = [
     ("Rein", "DINOv2-L", "Wei et al., Rein, CVPR 2024", 66.4, 60.4, 66.1),
     ("tqdm", "EVA02-L", "Pak et al., tqdm, ECCV 2024", 68.88, 59.18, 70.10),
     ("MFuser", "DINOv2 + EVA02-L", "MFuser, CVPR 2025", 70.19, 63.13, 71.28),
-]  # fmt: skip
+]
 
 #: Published Cityscapes -> adverse-condition numbers: (method, backbone, citation, setting,
 #: column, mIoU). Columns: "darkzurich" (Dark Zurich) or "acdc (all)".
 PUBLISHED_ADVERSE = [
-    ("this paper (DG)", "SD", "Gong et al., BMVC 2024, as reported by TADP (CVPR 2024)",
-     "DG, Dark Zurich val", "darkzurich", 37.0),
-    ("TADP (DG)", "SD 1.5", "Kondapaneni et al., TADP, CVPR 2024", "DG, Dark Zurich val",
-     "darkzurich", 42.8),
-    ("Rein (DG)", "DINOv2-L", "Wei et al., Rein, CVPR 2024", "DG, ACDC test (all)",
-     "acdc (all)", 77.56),
-    ("SoMA (DG)", "DINOv2-L", "Yun et al., SoMA, CVPR 2025", "DG, ACDC test (all)", "acdc (all)", 78.75),
-    ("DAFormer (UDA)", "MiT-B5", "Hoyer et al., DAFormer, CVPR 2022", "UDA, Dark Zurich test",
-     "darkzurich", 53.8),
-    ("HRDA (UDA)", "MiT-B5", "Hoyer et al., HRDA, ECCV 2022", "UDA, Dark Zurich test",
-     "darkzurich", 55.9),
-]  # fmt: skip
+    (
+        "this paper (DG)",
+        "SD",
+        "Gong et al., BMVC 2024, as reported by TADP (CVPR 2024)",
+        "DG, Dark Zurich val",
+        "darkzurich",
+        37.0,
+    ),
+    (
+        "TADP (DG)",
+        "SD 1.5",
+        "Kondapaneni et al., TADP, CVPR 2024",
+        "DG, Dark Zurich val",
+        "darkzurich",
+        42.8,
+    ),
+    (
+        "Rein (DG)",
+        "DINOv2-L",
+        "Wei et al., Rein, CVPR 2024",
+        "DG, ACDC test (all)",
+        "acdc (all)",
+        77.56,
+    ),
+    (
+        "SoMA (DG)",
+        "DINOv2-L",
+        "Yun et al., SoMA, CVPR 2025",
+        "DG, ACDC test (all)",
+        "acdc (all)",
+        78.75,
+    ),
+    (
+        "DAFormer (UDA)",
+        "MiT-B5",
+        "Hoyer et al., DAFormer, CVPR 2022",
+        "UDA, Dark Zurich test",
+        "darkzurich",
+        53.8,
+    ),
+    (
+        "HRDA (UDA)",
+        "MiT-B5",
+        "Hoyer et al., HRDA, ECCV 2022",
+        "UDA, Dark Zurich test",
+        "darkzurich",
+        55.9,
+    ),
+]
 
 NOTE_PROTOCOLS = (
     "Published rows are copied from their papers; their protocols differ (evaluation "
@@ -100,8 +137,9 @@ def _note(*parts: str) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def t1_backbones(results_dir=None, data_root: str = "miniature",
-                 model: str = "toy-sd") -> tuple[pd.DataFrame, str]:  # fmt: skip
+def t1_backbones(
+    results_dir=None, data_root: str = "miniature", model: str = "toy-sd"
+) -> tuple[pd.DataFrame, str]:
     """Return T1 (linear probe mIoU of each frozen backbone, source and targets) and its note."""
     df = read_table("probe_backbones", results_dir).set_index("backbone")
     df.insert(0, "rows", _label(data_root, model))
@@ -125,8 +163,12 @@ def _dg_miou(results_dir, source: str, mode: str) -> pd.Series:
     return read_table(f"dg_{source}_{mode}_miou", results_dir).set_index("target")["mIoU"]
 
 
-def t2_dg(results_dir=None, mode: str = "random_consistency", data_root: str = "miniature",
-          model: str = "toy-sd") -> tuple[pd.DataFrame, str]:  # fmt: skip
+def t2_dg(
+    results_dir=None,
+    mode: str = "random_consistency",
+    data_root: str = "miniature",
+    model: str = "toy-sd",
+) -> tuple[pd.DataFrame, str]:
     """Return T2 (DG mIoU: GTA5 -> C/B/M, SYNTHIA -> C over 16 classes) and its note."""
     cols = ["GTA5→Cityscapes", "GTA5→BDD100K", "GTA5→Mapillary", "SYNTHIA→Cityscapes (16)"]
     gta = _dg_miou(results_dir, "gta5", mode)
@@ -135,8 +177,17 @@ def t2_dg(results_dir=None, mode: str = "random_consistency", data_root: str = "
     ours = {"method": f"ours: {mode}", "backbone": model, "rows": _label(data_root, model)}
     rows = [{**ours, **dict(zip(cols, measured, strict=True))}]
     for method, backbone, cite, c, b, m in PUBLISHED_DG:
-        rows.append({"method": method, "backbone": backbone, "rows": f"published: {cite}",
-                     cols[0]: c, cols[1]: b, cols[2]: m, cols[3]: np.nan})  # fmt: skip
+        rows.append(
+            {
+                "method": method,
+                "backbone": backbone,
+                "rows": f"published: {cite}",
+                cols[0]: c,
+                cols[1]: b,
+                cols[2]: m,
+                cols[3]: np.nan,
+            }
+        )
     df = pd.DataFrame(rows).set_index("method")
     note = _note(
         "T2. Single-source domain generalization, mIoU (%) over the whole target split; "
@@ -153,20 +204,32 @@ def t2_dg(results_dir=None, mode: str = "random_consistency", data_root: str = "
 # ---------------------------------------------------------------------------------------
 
 
-def t3_ablation(results_dir=None, data_root: str = "miniature",
-                model: str = "toy-sd") -> tuple[pd.DataFrame, str]:  # fmt: skip
+def t3_ablation(
+    results_dir=None, data_root: str = "miniature", model: str = "toy-sd"
+) -> tuple[pd.DataFrame, str]:
     """Return T3 (ablation grid, mean ± std over seeds per target) and its note."""
     # "null" is a prompt mode here, not a missing value; settings stay text ("4", "0.1")
-    df = read_table("ablation_summary", results_dir, keep_default_na=False, na_values=[""],
-                    dtype={"group": str, "setting": str})  # fmt: skip
+    df = read_table(
+        "ablation_summary",
+        results_dir,
+        keep_default_na=False,
+        na_values=[""],
+        dtype={"group": str, "setting": str},
+    )
     names = [c[: -len(" mean")] for c in df.columns if c.endswith(" mean")]
     out = df[["group", "setting"]].copy()
     for n in names:
         pairs = zip(df[f"{n} mean"], df[f"{n} std"], strict=True)
         out[n] = [format_mean_std(m, s) for m, s in pairs]
     out["seeds"] = df["seeds"]
-    out.insert(0, "cell", [s if g == "mode" else f"{g} = {s}"
-                           for g, s in zip(out["group"], out["setting"], strict=True)])  # fmt: skip
+    out.insert(
+        0,
+        "cell",
+        [
+            s if g == "mode" else f"{g} = {s}"
+            for g, s in zip(out["group"], out["setting"], strict=True)
+        ],
+    )
     out = out.set_index("cell")
     note = _note(
         "T3. Prompt ablation: every cell is a DG training run on the source, mean ± std of mIoU "
@@ -184,15 +247,21 @@ def t3_ablation(results_dir=None, data_root: str = "miniature",
 # ---------------------------------------------------------------------------------------
 
 
-def t4_tta(results_dir=None, data_root: str = "miniature", model: str = "toy-sd",
-           targets: Sequence[str] = GROUPS["adverse"]) -> tuple[pd.DataFrame, str]:  # fmt: skip
+def t4_tta(
+    results_dir=None,
+    data_root: str = "miniature",
+    model: str = "toy-sd",
+    targets: Sequence[str] = GROUPS["adverse"],
+) -> tuple[pd.DataFrame, str]:
     """Return T4 (TTA from Cityscapes on ACDC fog/night/rain/snow and Dark Zurich, with the
     no-adaptation and baseline rows) and its note."""
     summary = read_table("tta_summary", results_dir, index_col=0)
     missing = [t for t in targets if t not in summary.columns]
     if missing:
-        raise ValueError(f"tables/tta_summary.csv has no column for {missing}: run "
-                         "notebooks/03_tta with -p target adverse")  # fmt: skip
+        raise ValueError(
+            f"tables/tta_summary.csv has no column for {missing}: run "
+            "notebooks/03_tta with -p target adverse"
+        )
     cols = list(targets) + ["acdc (all)"]
     rows = []
     for method, r in summary.iterrows():
@@ -208,8 +277,13 @@ def t4_tta(results_dir=None, data_root: str = "miniature", model: str = "toy-sd"
             }
         )
     for method, backbone, cite, setting, column, value in PUBLISHED_ADVERSE:
-        row = {"method": f"{method}, {backbone}", "rows": f"published: {cite}",
-               "setting": setting, **dict.fromkeys(cols, np.nan), "mean": np.nan}  # fmt: skip
+        row = {
+            "method": f"{method}, {backbone}",
+            "rows": f"published: {cite}",
+            "setting": setting,
+            **dict.fromkeys(cols, np.nan),
+            "mean": np.nan,
+        }
         row[column] = value
         rows.append(row)
     df = pd.DataFrame(rows).set_index("method")
@@ -224,15 +298,21 @@ def t4_tta(results_dir=None, data_root: str = "miniature", model: str = "toy-sd"
     return df, note
 
 
-def paper_tables(results_dir=None, data_root: str = "miniature", model: str = "toy-sd",
-                 mode: str = "random_consistency") -> dict[str, tuple[pd.DataFrame, str]]:  # fmt: skip
+def paper_tables(
+    results_dir=None,
+    data_root: str = "miniature",
+    model: str = "toy-sd",
+    mode: str = "random_consistency",
+) -> dict[str, tuple[pd.DataFrame, str]]:
     """Return every table with its note, keyed by file name (T2 shows DG prompt mode
     ``mode``). All inputs are read (and a missing one reported) before anything is returned."""
     label = dict(data_root=data_root, model=model)
-    return {"T1_backbones": t1_backbones(results_dir, **label),
-            "T2_dg": t2_dg(results_dir, mode, **label),
-            "T3_ablation": t3_ablation(results_dir, **label),
-            "T4_tta": t4_tta(results_dir, **label)}  # fmt: skip
+    return {
+        "T1_backbones": t1_backbones(results_dir, **label),
+        "T2_dg": t2_dg(results_dir, mode, **label),
+        "T3_ablation": t3_ablation(results_dir, **label),
+        "T4_tta": t4_tta(results_dir, **label),
+    }
 
 
 def paper_figure(tables: Mapping[str, tuple[pd.DataFrame, str]]):
@@ -252,8 +332,15 @@ def notebook_parameters(path: str | os.PathLike) -> pd.DataFrame:
     name, type, default and help, one row each."""
     import papermill as pm  # the notebooks extra
 
-    rows = [{"parameter": f"`{n}`", "type": p["inferred_type_name"], "default": f"`{p['default']}`",
-             "help": p["help"]} for n, p in pm.inspect_notebook(str(path)).items()]  # fmt: skip
+    rows = [
+        {
+            "parameter": f"`{n}`",
+            "type": p["inferred_type_name"],
+            "default": f"`{p['default']}`",
+            "help": p["help"],
+        }
+        for n, p in pm.inspect_notebook(str(path)).items()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -262,8 +349,9 @@ def parameters_markdown(folder: str | os.PathLike) -> str:
     parts = []
     for path in sorted(Path(folder).glob("[0-9][0-9]_*.ipynb")):
         table = notebook_parameters(path).to_markdown(index=False)
-        parts.append(f"<details><summary><code>{path.stem}</code></summary>\n\n{table}\n\n"
-                     "</details>")  # fmt: skip
+        parts.append(
+            f"<details><summary><code>{path.stem}</code></summary>\n\n{table}\n\n</details>"
+        )
     return "\n\n".join(parts) + "\n"
 
 

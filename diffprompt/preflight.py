@@ -46,8 +46,14 @@ class NotWritableError(PermissionError):
 # Notebook parameters
 # ---------------------------------------------------------------------------------------
 
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "True or False", str: "a string",
-               list: "a list", dict: "a mapping"}  # fmt: skip
+_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "True or False",
+    str: "a string",
+    list: "a list",
+    dict: "a mapping",
+}
 _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
 _checked: set[int] = set()
 
@@ -55,8 +61,12 @@ _checked: set[int] = set()
 def _example(name: str, kind: type) -> str:
     if kind in (list, dict):
         return f"-y '{name}: {'[]' if kind is list else '{}'}'"
-    return {int: f"-p {name} 10", float: f"-p {name} 0.5", bool: f"-p {name} True",
-            str: f"-p {name} NAME"}[kind]  # fmt: skip
+    return {
+        int: f"-p {name} 10",
+        float: f"-p {name} 0.5",
+        bool: f"-p {name} True",
+        str: f"-p {name} NAME",
+    }[kind]
 
 
 def _fits(value: Any, kind: type) -> bool:
@@ -89,18 +99,28 @@ def check_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
             continue
         value = namespace[name]
         if not _fits(value, kind):
-            problems.append(f"parameter {name!r} must be {_TYPE_NAMES[kind]} ({name}: "
-                            f"{kind.__name__}), got {type(value).__name__} {value!r}; pass e.g. "
-                            f"{_example(name, kind)}")  # fmt: skip
+            problems.append(
+                f"parameter {name!r} must be {_TYPE_NAMES[kind]} ({name}: "
+                f"{kind.__name__}), got {type(value).__name__} {value!r}; pass e.g. "
+                f"{_example(name, kind)}"
+            )
         values[name] = float(value) if kind is float and _fits(value, float) else value
     if id(namespace) not in _checked:
-        unknown = [k for k, v in namespace.items() if k not in ann and not k.startswith("_")
-                   and k not in _IPYTHON_NAMES and not callable(v)
-                   and type(v).__name__ != "module"]  # fmt: skip
+        unknown = [
+            k
+            for k, v in namespace.items()
+            if k not in ann
+            and not k.startswith("_")
+            and k not in _IPYTHON_NAMES
+            and not callable(v)
+            and type(v).__name__ != "module"
+        ]
         if ann and unknown:
             for k in unknown:
-                problems.append(f"unknown parameter {k!r}: the notebook has no such parameter."
-                                f"{did_you_mean(k, ann)} Its parameters: {', '.join(ann)}")  # fmt: skip
+                problems.append(
+                    f"unknown parameter {k!r}: the notebook has no such parameter."
+                    f"{did_you_mean(k, ann)} Its parameters: {', '.join(ann)}"
+                )
     if problems:
         raise ParameterError("; ".join(problems))
     _checked.add(id(namespace))
@@ -112,9 +132,14 @@ def check_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 
 
-def check_fields(obj: Any, positive_int: Iterable[str] = (), nonneg_int: Iterable[str] = (),
-                 positive: Iterable[str] = (), nonneg: Iterable[str] = (),
-                 what: str = "") -> None:  # fmt: skip
+def check_fields(
+    obj: Any,
+    positive_int: Iterable[str] = (),
+    nonneg_int: Iterable[str] = (),
+    positive: Iterable[str] = (),
+    nonneg: Iterable[str] = (),
+    what: str = "",
+) -> None:
     """Raise a ValueError naming the first field of ``obj`` (a dataclass or any object) that
     is not a positive integer, a non-negative integer, a positive or a non-negative number
     as the lists say."""
@@ -168,13 +193,19 @@ def check_files(dataset, used: Sequence[int] | None = None):
         used = [sel[i] for i in (range(len(sel)) if used is None else used)]
         dataset = dataset.dataset
     if len(dataset) == 0 or (used is not None and len(used) == 0):
-        raise DatasetError(f"{dataset.name} / {dataset.split} at {dataset.root} has no images "
-                           "to use: check the split and the image limits (max_*_images, n_*)")  # fmt: skip
+        raise DatasetError(
+            f"{dataset.name} / {dataset.split} at {dataset.root} has no images "
+            "to use: check the split and the image limits (max_*_images, n_*)"
+        )
     return dataset.check(indices=file_indices(len(dataset), used))
 
 
-def check_crop(crop: Sequence[int] | None, sizes: Iterable[tuple[int, int]],
-               train_size: Sequence[int] | None = None, what: str = "source images") -> None:  # fmt: skip
+def check_crop(
+    crop: Sequence[int] | None,
+    sizes: Iterable[tuple[int, int]],
+    train_size: Sequence[int] | None = None,
+    what: str = "source images",
+) -> None:
     """Raise a ValueError when a training ``crop`` (h, w) is larger than the images it is
     cut from: ``train_size`` when images are resized, else the smallest of ``sizes``."""
     if crop is None:
@@ -190,9 +221,11 @@ def check_crop(crop: Sequence[int] | None, sizes: Iterable[tuple[int, int]],
         h, w = min(s[0] for s in sizes), min(s[1] for s in sizes)
         src = f"the {what} ({h}x{w} at the smallest)"
     if ch > h or cw > w:
-        raise ValueError(f"crop {ch}x{cw} (HxW) is larger than {src}: use a crop of at most "
-                         f"{h}x{w}, e.g. crop=({min(ch, h)}, {min(cw, w)}), or crop=None for "
-                         "whole images (the embedded miniature's images are 128x256)")  # fmt: skip
+        raise ValueError(
+            f"crop {ch}x{cw} (HxW) is larger than {src}: use a crop of at most "
+            f"{h}x{w}, e.g. crop=({min(ch, h)}, {min(cw, w)}), or crop=None for "
+            "whole images (the embedded miniature's images are 128x256)"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,16 +248,18 @@ def check_writable(folder: str | os.PathLike, what: str = "results folder") -> P
         "(command line) or set DIFFPROMPT_RESULTS to a folder you can write"
     )
     if not probe_dir.is_dir():
-        raise NotWritableError(f"the {what} {folder} cannot be created: {probe_dir} is not a "
-                               f"folder; {how}")  # fmt: skip
+        raise NotWritableError(
+            f"the {what} {folder} cannot be created: {probe_dir} is not a folder; {how}"
+        )
     try:
         fd, tmp = tempfile.mkstemp(prefix=".diffprompt-write-probe-", dir=probe_dir)
     except OSError as e:
         where = (
             "" if probe_dir == folder else f" (its parent {probe_dir} does not let it be created)"
         )
-        raise NotWritableError(f"the {what} {folder} is not writable{where}: "
-                               f"{e.strerror or e}; {how}") from None  # fmt: skip
+        raise NotWritableError(
+            f"the {what} {folder} is not writable{where}: {e.strerror or e}; {how}"
+        ) from None
     os.close(fd)
     os.unlink(tmp)
     return folder

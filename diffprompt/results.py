@@ -42,8 +42,13 @@ class Run:
     >>> run.table(df, "domain_gap"); run.figure(fig, "samples"); run.finish()
     """
 
-    def __init__(self, name: str, params: dict[str, Any], seed: int | None = None,
-                 root: str | os.PathLike | None = None):  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        params: dict[str, Any],
+        seed: int | None = None,
+        root: str | os.PathLike | None = None,
+    ):
         self.name = name
         self.params = params
         self.seed = seed
@@ -86,8 +91,13 @@ class Run:
         for fmt in formats:
             path = self.root / "figures" / f"{name}.{fmt}"
             with atomic_path(path) as tmp:
-                fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight",
-                            metadata={"CreationDate": None} if fmt == "pdf" else None)  # fmt: skip
+                fig.savefig(
+                    tmp,
+                    format=fmt,
+                    dpi=dpi,
+                    bbox_inches="tight",
+                    metadata={"CreationDate": None} if fmt == "pdf" else None,
+                )
             self.outputs.append(self._rel(path))
             out = out or path
         return out

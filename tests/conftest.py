@@ -229,8 +229,14 @@ def one_thread():
 WORDS = ["a", "photo", "of", "street", "road", "car", "sky", "building", "at", "night"]
 
 
-def tiny_sd_parts(tmp_path, sd2: bool = False, seed: int = 0, words=WORDS, max_length: int = 16,
-                  unet_widths=(16, 32, 32)):  # fmt: skip
+def tiny_sd_parts(
+    tmp_path,
+    sd2: bool = False,
+    seed: int = 0,
+    words=WORDS,
+    max_length: int = 16,
+    unet_widths=(16, 32, 32),
+):
     """Return (vae, unet, text encoder, tokenizer, scheduler) of a tiny SD-style model with
     random weights: VAE 2x down, UNet 3 levels of ``unet_widths`` channels (features at
     strides 8, 4, 2), context width 24."""
@@ -242,9 +248,14 @@ def tiny_sd_parts(tmp_path, sd2: bool = False, seed: int = 0, words=WORDS, max_l
 
     torch.manual_seed(seed)
     tok = build_clip_tokenizer(words, tmp_path / "tok", model_max_length=max_length)
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
-                        latent_channels=4, norm_num_groups=4, sample_size=32)  # fmt: skip
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+    )
     unet = UNet2DConditionModel(
         sample_size=16,
         block_out_channels=tuple(unet_widths),
@@ -256,15 +267,25 @@ def tiny_sd_parts(tmp_path, sd2: bool = False, seed: int = 0, words=WORDS, max_l
         use_linear_projection=sd2,  # SD2: linear projections in the transformers
         norm_num_groups=8,
     )
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=24, intermediate_size=48,
-                                        num_hidden_layers=2, num_attention_heads=2,
-                                        max_position_embeddings=max_length,
-                                        bos_token_id=tok.bos_token_id,
-                                        eos_token_id=tok.eos_token_id,
-                                        pad_token_id=tok.pad_token_id))  # fmt: skip
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
-                          clip_sample=False,
-                          prediction_type="v_prediction" if sd2 else "epsilon")  # fmt: skip
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=24,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=max_length,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
+    sched = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        prediction_type="v_prediction" if sd2 else "epsilon",
+    )
     return vae, unet, text, tok, sched
 
 
@@ -273,9 +294,16 @@ def save_pipeline(parts, folder):
     from diffusers import StableDiffusionPipeline
 
     vae, unet, text, tok, sched = parts
-    StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
-                            safety_checker=None, feature_extractor=None,
-                            requires_safety_checker=False).save_pretrained(folder)  # fmt: skip
+    StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(folder)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 to do, before any work starts, with nothing written to results/ and no partial file.
 
 Each case sets up one bad input on a fresh fake data root (tests/conftest.py) and calls the
-entry point a researcher uses (``train_dg`` as notebook 02 and ``python -m diffprompt.train``
+entry point a researcher uses (``train_dg`` as notebook 02 and ``python -m diffprompt.dg``
 do, the TTA/probing/domain-gap checks the notebooks call first, ``Run``, the papermill CLI).
 While it runs, the backbone's ``encode``/``forward``, the probe and the domain-gap CNN's
 training raise ``WorkStarted``: an error that came after work had started fails the test.
@@ -29,10 +29,21 @@ from conftest import CS_IDS, H, W, build_fake_root, save_pipeline, stripes, tiny
 from conftest import write_palette as _write_palette
 
 from diffprompt.backbones.hub import ModelNotFoundError
+from diffprompt.backbones.tokenizer import caption_words
+from diffprompt.benchmarks import resolve_targets
 from diffprompt.data import DatasetError, DatasetNotFoundError
+from diffprompt.dg import CheckpointError, ConfigMismatchError, TrainConfig, Trainer
+from diffprompt.dg.__main__ import main as dg_main
+from diffprompt.dg.runs import dg_run_dir, train_dg
+from diffprompt.domain_gap import GapConfig, run_domain_gap
+from diffprompt.experiments.tta import check_targets, dg_model
+from diffprompt.labels import CLASSES
 from diffprompt.paths import REPO_ROOT
 from diffprompt.preflight import NotWritableError, ParameterError
-from diffprompt.train import CheckpointError, ConfigMismatchError, TrainConfig
+from diffprompt.probing import ProbeConfig, probe_sets
+from diffprompt.prompts import prompt_corpus
+from diffprompt.results import Run
+from diffprompt.tta import TTAConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DOC = REPO_ROOT / "docs" / "ERRORS.md"
@@ -52,9 +63,20 @@ class Ctx:
     results: Path
 
     def cfg(self, **over) -> TrainConfig:
-        base = dict(model=str(self.model), data_root=str(self.root), steps=2, batch_size=2,
-                    targets=("cityscapes",), fpn_width=8, head_width=8, warmup=1,
-                    progress="log", prompt_pool=3, device="cpu", log_every=1)  # fmt: skip
+        base = dict(
+            model=str(self.model),
+            data_root=str(self.root),
+            steps=2,
+            batch_size=2,
+            targets=("cityscapes",),
+            fpn_width=8,
+            head_width=8,
+            warmup=1,
+            progress="log",
+            prompt_pool=3,
+            device="cpu",
+            log_every=1,
+        )
         return TrainConfig(**{**base, **over})
 
     @property
@@ -73,9 +95,7 @@ def quiet(_: str) -> None:
 
 
 def train(ctx: Ctx, **over) -> None:
-    """What notebook 02 and ``python -m diffprompt.train`` run."""
-    from diffprompt.experiments import train_dg
-
+    """What notebook 02 and ``python -m diffprompt.dg`` run."""
     train_dg(ctx.cfg(**over), log=quiet)
 
 
@@ -139,37 +159,26 @@ def _pickled_weights(ctx: Ctx) -> None:
 
 
 def _checkpoint_of(ctx: Ctx, cfg: TrainConfig) -> Path:
-    from diffprompt.train import Trainer
-
     return Trainer(cfg, ctx.scratch / "elsewhere", log=quiet).save_checkpoint()
 
 
 def _checkpoint_config_mismatch(ctx: Ctx) -> None:
-    from diffprompt.tta import dg_trainer
-
     path = _checkpoint_of(ctx, ctx.cfg(consistency_weight=1.0))
-    dg_trainer(ctx.cfg(consistency_weight=3.0, steps=1), checkpoint=str(path), log=quiet)
+    dg_model(ctx.cfg(consistency_weight=3.0, steps=1), checkpoint=str(path), log=quiet)
 
 
 def _checkpoint_shape_mismatch(ctx: Ctx) -> None:
-    from diffprompt.backbones.tokenizer import caption_words
-    from diffprompt.labels import CLASSES
-    from diffprompt.prompts import prompt_corpus
-    from diffprompt.tta import dg_trainer
-
     model = ctx.model_copy()
     cfg = ctx.cfg(model=str(model))
     path = _checkpoint_of(ctx, cfg)
     shutil.rmtree(model)  # the folder now holds a model of other widths, under the same name
     words = caption_words(prompt_corpus(CLASSES))
-    save_pipeline(tiny_sd_parts(ctx.scratch, words=words, max_length=32, unet_widths=(16, 32, 48)),
-                  model)  # fmt: skip
-    dg_trainer(cfg, checkpoint=str(path), log=quiet)
+    wider = tiny_sd_parts(ctx.scratch, words=words, max_length=32, unet_widths=(16, 32, 48))
+    save_pipeline(wider, model)
+    dg_model(cfg, checkpoint=str(path), log=quiet)
 
 
 def _truncated_checkpoint(ctx: Ctx) -> None:
-    from diffprompt.experiments import dg_run_dir, train_dg
-
     cfg = ctx.cfg()
     data = _checkpoint_of(ctx, cfg).read_bytes()
     run = dg_run_dir(cfg, ctx.scratch / "old")  # a run folder whose checkpoint was cut short
@@ -189,8 +198,8 @@ def _read_only_results(ctx: Ctx) -> None:
         if not shutil.which("setpriv"):
             pytest.skip("running as root without setpriv: a read-only folder cannot be made")
         prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
-    p = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=120)  # fmt: skip
+    cmd = [*prefix, sys.executable, "-c", code]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if p.returncode == 0:
         return
     last = p.stderr.strip().splitlines()[-1]
@@ -200,8 +209,6 @@ def _read_only_results(ctx: Ctx) -> None:
 
 
 def _results_is_a_file(ctx: Ctx) -> None:
-    from diffprompt.results import Run
-
     ctx.results.write_text("not a folder\n")
     Run("02_dg_training", {}, root=ctx.results / "sub")
 
@@ -209,9 +216,10 @@ def _results_is_a_file(ctx: Ctx) -> None:
 def _papermill(ctx: Ctx, notebook: str, *args: str) -> None:
     """Run a notebook with the papermill CLI as a user would; re-raise its ParameterError."""
     out = ctx.tmp / "executed.ipynb"
-    cmd = [str(Path(sys.executable).parent / "papermill"), str(REPO_ROOT / "notebooks" / notebook),
-           str(out), "-p", "data_root", str(ctx.root), "-p", "results_dir", str(ctx.results),
-           *args]  # fmt: skip
+    papermill = str(Path(sys.executable).parent / "papermill")
+    notebook_path = str(REPO_ROOT / "notebooks" / notebook)
+    places = ["-p", "data_root", str(ctx.root), "-p", "results_dir", str(ctx.results)]
+    cmd = [papermill, notebook_path, str(out), *places, *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     if p.returncode == 0:
@@ -224,138 +232,334 @@ def _papermill(ctx: Ctx, notebook: str, *args: str) -> None:
 
 
 def _cli(ctx: Ctx, *overrides: str) -> None:
-    """``python -m diffprompt.train KEY=VALUE ...``: its error becomes SystemExit('error: ...')."""
-    from diffprompt.train import main
-
+    """``python -m diffprompt.dg KEY=VALUE ...``: its error becomes SystemExit('error: ...')."""
+    where = [f"data_root={ctx.root}", f"model={ctx.model}"]
     try:
-        main([f"data_root={ctx.root}", f"model={ctx.model}", *overrides,
-              "--results", str(ctx.results)])  # fmt: skip
+        dg_main([*where, *overrides, "--results", str(ctx.results)])
     except SystemExit as e:
         raise SystemExit(str(e.code)) from None
 
 
-def _tta(ctx: Ctx, target: str = "acdc_night", missing: str = "train", **over) -> None:
+def _tta(
+    ctx: Ctx, target: str = "acdc_night", missing: str = "train", prompt_mode: str = "fixed", **over
+) -> None:
     """What notebook 03 runs before it loads or trains the DG model."""
-    from diffprompt.tta import TTAConfig, check_targets, dg_trainer, resolve_targets
-
     targets = resolve_targets(target)
     cfgs = {t: TTAConfig(target=t, **over) for t in targets}
-    dg_cfg = ctx.cfg(source="cityscapes", targets=())
+    dg_cfg = ctx.cfg(source="cityscapes", targets=(), prompt_mode=prompt_mode)
     check_targets(cfgs, ["denoise"], ["offline"], dg_cfg, missing, "", None)
-    dg_trainer(dg_cfg, None, missing, log=quiet)
+    dg_model(dg_cfg, None, missing, log=quiet)
 
 
 def _probe(ctx: Ctx, **over) -> None:
     """What notebook 01 runs first."""
-    from diffprompt.probing import ProbeConfig, probe_sets
-
     probe_sets(ProbeConfig(data_root=str(ctx.root), targets=("cityscapes",), **over))
 
 
 def _gap(ctx: Ctx, **over) -> None:
     """What notebook 00 runs for its domain-gap table."""
-    from diffprompt.domain_gap import GapConfig, run_domain_gap
-
     run_domain_gap(ctx.root, "gta5", ["cityscapes"], GapConfig(device="cpu", **over))
 
 
 CASES = [
-    Case("unknown-dataset", "An unknown data set", "`source=\"gta6\"`", "train_dg (notebook 02)",
-         lambda c: train(c, source="gta6"), ValueError, r"unknown data set 'gta6'.*Did you mean 'gta5'"),
-    Case("unknown-target", "An unknown DG target", "`targets=[\"citiscapes\"]`",
-         "train_dg (notebook 02)", lambda c: train(c, targets=("citiscapes",)), ValueError,
-         r"unknown data set 'citiscapes'; valid names:.*Did you mean 'cityscapes'"),
-    Case("unknown-tta-target", "An unknown TTA target", "`-p target acdc_nite`",
-         "resolve_targets (notebook 03)", lambda c: _tta(c, target="acdc_nite"), ValueError,
-         r"unknown target 'acdc_nite'; valid targets:.*Did you mean 'acdc_night'"),
-    Case("unknown-backbone", "An unknown backbone", "`model=\"toy-sdd\"`",
-         "DiffusionBackbone.from_pretrained via train_dg", lambda c: train(c, model="toy-sdd"),
-         ModelNotFoundError, r"no Stable Diffusion model folder at 'toy-sdd': pass an existing folder"),
-    Case("missing-data-root", "A data root that does not exist", "`data_root=\"/no/such/folder\"`",
-         "resolve_data_root via train_dg", lambda c: train(c, data_root=str(c.tmp / "nowhere")),
-         FileNotFoundError, r"does not exist or is not a folder\. Pass the folder that holds"),
-    Case("missing-dataset-folder", "A data set missing from the data root",
-         "`targets=[\"cityscapes\", \"darkzurich\"]`, no dark_zurich/ under the root",
-         "Trainer preflight (evaluation sets are opened before training)", _no_dataset_folder,
-         DatasetNotFoundError, r"dark_zurich"),
-    Case("corrupted-image", "A corrupted image", "gta5/images/00002.png truncated",
-         "Trainer preflight (check_files)", _corrupt_image, DatasetError,
-         r"cannot read image .*00002\.png.*Replace these files"),
-    Case("label-wrong-size", "A label of another size than its image",
-         "gta5/labels/00001.png 4 pixels wider", "Trainer preflight (check_files)",
-         _label_wrong_size, DatasetError, rf"is {W + 4}x{H} \(WxH\) but its image .* is {W}x{H}"),
-    Case("label-outside-mapping", "Label values outside the mapping",
-         "gta5/labels/00002.png holds id 250", "Trainer preflight (check_files)",
-         _label_outside_mapping, DatasetError, r"holds values \[250\] outside.*strict_labels=False"),
-    Case("empty-split", "An empty split", "cityscapes/leftImg8bit/val/ holds no images",
-         "Trainer preflight (evaluation sets)", _empty_split, DatasetNotFoundError, r"is empty"),
-    Case("unlabeled-eval-split", "Evaluation on a split without labels", "`target_split=\"test\"`",
-         "Trainer preflight", lambda c: train(c, target_split="test"), ValueError,
-         r"has no labels to evaluate on; set target_split"),
-    Case("papermill-wrong-type", "A papermill parameter of the wrong type", "`-p steps abc`",
-         "check_parameters (first cell of every notebook)",
-         lambda c: _papermill(c, "02_dg_training.ipynb", "-p", "steps", "abc"), ParameterError,
-         r"parameter 'steps' must be an integer \(steps: int\), got str 'abc'; pass e\.g\. -p steps"),
-    Case("papermill-unknown-parameter", "A misspelt papermill parameter", "`-p stepz 5`",
-         "check_parameters (first cell of every notebook)",
-         lambda c: _papermill(c, "03_tta.ipynb", "-p", "stepz", "5"), ParameterError,
-         r"unknown parameter 'stepz'.*Did you mean 'steps'"),
-    Case("zero-steps", "Zero steps", "`steps=0`", "check_config via train_dg",
-         lambda c: train(c, steps=0), ValueError, r"steps must be a positive integer, got 0"),
-    Case("negative-steps", "Negative steps", "`steps=-5`", "check_config via train_dg",
-         lambda c: train(c, steps=-5), ValueError, r"steps must be a positive integer, got -5"),
-    Case("tta-zero-steps", "Zero TTA steps", "`-p steps 0` (notebook 03)", "check_targets (notebook 03)",
-         lambda c: _tta(c, steps=0), ValueError, r"steps must be a positive integer, got 0"),
-    Case("probe-zero-images", "A probe with no training images", "`n_train=0` (notebook 01)",
-         "probe_sets (notebook 01)", lambda c: _probe(c, n_train=0), ValueError,
-         r"probe: n_train must be a positive integer, got 0"),
-    Case("gap-negative-lr", "A negative learning rate", "`gap` recipe `lr=-0.1` (notebook 00)",
-         "run_domain_gap (notebook 00)", lambda c: _gap(c, lr=-0.1), ValueError,
-         r"domain gap: lr must be a positive number, got -0\.1"),
-    Case("crop-larger-than-image", "A crop larger than the image",
-         f"`crop=(16, 32)` on {H}x{W} images, `cache_features=False`", "Trainer preflight (check_crop)",
-         lambda c: train(c, cache_features=False, crop=(16, 32)), ValueError,
-         rf"crop 16x32 \(HxW\) is larger than the source images \({H}x{W} at the smallest\): use a crop of at most"),
-    Case("batch-not-divisible", "A batch that does not split into micro-batches",
-         "`batch_size=6, grad_accum=4`", "check_config via train_dg",
-         lambda c: train(c, batch_size=6, grad_accum=4), ValueError,
-         r"batch_size 6 is not a multiple of grad_accum 4"),
-    Case("model-missing-component", "A model folder missing a component", "a diffusers folder without unet/",
-         "resolve_model_folder via train_dg", _missing_component, ModelNotFoundError,
-         r"lacks unet; a complete checkpoint folder holds vae, unet"),
-    Case("pickled-weights", "A model whose weights are pickles, not safetensors",
-         "unet/diffusion_pytorch_model.bin only", "DiffusionBackbone.from_pretrained",
-         _pickled_weights, ModelNotFoundError, r"unet holds diffusion_pytorch_model\.bin \(pickled\) but no \.safetensors file.*Convert it once"),
-    Case("hub-offline", "A hub id while offline", "`model=\"someone/some-sd\"` with HF_HUB_OFFLINE=1",
-         "resolve_model_folder via train_dg", lambda c: train(c, model="someone/some-sd"),
-         ModelNotFoundError, r"not in the local Hugging Face cache and HF_HUB_OFFLINE is set.*hf download"),
-    Case("checkpoint-config-mismatch", "A checkpoint from another configuration",
-         "`dg_checkpoint` written with consistency_weight 1, run with 3", "dg_trainer (notebook 03)",
-         _checkpoint_config_mismatch, ConfigMismatchError,
-         r"written by a run with another configuration \(fields \['consistency_weight', 'steps'\] differ\); delete it"),
-    Case("checkpoint-shape-mismatch", "A checkpoint whose shapes do not fit the model",
-         "the model folder was replaced by one of other widths", "Trainer.load_checkpoint (dg_trainer)",
-         _checkpoint_shape_mismatch, ConfigMismatchError, r"does not fit this model \(size mismatch.*delete it"),
-    Case("truncated-checkpoint", "A truncated checkpoint", "checkpoint.pt cut to half its bytes",
-         "train_dg (resume)", _truncated_checkpoint, CheckpointError,
-         r"cannot be read .*truncated or not a diffprompt DG checkpoint: delete it"),
-    Case("read-only-results", "A read-only results folder", "results/ with mode 0555",
-         "Run (every notebook's first cell), train_dg, check_targets", _read_only_results,
-         NotWritableError, r"is not writable: Permission denied; make it writable"),
-    Case("results-is-a-file", "A results path below a file", "`results_dir=\"some/file/sub\"`",
-         "Run", _results_is_a_file, NotWritableError, r"cannot be created: .* is not a folder"),
-    Case("tta-no-dg-model", "TTA without a trained DG model", "`-p dg_missing error`, nothing in results/",
-         "dg_trainer (notebook 03)", lambda c: _tta(c, missing="error"), FileNotFoundError,
-         r"no trained DG model for this configuration .*run notebook 02 with the same parameters"),
-    Case("unknown-device", "An unknown device", "`device=\"gpu\"`", "resolve_device via train_dg",
-         lambda c: train(c, device="gpu"), ValueError, r"unknown device 'gpu': use 'auto', 'cpu', 'cuda'"),
-    Case("cli-wrong-value", "A command-line value of the wrong type", "`python -m diffprompt.train steps=abc`",
-         "python -m diffprompt.train", lambda c: _cli(c, "steps=abc"), SystemExit,
-         r"error: steps must be a positive integer, got 'abc'"),
-    Case("cli-unknown-field", "A misspelt command-line field", "`python -m diffprompt.train stepz=5`",
-         "python -m diffprompt.train", lambda c: _cli(c, "stepz=5"), SystemExit,
-         r"error: unknown TrainConfig field 'stepz'\. Did you mean 'steps'"),
-]  # fmt: skip
+    Case(
+        "unknown-dataset",
+        "An unknown data set",
+        '`source="gta6"`',
+        "train_dg (notebook 02)",
+        lambda c: train(c, source="gta6"),
+        ValueError,
+        r"unknown data set 'gta6'.*Did you mean 'gta5'",
+    ),
+    Case(
+        "unknown-target",
+        "An unknown DG target",
+        '`targets=["citiscapes"]`',
+        "train_dg (notebook 02)",
+        lambda c: train(c, targets=("citiscapes",)),
+        ValueError,
+        r"unknown data set 'citiscapes'; valid names:.*Did you mean 'cityscapes'",
+    ),
+    Case(
+        "unknown-tta-target",
+        "An unknown TTA target",
+        "`-p target acdc_nite`",
+        "resolve_targets (notebook 03)",
+        lambda c: _tta(c, target="acdc_nite"),
+        ValueError,
+        r"unknown target 'acdc_nite'; valid targets:.*Did you mean 'acdc_night'",
+    ),
+    Case(
+        "unknown-backbone",
+        "An unknown backbone",
+        '`model="toy-sdd"`',
+        "DiffusionBackbone.from_pretrained via train_dg",
+        lambda c: train(c, model="toy-sdd"),
+        ModelNotFoundError,
+        r"no Stable Diffusion model folder at 'toy-sdd': pass an existing folder",
+    ),
+    Case(
+        "missing-data-root",
+        "A data root that does not exist",
+        '`data_root="/no/such/folder"`',
+        "resolve_data_root via train_dg",
+        lambda c: train(c, data_root=str(c.tmp / "nowhere")),
+        FileNotFoundError,
+        r"does not exist or is not a folder\. Pass the folder that holds",
+    ),
+    Case(
+        "missing-dataset-folder",
+        "A data set missing from the data root",
+        '`targets=["cityscapes", "darkzurich"]`, no dark_zurich/ under the root',
+        "Trainer preflight (evaluation sets are opened before training)",
+        _no_dataset_folder,
+        DatasetNotFoundError,
+        r"dark_zurich",
+    ),
+    Case(
+        "corrupted-image",
+        "A corrupted image",
+        "gta5/images/00002.png truncated",
+        "Trainer preflight (check_files)",
+        _corrupt_image,
+        DatasetError,
+        r"cannot read image .*00002\.png.*Replace these files",
+    ),
+    Case(
+        "label-wrong-size",
+        "A label of another size than its image",
+        "gta5/labels/00001.png 4 pixels wider",
+        "Trainer preflight (check_files)",
+        _label_wrong_size,
+        DatasetError,
+        rf"is {W + 4}x{H} \(WxH\) but its image .* is {W}x{H}",
+    ),
+    Case(
+        "label-outside-mapping",
+        "Label values outside the mapping",
+        "gta5/labels/00002.png holds id 250",
+        "Trainer preflight (check_files)",
+        _label_outside_mapping,
+        DatasetError,
+        r"holds values \[250\] outside.*strict_labels=False",
+    ),
+    Case(
+        "empty-split",
+        "An empty split",
+        "cityscapes/leftImg8bit/val/ holds no images",
+        "Trainer preflight (evaluation sets)",
+        _empty_split,
+        DatasetNotFoundError,
+        r"is empty",
+    ),
+    Case(
+        "unlabeled-eval-split",
+        "Evaluation on a split without labels",
+        '`target_split="test"`',
+        "Trainer preflight",
+        lambda c: train(c, target_split="test"),
+        ValueError,
+        r"has no labels to evaluate on; set target_split",
+    ),
+    Case(
+        "papermill-wrong-type",
+        "A papermill parameter of the wrong type",
+        "`-p steps abc`",
+        "check_parameters (first cell of every notebook)",
+        lambda c: _papermill(c, "02_dg_training.ipynb", "-p", "steps", "abc"),
+        ParameterError,
+        r"parameter 'steps' must be an integer \(steps: int\), got str 'abc'; pass e\.g\. -p steps",
+    ),
+    Case(
+        "papermill-unknown-parameter",
+        "A misspelt papermill parameter",
+        "`-p stepz 5`",
+        "check_parameters (first cell of every notebook)",
+        lambda c: _papermill(c, "03_tta.ipynb", "-p", "stepz", "5"),
+        ParameterError,
+        r"unknown parameter 'stepz'.*Did you mean 'steps'",
+    ),
+    Case(
+        "zero-steps",
+        "Zero steps",
+        "`steps=0`",
+        "check_config via train_dg",
+        lambda c: train(c, steps=0),
+        ValueError,
+        r"steps must be a positive integer, got 0",
+    ),
+    Case(
+        "negative-steps",
+        "Negative steps",
+        "`steps=-5`",
+        "check_config via train_dg",
+        lambda c: train(c, steps=-5),
+        ValueError,
+        r"steps must be a positive integer, got -5",
+    ),
+    Case(
+        "tta-zero-steps",
+        "Zero TTA steps",
+        "`-p steps 0` (notebook 03)",
+        "check_targets (notebook 03)",
+        lambda c: _tta(c, steps=0),
+        ValueError,
+        r"steps must be a positive integer, got 0",
+    ),
+    Case(
+        "probe-zero-images",
+        "A probe with no training images",
+        "`n_train=0` (notebook 01)",
+        "probe_sets (notebook 01)",
+        lambda c: _probe(c, n_train=0),
+        ValueError,
+        r"probe: n_train must be a positive integer, got 0",
+    ),
+    Case(
+        "gap-negative-lr",
+        "A negative learning rate",
+        "`gap` recipe `lr=-0.1` (notebook 00)",
+        "run_domain_gap (notebook 00)",
+        lambda c: _gap(c, lr=-0.1),
+        ValueError,
+        r"domain gap: lr must be a positive number, got -0\.1",
+    ),
+    Case(
+        "crop-larger-than-image",
+        "A crop larger than the image",
+        f"`crop=(16, 32)` on {H}x{W} images, `cache_features=False`",
+        "Trainer preflight (check_crop)",
+        lambda c: train(c, cache_features=False, crop=(16, 32)),
+        ValueError,
+        rf"crop 16x32 \(HxW\) is larger than the source images \({H}x{W} at the smallest\): use a crop of at most",
+    ),
+    Case(
+        "batch-not-divisible",
+        "A batch that does not split into micro-batches",
+        "`batch_size=6, grad_accum=4`",
+        "check_config via train_dg",
+        lambda c: train(c, batch_size=6, grad_accum=4),
+        ValueError,
+        r"batch_size 6 is not a multiple of grad_accum 4",
+    ),
+    Case(
+        "model-missing-component",
+        "A model folder missing a component",
+        "a diffusers folder without unet/",
+        "resolve_model_folder via train_dg",
+        _missing_component,
+        ModelNotFoundError,
+        r"lacks unet; a complete checkpoint folder holds vae, unet",
+    ),
+    Case(
+        "pickled-weights",
+        "A model whose weights are pickles, not safetensors",
+        "unet/diffusion_pytorch_model.bin only",
+        "DiffusionBackbone.from_pretrained",
+        _pickled_weights,
+        ModelNotFoundError,
+        r"unet holds diffusion_pytorch_model\.bin \(pickled\) but no \.safetensors file.*Convert it once",
+    ),
+    Case(
+        "hub-offline",
+        "A hub id while offline",
+        '`model="someone/some-sd"` with HF_HUB_OFFLINE=1',
+        "resolve_model_folder via train_dg",
+        lambda c: train(c, model="someone/some-sd"),
+        ModelNotFoundError,
+        r"not in the local Hugging Face cache and HF_HUB_OFFLINE is set.*hf download",
+    ),
+    Case(
+        "checkpoint-config-mismatch",
+        "A checkpoint from another configuration",
+        "`dg_checkpoint` written with consistency_weight 1, run with 3",
+        "dg_model (notebook 03)",
+        _checkpoint_config_mismatch,
+        ConfigMismatchError,
+        r"written by a run with another configuration \(fields \['consistency_weight', 'steps'\] differ\); delete it",
+    ),
+    Case(
+        "checkpoint-shape-mismatch",
+        "A checkpoint whose shapes do not fit the model",
+        "the model folder was replaced by one of other widths",
+        "load_dg_model (notebook 03)",
+        _checkpoint_shape_mismatch,
+        ConfigMismatchError,
+        r"does not fit this model \(size mismatch.*delete it",
+    ),
+    Case(
+        "truncated-checkpoint",
+        "A truncated checkpoint",
+        "checkpoint.pt cut to half its bytes",
+        "train_dg (resume)",
+        _truncated_checkpoint,
+        CheckpointError,
+        r"cannot be read .*truncated or not a diffprompt DG checkpoint: delete it",
+    ),
+    Case(
+        "read-only-results",
+        "A read-only results folder",
+        "results/ with mode 0555",
+        "Run (every notebook's first cell), train_dg, check_targets",
+        _read_only_results,
+        NotWritableError,
+        r"is not writable: Permission denied; make it writable",
+    ),
+    Case(
+        "results-is-a-file",
+        "A results path below a file",
+        '`results_dir="some/file/sub"`',
+        "Run",
+        _results_is_a_file,
+        NotWritableError,
+        r"cannot be created: .* is not a folder",
+    ),
+    Case(
+        "tta-no-dg-model",
+        "TTA without a trained DG model",
+        "`-p dg_missing error`, nothing in results/",
+        "dg_model (notebook 03)",
+        lambda c: _tta(c, missing="error"),
+        FileNotFoundError,
+        r"no trained DG model for this configuration .*run notebook 02 with the same parameters",
+    ),
+    Case(
+        "tta-no-scene-prompt",
+        "TTA from a DG model without a scene prompt",
+        "`-p prompt_mode category` (notebook 03)",
+        "check_targets (notebook 03)",
+        lambda c: _tta(c, prompt_mode="category"),
+        ValueError,
+        r"TTA learns the scene prompt, but the DG model is trained with prompt_mode='category'.*use fixed",
+    ),
+    Case(
+        "unknown-device",
+        "An unknown device",
+        '`device="gpu"`',
+        "resolve_device via train_dg",
+        lambda c: train(c, device="gpu"),
+        ValueError,
+        r"unknown device 'gpu': use 'auto', 'cpu', 'cuda'",
+    ),
+    Case(
+        "cli-wrong-value",
+        "A command-line value of the wrong type",
+        "`python -m diffprompt.dg steps=abc`",
+        "python -m diffprompt.dg",
+        lambda c: _cli(c, "steps=abc"),
+        SystemExit,
+        r"error: steps must be a positive integer, got 'abc'",
+    ),
+    Case(
+        "cli-unknown-field",
+        "A misspelt command-line field",
+        "`python -m diffprompt.dg stepz=5`",
+        "python -m diffprompt.dg",
+        lambda c: _cli(c, "stepz=5"),
+        SystemExit,
+        r"error: unknown TrainConfig field 'stepz'\. Did you mean 'steps'",
+    ),
+]
 
 MESSAGES: dict[str, tuple[str, str]] = {}  # id -> (exception type, normalised message)
 
@@ -365,8 +569,13 @@ def _files(folder: Path) -> list[Path]:
 
 
 def _normalise(msg: str, ctx: Ctx) -> str:
-    for path, name in ((ctx.results, "<results>"), (ctx.root, "<data>"), (ctx.model, "<model>"),
-                       (ctx.tmp, "<tmp>"), (REPO_ROOT, "<repo>")):  # fmt: skip
+    for path, name in (
+        (ctx.results, "<results>"),
+        (ctx.root, "<data>"),
+        (ctx.model, "<model>"),
+        (ctx.tmp, "<tmp>"),
+        (REPO_ROOT, "<repo>"),
+    ):
         msg = msg.replace(str(path), name)
     return re.sub(r"-[0-9a-f]{16}\b", "-<config hash>", msg)  # run folders hash the paths too
 
@@ -437,13 +646,22 @@ def render(messages: dict[str, tuple[str, str]]) -> str:
         "|---|---|---|---|---|",
     ]
     for i, c in enumerate(CASES, 1):
-        out.append(f"| {i} | [{c.title}](#{i}-{c.id}) | {c.given} | {c.where} | "
-                   f"`{messages[c.id][0]}` |")  # fmt: skip
+        out.append(
+            f"| {i} | [{c.title}](#{i}-{c.id}) | {c.given} | {c.where} | `{messages[c.id][0]}` |"
+        )
     out.append("")
     for i, c in enumerate(CASES, 1):
         kind, msg = messages[c.id]
-        out += [f"## {i}. {c.id}", "", f"{c.title}: {c.given}. Caught by {c.where}; raises "
-                f"`{kind}`:", "", "```text", msg, "```", ""]  # fmt: skip
+        out += [
+            f"## {i}. {c.id}",
+            "",
+            f"{c.title}: {c.given}. Caught by {c.where}; raises `{kind}`:",
+            "",
+            "```text",
+            msg,
+            "```",
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -465,15 +683,26 @@ def test_check_parameters_types_and_names():
     from diffprompt.preflight import check_parameters
 
     ann = {"steps": int, "lr": float, "targets": list, "retrain": bool, "name": str}
-    good = {"steps": 3, "lr": 1, "targets": ["a"], "retrain": False, "name": "x", "np": np,
-            "In": [], "_": None, "__annotations__": ann}  # fmt: skip
+    good = {
+        "steps": 3,
+        "lr": 1,
+        "targets": ["a"],
+        "retrain": False,
+        "name": "x",
+        "np": np,
+        "In": [],
+        "_": None,
+        "__annotations__": ann,
+    }
     assert check_parameters(good)["lr"] == 1.0 and isinstance(check_parameters(good)["lr"], float)
-    for bad, match in [({"steps": 1.5}, "'steps' must be an integer"),
-                       ({"steps": True}, "'steps' must be an integer"),
-                       ({"retrain": 1}, "'retrain' must be True or False"),
-                       ({"targets": "cityscapes"}, r"-y 'targets: \[\]'"),
-                       ({"lr": "fast"}, "'lr' must be a number"),
-                       ({"name": 5}, "'name' must be a string")]:  # fmt: skip
+    for bad, match in [
+        ({"steps": 1.5}, "'steps' must be an integer"),
+        ({"steps": True}, "'steps' must be an integer"),
+        ({"retrain": 1}, "'retrain' must be True or False"),
+        ({"targets": "cityscapes"}, r"-y 'targets: \[\]'"),
+        ({"lr": "fast"}, "'lr' must be a number"),
+        ({"name": 5}, "'name' must be a string"),
+    ]:
         with pytest.raises(ParameterError, match=match):
             check_parameters({**good, **bad})
     with pytest.raises(ParameterError, match="unknown parameter 'lrr'.*Did you mean 'lr'"):

@@ -1,6 +1,5 @@
 """The small CNN of the domain-gap check learns a task with a known answer."""
 
-import pandas as pd
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -41,13 +40,19 @@ def test_cnn_learns_colour_coded_classes():
 
 
 def test_gap_checks():
-    df = pd.DataFrame({"source-trained": [30.0, 20.0], "target-trained": [60.0, 55.0]},
-                      index=["cityscapes", "acdc_night"])  # fmt: skip
-    df["drop"] = df["target-trained"] - df["source-trained"]
-    assert gap_checks(df) == {"cityscapes_gap": True, "adverse_costs_more": True, "learnable": True}
-    df.loc["acdc_night", "source-trained"] = 35.0
-    df.loc["acdc_night", "target-trained"] = 45.0
-    assert gap_checks(df) == {
+    def rows(night_source, night_own):
+        values = {"cityscapes": (30.0, 60.0), "acdc_night": (night_source, night_own)}
+        return [
+            {"target": t, "source-trained": a, "target-trained": b, "drop": b - a}
+            for t, (a, b) in values.items()
+        ]
+
+    assert gap_checks(rows(20.0, 55.0)) == {
+        "cityscapes_gap": True,
+        "adverse_costs_more": True,
+        "learnable": True,
+    }
+    assert gap_checks(rows(35.0, 45.0)) == {
         "cityscapes_gap": True,
         "adverse_costs_more": False,
         "learnable": False,
@@ -55,7 +60,7 @@ def test_gap_checks():
 
 
 def test_stored_run_is_reused_only_for_the_same_key(mini_root, tmp_path):
-    from diffprompt.domain_gap import load_or_run_domain_gap, record_domain_gap
+    from diffprompt.experiments.data import load_or_run_domain_gap, record_domain_gap
     from diffprompt.results import Run
 
     cfg = GapConfig(steps=2, batch_size=2)
@@ -70,8 +75,9 @@ def test_stored_run_is_reused_only_for_the_same_key(mini_root, tmp_path):
     other = GapConfig(steps=3, batch_size=2)
     fresh = load_or_run_domain_gap(mini_root, "gta5", ["cityscapes"], other, tmp_path, **kw)
     assert "reused" not in fresh.attrs
-    no_reuse = load_or_run_domain_gap(mini_root, "gta5", ["cityscapes"], cfg, tmp_path,
-                                      reuse=False, **kw)  # fmt: skip
+    no_reuse = load_or_run_domain_gap(
+        mini_root, "gta5", ["cityscapes"], cfg, tmp_path, reuse=False, **kw
+    )
     assert "reused" not in no_reuse.attrs
     # the same seed on the same machine gives the same numbers
     assert no_reuse["source-trained"].tolist() == pytest.approx(first["source-trained"].tolist())

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from diffprompt.evaluate import ConfusionMatrix, confusion_matrix, mean_iou, per_class_iou
+from diffprompt.evaluate import (
+    ConfusionMatrix,
+    confusion_matrix,
+    mean_iou,
+    miou_rows,
+    per_class_iou,
+    predict_slide,
+    predict_whole,
+    window_starts,
+)
 from diffprompt.labels import SYNTHIA_EVAL_CLASSES
 
 
@@ -64,3 +73,30 @@ def test_bad_values_raise():
         confusion_matrix(torch.tensor([0]), torch.tensor([19]))
     with pytest.raises(ValueError, match="differ in size"):
         confusion_matrix(torch.tensor([0, 1]), torch.tensor([0]))
+
+
+def test_sliding_window_equals_whole_image_for_a_pointwise_model():
+    conv = torch.nn.Conv2d(3, 5, 1)
+    x = torch.rand(2, 3, 40, 70)
+    with torch.no_grad():
+        whole = predict_whole(conv, x, multiple=8)
+        slide = predict_slide(conv, x, crop=(16, 32), stride=(10, 21), num_classes=5, multiple=8)
+    torch.testing.assert_close(slide, whole)
+    assert window_starts(70, 32, 21) == [0, 21, 38] and window_starts(10, 16, 8) == [0]
+    with pytest.raises(ValueError, match="stride must be positive"):
+        predict_slide(conv, x, crop=(16, 32), stride=(0, 21), num_classes=5)
+
+
+def test_miou_rows_average_over_the_source_protocol_classes():
+    class Set:
+        eval_classes = tuple(range(19))
+
+    cm = ConfusionMatrix()
+    pred = torch.tensor([[0, 9, 13]])  # terrain (9) predicted where the label is car (13)
+    cm.update(pred, torch.tensor([[0, 13, 13]]))
+    sets = {"cityscapes": Set()}
+    (gta,) = miou_rows({"cityscapes": cm}, sets, "gta5", {"cityscapes": 1})
+    (syn,) = miou_rows({"cityscapes": cm}, sets, "synthia", {"cityscapes": 1})
+    assert gta == {"target": "cityscapes", "mIoU": cm.miou(range(19)), "images": 1, "classes": 19}
+    assert syn["classes"] == 16 and syn["mIoU"] == cm.miou(SYNTHIA_EVAL_CLASSES)
+    assert syn["mIoU"] != gta["mIoU"]  # terrain counts only outside the SYNTHIA protocol

@@ -1,16 +1,32 @@
 """The fast feature path equals the naive reference path; the benchmark follows the
 notebooks' defaults."""
 
+import ast
+
 import pytest
 import torch
 
-from diffprompt.train import TrainConfig
+from diffprompt import bench
+from diffprompt.build import build_model
+from diffprompt.cache import MEMORY, FeatureCache
+from diffprompt.data import build_dataset
+from diffprompt.dg.config import TrainConfig
+from diffprompt.experiments import notebook_defaults
+from diffprompt.experiments.dg import dg_config
+from diffprompt.experiments.tta import tta_configs, tta_dg_config
+from diffprompt.fastpath import (
+    attention_backends,
+    autocast,
+    fast_features,
+    naive_context,
+    naive_features,
+    to_channels_last,
+)
+from diffprompt.paths import NOTEBOOKS
 
 
 @pytest.fixture()
 def model(tiny_sd):
-    from diffprompt.train import build_model
-
     torch.manual_seed(0)
     return build_model(TrainConfig(model=str(tiny_sd), prompt_mode="fixed")).eval()
 
@@ -25,17 +41,17 @@ def _calls(module, counter, key):
 
 
 def test_fast_and_naive_paths_give_the_same_maps(model, mini_root):
-    from diffprompt.cache import MEMORY, FeatureCache
-    from diffprompt.data import build_dataset
-    from diffprompt.fastpath import fast_features, naive_features, to_channels_last
 
     ds = build_dataset("gta5", "train", mini_root)
     idx = [0, 1, 2]
     x = torch.stack([ds[i]["image"] for i in idx])
     bb = model.backbone
     calls = dict.fromkeys(("text", "vae", "conv_out"), 0)
-    hooks = [_calls(bb.text_encoder, calls, "text"), _calls(bb.vae.encoder, calls, "vae"),
-             _calls(bb.unet.conv_out, calls, "conv_out")]  # fmt: skip
+    hooks = [
+        _calls(bb.text_encoder, calls, "text"),
+        _calls(bb.vae.encoder, calls, "vae"),
+        _calls(bb.unet.conv_out, calls, "conv_out"),
+    ]
     naive = naive_features(model, x)
     assert calls["text"] > 0 and calls["vae"] == 1 and calls["conv_out"] == 1  # everything ran
     assert bb.truncate  # restored
@@ -60,19 +76,17 @@ def test_fast_and_naive_paths_give_the_same_maps(model, mini_root):
 
 
 def test_naive_context_recomputes_what_the_prompts_cache(model):
-    from diffprompt.fastpath import naive_context
 
     ref = model.context(2)
     got = naive_context(model, 2)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     texts = ["a photo at night", "a painting of a city"]
-    torch.testing.assert_close(naive_context(model, 2, texts), model.context(2, texts),
-                               atol=1e-5, rtol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        naive_context(model, 2, texts), model.context(2, texts), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_bf16_autocast_stays_close_and_sdpa_is_used(model, mini_root):
-    from diffprompt.data import build_dataset
-    from diffprompt.fastpath import attention_backends, autocast
 
     assert "AttnProcessor2_0" in attention_backends(model.backbone.unet)
     x = build_dataset("gta5", "train", mini_root)[0]["image"][None]
@@ -86,34 +100,28 @@ def test_bf16_autocast_stays_close_and_sdpa_is_used(model, mini_root):
 
 
 def test_gemm_peak_counts_two_flops_per_multiply_add(monkeypatch):
-    from diffprompt import bench
 
     monkeypatch.setattr(bench, "_timed", lambda fn, reps: 0.5)
     assert bench.gemm_peak(sizes=(64, 128), reps=1) == pytest.approx(2 * 128**3 / 0.5)
 
 
-def test_benchmark_follows_the_notebooks_defaults():
-    from pathlib import Path
-
+def test_notebook_defaults_are_read_from_the_parameters_cell(tmp_path):
+    """The benchmark builds its configurations from the notebooks' own defaults (no copy):
+    what papermill infers and what notebook_defaults reads agree, and a changed default
+    reaches the configuration."""
     import papermill as pm
 
-    from diffprompt import bench
-    from diffprompt.tta import TTAConfig
-
-    nb = Path(__file__).resolve().parent.parent / "notebooks"
-    p03 = {k: v["default"] for k, v in pm.inspect_notebook(str(nb / "03_tta.ipynb")).items()}
-    tta = TTAConfig()
-    for name in ("steps", "lr", "fit_images", "batch_size", "eval_images", "eval_every",
-                 "entropy_weight", "seed"):  # fmt: skip
-        assert float(p03[name]) == float(getattr(tta, name)), name
-    assert p03["source"].strip("\"'") == bench.NB03["source"]
-    assert int(p03["dg_max_train_images"]) == bench.NB03["dg_max_train_images"]
-    assert eval(p03["objectives"]) == list(bench.NB03["objectives"])
-    p02 = {k: v["default"] for k, v in
-           pm.inspect_notebook(str(nb / "02_dg_training.ipynb")).items()}  # fmt: skip
-    cfg = TrainConfig()
-    assert int(p02["max_train_images"]) == bench.NB02_TRAIN_IMAGES
-    for name in ("steps", "batch_size", "lr", "prompt_pool", "num_prompts",
-                 "consistency_weight", "vocabulary_size", "seed"):  # fmt: skip
-        assert float(p02[name]) == float(getattr(cfg, name)), name
-    assert int(p03["dg_steps"]) == cfg.steps and int(p03["dg_batch_size"]) == cfg.batch_size
+    for name in ("02_dg_training", "03_tta"):
+        inferred = pm.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb"))
+        read = notebook_defaults(name)
+        assert set(read) == set(inferred)
+        for key, value in read.items():
+            assert ast.literal_eval(inferred[key]["default"]) == value, (name, key)
+    nb03 = notebook_defaults("03_tta")
+    assert tta_dg_config(nb03).max_train_images == nb03["dg_max_train_images"]
+    assert tta_configs(nb03)["acdc_night"].steps == nb03["steps"]
+    text = (
+        (NOTEBOOKS / "02_dg_training.py").read_text().replace("steps: int = 120", "steps: int = 7")
+    )
+    (tmp_path / "02_dg_training.py").write_text(text)
+    assert dg_config(notebook_defaults("02_dg_training", tmp_path)).steps == 7

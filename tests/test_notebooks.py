@@ -51,16 +51,27 @@ def test_data_notebook_runs_headless(mini_root, tmp_path):
     pm.execute_notebook(
         str(ROOT / "notebooks" / "00_data.ipynb"),
         str(tmp_path / "00_data.ipynb"),
-        parameters=dict(data_root=str(mini_root), samples_per_domain=1, freq_images=2,
-                        gap_targets=["cityscapes", "acdc_night", "darkzurich"], gap_steps=2,
-                        gap_batch_size=2, gap_max_images=2, results_dir=str(out)),
+        parameters=dict(
+            data_root=str(mini_root),
+            samples_per_domain=1,
+            freq_images=2,
+            gap_targets=["cityscapes", "acdc_night", "darkzurich"],
+            gap_steps=2,
+            gap_batch_size=2,
+            gap_max_images=2,
+            results_dir=str(out),
+        ),
         kernel_name="python3",
         progress_bar=False,
-    )  # fmt: skip
+    )
     manifest = json.loads((out / "manifests" / "00_data.json").read_text())
     assert manifest["params"]["gap_steps"] == 2
-    for rel in ("tables/domain_gap.csv", "tables/class_frequencies.csv",
-                "figures/data_samples.png", "figures/class_frequencies.png"):  # fmt: skip
+    for rel in (
+        "tables/domain_gap.csv",
+        "tables/class_frequencies.csv",
+        "figures/data_samples.png",
+        "figures/class_frequencies.png",
+    ):
         assert rel in manifest["outputs"] and (out / rel).is_file()
     import pandas as pd
 
@@ -75,19 +86,37 @@ def test_embedded_model_notebook_retrains_and_measures(mini_root, tmp_path):
     pm.execute_notebook(
         str(ROOT / "notebooks" / "06_embedded_model.ipynb"),
         str(tmp_path / "06.ipynb"),
-        parameters=dict(data_root=str(mini_root), images=2, probe_steps=2, sample_steps=2,
-                        retrain=True, retrain_dir=str(model_dir), vae_steps=2, unet_steps=2,
-                        unet_stop=0, unet_batch=2, height=64, width=128, max_images=1,
-                        device="cpu", results_dir=str(out)),
+        parameters=dict(
+            data_root=str(mini_root),
+            images=2,
+            probe_steps=2,
+            sample_steps=2,
+            retrain=True,
+            retrain_dir=str(model_dir),
+            vae_steps=2,
+            unet_steps=2,
+            unet_stop=0,
+            unet_batch=2,
+            height=64,
+            width=128,
+            max_images=1,
+            device="cpu",
+            results_dir=str(out),
+        ),
         kernel_name="python3",
         progress_bar=False,
-    )  # fmt: skip
+    )
     assert (model_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     manifest = json.loads((out / "manifests" / "06_embedded_model.json").read_text())
-    for rel in ("tables/toy_sd_text_usage.csv", "tables/toy_sd_class_word_attention.csv",
-                "tables/toy_sd_vae_reconstruction.csv", "tables/toy_sd_probe.csv",
-                "figures/toy_sd_training.png", "figures/toy_sd_samples.png",
-                "figures/toy_sd_attention_maps.png"):  # fmt: skip
+    for rel in (
+        "tables/toy_sd_text_usage.csv",
+        "tables/toy_sd_class_word_attention.csv",
+        "tables/toy_sd_vae_reconstruction.csv",
+        "tables/toy_sd_probe.csv",
+        "figures/toy_sd_training.png",
+        "figures/toy_sd_samples.png",
+        "figures/toy_sd_attention_maps.png",
+    ):
         assert rel in manifest["outputs"] and (out / rel).is_file()
     import pandas as pd
 
@@ -107,17 +136,29 @@ def test_dg_training_notebook_trains_evaluates_and_writes(mini_root, tiny_sd, tm
     pm.execute_notebook(
         str(ROOT / "notebooks" / "02_dg_training.ipynb"),
         str(tmp_path / "02.ipynb"),
-        parameters=dict(data_root=str(mini_root), model=str(tiny_sd), steps=3, batch_size=2,
-                        max_train_images=4, max_eval_images=2, prompt_pool=3,
-                        targets=["cityscapes", "acdc_night"], results_dir=str(out)),
+        parameters=dict(
+            data_root=str(mini_root),
+            model=str(tiny_sd),
+            steps=3,
+            batch_size=2,
+            max_train_images=4,
+            max_eval_images=2,
+            prompt_pool=3,
+            targets=["cityscapes", "acdc_night"],
+            results_dir=str(out),
+        ),
         kernel_name="python3",
         progress_bar=False,
-    )  # fmt: skip
+    )
     tag = "gta5_random_consistency"
     manifest = json.loads((out / "manifests" / f"02_dg_training_{tag}.json").read_text())
     assert manifest["params"]["steps"] == 3 and manifest["config"]["steps"] == 3
-    for rel in (f"tables/dg_{tag}_miou.csv", f"tables/dg_{tag}_per_class.csv",
-                f"figures/dg_{tag}_predictions.png", f"figures/dg_{tag}_loss.png"):  # fmt: skip
+    for rel in (
+        f"tables/dg_{tag}_miou.csv",
+        f"tables/dg_{tag}_per_class.csv",
+        f"figures/dg_{tag}_predictions.png",
+        f"figures/dg_{tag}_loss.png",
+    ):
         assert rel in manifest["outputs"] and (out / rel).is_file()
     assert (out / "runs" / "dg" / manifest["checkpoint"] / "checkpoint.pt").is_file()
     import pandas as pd
@@ -134,14 +175,26 @@ def test_prompt_ablation_notebook_runs_every_cell_with_seeds(mini_root, tiny_sd,
     pm.execute_notebook(
         str(ROOT / "notebooks" / "04_prompt_ablations.ipynb"),
         str(tmp_path / "04.ipynb"),
-        parameters=dict(data_root=str(mini_root), model=str(tiny_sd), steps=2, batch_size=2,
-                        modes=["fixed", "random_consistency"], ks=[2], lambdas=[1.0, 0.1],
-                        vocab_sizes=[0], seeds=[0, 1], train_size=[32, 64], max_train_images=3,
-                        max_eval_images=2, prompt_pool=3, targets=["cityscapes"],
-                        results_dir=str(out)),
+        parameters=dict(
+            data_root=str(mini_root),
+            model=str(tiny_sd),
+            steps=2,
+            batch_size=2,
+            modes=["fixed", "random_consistency"],
+            ks=[2],
+            lambdas=[1.0, 0.1],
+            vocab_sizes=[0],
+            seeds=[0, 1],
+            train_size=[32, 64],
+            max_train_images=3,
+            max_eval_images=2,
+            prompt_pool=3,
+            targets=["cityscapes"],
+            results_dir=str(out),
+        ),
         kernel_name="python3",
         progress_bar=False,
-    )  # fmt: skip
+    )
     import pandas as pd
 
     runs = pd.read_csv(out / "tables" / "ablation_runs.csv")
@@ -158,25 +211,72 @@ def test_tta_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
     pm.execute_notebook(
         str(ROOT / "notebooks" / "03_tta.ipynb"),
         str(tmp_path / "03.ipynb"),
-        parameters=dict(target="acdc_fog", objectives=["denoise", "entropy", "both"],
-                        data_root=str(mini_root), model=str(tiny_sd), steps=2,
-                        fit_images=2, batch_size=2, eval_images=2, eval_every=1, dg_steps=2,
-                        dg_batch_size=2, results_dir=str(out)),
+        parameters=dict(
+            target="acdc_fog",
+            objectives=["denoise", "entropy", "both"],
+            data_root=str(mini_root),
+            model=str(tiny_sd),
+            steps=2,
+            fit_images=2,
+            batch_size=2,
+            eval_images=2,
+            eval_every=1,
+            dg_steps=2,
+            dg_batch_size=2,
+            results_dir=str(out),
+        ),
         kernel_name="python3",
         progress_bar=False,
-    )  # fmt: skip
+    )
     manifest = json.loads((out / "manifests" / "03_tta_acdc_fog.json").read_text())
     assert manifest["params"]["target"] == "acdc_fog" and manifest["fit_split"]
-    for rel in ("tables/tta_acdc_fog.csv", "tables/tta_acdc_fog_curve.csv",
-                "tables/tta_acdc_fog_nearest.csv", "figures/tta_acdc_fog_predictions.png",
-                "figures/tta_acdc_fog_curve.png"):  # fmt: skip
+    for rel in (
+        "tables/tta_acdc_fog.csv",
+        "tables/tta_acdc_fog_curve.csv",
+        "tables/tta_acdc_fog_nearest.csv",
+        "figures/tta_acdc_fog_predictions.png",
+        "figures/tta_acdc_fog_curve.png",
+    ):
         assert rel in manifest["outputs"] and (out / rel).is_file()
     import pandas as pd
 
     table = pd.read_csv(out / "tables" / "tta_acdc_fog.csv", index_col=0)
     assert len(table) == 6 and table["mIoU"].between(0, 100).all()
-    # the DG model was trained once, in results/runs/dg, and is reused by a second run
-    assert len(list((out / "runs" / "dg").iterdir())) == 1
+    assert list(table.columns) == ["setting", "mIoU", "fit images", "fit split"]
+    # the DG model was trained once, in results/runs/dg; a second run on another target
+    # finds it (dg_missing="error" refuses to train) and leaves its checkpoint untouched
+    (run_dir,) = (out / "runs" / "dg").iterdir()
+    checkpoint = run_dir / "checkpoint.pt"
+    written = checkpoint.stat().st_mtime_ns
+    second = pm.execute_notebook(
+        str(ROOT / "notebooks" / "03_tta.ipynb"),
+        str(tmp_path / "03b.ipynb"),
+        parameters=dict(
+            target="acdc_night",
+            objectives=["entropy"],
+            settings=["online"],
+            tent=False,
+            data_root=str(mini_root),
+            model=str(tiny_sd),
+            steps=1,
+            fit_images=2,
+            batch_size=2,
+            eval_images=2,
+            dg_steps=2,
+            dg_batch_size=2,
+            dg_missing="error",
+            results_dir=str(out),
+        ),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    printed = "".join(
+        o.get("text", "") for c in second["cells"] if c["cell_type"] == "code" for o in c["outputs"]
+    )
+    assert f"DG run {run_dir.name.rsplit('-', 1)[1]} step 2 of 2" in printed
+    assert checkpoint.stat().st_mtime_ns == written and len(list(run_dir.parent.iterdir())) == 1
+    online = pd.read_csv(out / "tables" / "tta_acdc_night.csv", index_col=0)
+    assert online.loc["TTA prompt: entropy", "setting"] == "online"
 
 
 def test_feature_probing_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
@@ -184,28 +284,50 @@ def test_feature_probing_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, 
     pm.execute_notebook(
         str(ROOT / "notebooks" / "01_feature_probing.ipynb"),
         str(tmp_path / "01.ipynb"),
-        parameters=dict(data_root=str(mini_root), model=str(tiny_sd), targets=["cityscapes",
-                        "acdc_night"], sweep_targets=["cityscapes"], seeds=[0, 1], n_train=3,
-                        n_eval=2, steps=3, supervised_steps=2, supervised_batch=2,
-                        timesteps=[1, 50], noise_timesteps=[50], gap_images=3,
-                        results_dir=str(out)),
+        parameters=dict(
+            data_root=str(mini_root),
+            model=str(tiny_sd),
+            targets=["cityscapes", "acdc_night"],
+            sweep_targets=["cityscapes"],
+            seeds=[0, 1],
+            n_train=3,
+            n_eval=2,
+            steps=3,
+            supervised_steps=2,
+            supervised_batch=2,
+            timesteps=[1, 50],
+            noise_timesteps=[50],
+            gap_images=3,
+            results_dir=str(out),
+        ),
         kernel_name="python3",
         progress_bar=False,
-    )  # fmt: skip
+    )
     manifest = json.loads((out / "manifests" / "01_feature_probing.json").read_text())
-    for rel in ("tables/probe_backbones.csv", "tables/probe_runs.csv", "tables/probe_sweeps.csv",
-                "tables/probe_gap_measures.csv", "tables/probe_gap_correlation.csv",
-                "figures/probe_sweeps.png", "figures/probe_gap_scatter.png",
-                "figures/probe_pca.png"):  # fmt: skip
+    for rel in (
+        "tables/probe_backbones.csv",
+        "tables/probe_runs.csv",
+        "tables/probe_sweeps.csv",
+        "tables/probe_gap_measures.csv",
+        "tables/probe_gap_correlation.csv",
+        "figures/probe_sweeps.png",
+        "figures/probe_gap_scatter.png",
+        "figures/probe_pca.png",
+    ):
         assert rel in manifest["outputs"] and (out / rel).is_file()
     import pandas as pd
 
     runs = pd.read_csv(out / "tables" / "probe_runs.csv")
-    assert set(runs["backbone"]) == {"diffusion (pretrained)", "supervised",
-                                     "supervised + photometric", "random"}  # fmt: skip
+    assert set(runs["backbone"]) == {
+        "diffusion (pretrained)",
+        "supervised",
+        "supervised + photometric",
+        "random",
+    }
     assert len(runs) == 4 * 2 and runs["source"].between(0, 100).all()
     sweeps = pd.read_csv(out / "tables" / "probe_sweeps.csv")
-    assert {"timestep (no noise)", "timestep (noised)", "decoder block", "text",
-            "features"} == set(sweeps["sweep"])  # fmt: skip
+    assert {"timestep (no noise)", "timestep (noised)", "decoder block", "text", "features"} == set(
+        sweeps["sweep"]
+    )
     gaps = pd.read_csv(out / "tables" / "probe_gap_measures.csv")
     assert gaps["CKA"].between(-1e-6, 1 + 1e-6).all()

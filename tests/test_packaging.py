@@ -46,6 +46,9 @@ def test_ci_runs_exactly_the_readme_test_command():
     setup = blocks[0].strip().splitlines()
     assert len(setup) == 2, "the README's set-up is two commands"
     test_cmd = setup[1].strip()
-    ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()
-          if ln.strip() and not ln.startswith("#") and not ln.startswith(("set ", "cd "))]  # fmt: skip
+    ci = [
+        ln.strip()
+        for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#") and not ln.startswith(("set ", "cd "))
+    ]
     assert ci == [test_cmd]

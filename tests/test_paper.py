@@ -8,7 +8,10 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from diffprompt.paper import PUBLISHED_ADVERSE, PUBLISHED_DG, TTA_TARGETS, paper_tables
+from diffprompt.benchmarks import GROUPS
+from diffprompt.paper import PUBLISHED_ADVERSE, PUBLISHED_DG, paper_tables
+
+TTA_TARGETS = GROUPS["adverse"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,27 +21,43 @@ def inputs(tmp_path) -> Path:
     """A results folder holding the five tables notebooks 01-04 write, with known values."""
     t = tmp_path / "results" / "tables"
     t.mkdir(parents=True)
-    pd.DataFrame({"backbone": ["diffusion (pretrained)", "supervised", "random"],
-                  "source": ["40.00 ± 1.00", "30.00 ± 0.50", "20.00 ± 0.10"],
-                  "cityscapes": ["35.00 ± 1.00", "25.00 ± 0.50", "18.00 ± 0.10"],
-                  "target mean": ["30.00 ± 1.00", "20.00 ± 0.50", "15.00 ± 0.10"],
-                  "drop": ["10.00 ± 0.20", "10.00 ± 0.30", "5.00 ± 0.00"],
-                  "seeds": [3, 3, 3]}).to_csv(t / "probe_backbones.csv", index=False)  # fmt: skip
-    pd.DataFrame({"target": ["gta5 (source val)", "cityscapes", "bdd100k", "mapillary"],
-                  "mIoU": [41.0, 39.5, 34.25, 32.0]}).to_csv(t / "dg_gta5_random_consistency_miou.csv",
-                                                             index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "backbone": ["diffusion (pretrained)", "supervised", "random"],
+            "source": ["40.00 ± 1.00", "30.00 ± 0.50", "20.00 ± 0.10"],
+            "cityscapes": ["35.00 ± 1.00", "25.00 ± 0.50", "18.00 ± 0.10"],
+            "target mean": ["30.00 ± 1.00", "20.00 ± 0.50", "15.00 ± 0.10"],
+            "drop": ["10.00 ± 0.20", "10.00 ± 0.30", "5.00 ± 0.00"],
+            "seeds": [3, 3, 3],
+        }
+    ).to_csv(t / "probe_backbones.csv", index=False)
+    pd.DataFrame(
+        {
+            "target": ["gta5 (source val)", "cityscapes", "bdd100k", "mapillary"],
+            "mIoU": [41.0, 39.5, 34.25, 32.0],
+        }
+    ).to_csv(t / "dg_gta5_random_consistency_miou.csv", index=False)
     pd.DataFrame({"target": ["synthia (source val)", "cityscapes"], "mIoU": [50.0, 27.5]}).to_csv(
-        t / "dg_synthia_random_consistency_miou.csv", index=False)  # fmt: skip
-    pd.DataFrame({"group": ["mode", "mode", "K"], "setting": ["null", "random_consistency", "4"],
-                  "cityscapes mean": [31.5, 30.25, 30.0], "cityscapes std": [1.5, 1.0, np.nan],
-                  "target mean mean": [24.0, 23.0, 23.5], "target mean std": [0.5, 0.25, np.nan],
-                  "seeds": [3, 3, 1]}).to_csv(t / "ablation_summary.csv", index=False)  # fmt: skip
+        t / "dg_synthia_random_consistency_miou.csv", index=False
+    )
+    pd.DataFrame(
+        {
+            "group": ["mode", "mode", "K"],
+            "setting": ["null", "random_consistency", "4"],
+            "cityscapes mean": [31.5, 30.25, 30.0],
+            "cityscapes std": [1.5, 1.0, np.nan],
+            "target mean mean": [24.0, 23.0, 23.5],
+            "target mean std": [0.5, 0.25, np.nan],
+            "seeds": [3, 3, 1],
+        }
+    ).to_csv(t / "ablation_summary.csv", index=False)
     summary = pd.DataFrame(
         [[30.0, 20.0, 25.0, 15.0, 22.0], [31.0, 21.0, 25.0, 16.0, 23.0]],
         index=["no adaptation", "TTA prompt: denoise"],
         columns=list(TTA_TARGETS),
     )
     summary["mean"] = summary.mean(axis=1)
+    summary.insert(0, "id", ["none", "prompt_denoise"])
     summary.to_csv(t / "tta_summary.csv")
     return tmp_path / "results"
 
@@ -49,8 +68,12 @@ def test_tables_take_the_measured_numbers_and_label_published_rows(inputs):
     t2, note = tables["T2_dg"]
     ours = t2.iloc[0]
     assert ours["rows"].startswith("measured (miniature, toy-sd)")
-    assert [ours["GTA5→Cityscapes"], ours["GTA5→BDD100K"], ours["GTA5→Mapillary"],
-            ours["SYNTHIA→Cityscapes (16)"]] == [39.5, 34.25, 32.0, 27.5]  # fmt: skip
+    assert [
+        ours["GTA5→Cityscapes"],
+        ours["GTA5→BDD100K"],
+        ours["GTA5→Mapillary"],
+        ours["SYNTHIA→Cityscapes (16)"],
+    ] == [39.5, 34.25, 32.0, 27.5]
     published = t2[t2["rows"].str.startswith("published: ")]
     assert len(published) == len(PUBLISHED_DG)
     assert published.loc["Rein", "GTA5→BDD100K"] == 60.4
@@ -62,6 +85,7 @@ def test_tables_take_the_measured_numbers_and_label_published_rows(inputs):
     measured = t4[t4["rows"].str.startswith("measured")]
     assert measured.loc["TTA prompt: denoise", "mean"] == pytest.approx(23.2)
     assert measured.loc["no adaptation", "setting"] == "DG"
+    assert measured.loc["TTA prompt: denoise", "setting"] == "TTA"  # from the id, not the label
     assert len(t4) == 2 + len(PUBLISHED_ADVERSE)
     assert t4.loc["this paper (DG), SD", "darkzurich"] == 37.0
     assert "not comparable" in note4
@@ -86,9 +110,13 @@ def test_tta_summary_without_an_adverse_target_is_a_clear_error(inputs):
 
 
 def test_paper_tables_notebook_writes_every_format_and_a_figure(inputs, tmp_path):
-    pm.execute_notebook(str(ROOT / "notebooks" / "05_paper_tables.ipynb"),
-                        str(tmp_path / "05.ipynb"), parameters=dict(results_dir=str(inputs)),
-                        kernel_name="python3", progress_bar=False)  # fmt: skip
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "05_paper_tables.ipynb"),
+        str(tmp_path / "05.ipynb"),
+        parameters=dict(results_dir=str(inputs)),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     manifest = json.loads((inputs / "manifests" / "05_paper_tables.json").read_text())
     for name in ("T1_backbones", "T2_dg", "T3_ablation", "T4_tta"):
         for ext in ("csv", "md", "tex"):
@@ -104,8 +132,9 @@ def test_paper_tables_notebook_writes_every_format_and_a_figure(inputs, tmp_path
     assert t2.loc["ours: random_consistency", "GTA5→Cityscapes"] == 39.5
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")),
-                         ids=lambda p: p.stem)  # fmt: skip
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem
+)
 def test_help_notebook_lists_every_parameter_with_type_and_help(path):
     params = pm.inspect_notebook(str(path))
     assert params
@@ -122,14 +151,17 @@ def test_help_notebook_lists_every_parameter_with_type_and_help(path):
 def test_explorer_callbacks_update_the_views(tiny_sd, mini_root):
     import torch
 
+    from diffprompt.build import build_model
     from diffprompt.data import build_dataset
-    from diffprompt.train import TrainConfig, build_model
+    from diffprompt.dg.config import TrainConfig
     from diffprompt.viz import Explorer, feature_pca_image, to_uint8_image
 
     torch.manual_seed(0)
     model = build_model(TrainConfig(model=str(tiny_sd), prompt_mode="fixed"))
-    sets = {"cityscapes": build_dataset("cityscapes", "val", mini_root),
-            "acdc_night": build_dataset("acdc_night", "val", mini_root)}  # fmt: skip
+    sets = {
+        "cityscapes": build_dataset("cityscapes", "val", mini_root),
+        "acdc_night": build_dataset("acdc_night", "val", mini_root),
+    }
     ex = Explorer(model, sets, "a photo of a street", timesteps=(1, 400))
     assert ex.views == 1 and set(ex.current) == {"image", "label", "prediction", "pca"}
     h, w = sets["cityscapes"][0]["image"].shape[-2:]
@@ -158,8 +190,10 @@ def test_explorer_is_lazy_about_ipywidgets():
     import subprocess
     import sys
 
-    code = ("import sys, diffprompt.viz, diffprompt.paper, diffprompt.tta; "
-            "print('ipywidgets' in sys.modules)")  # fmt: skip
+    code = (
+        "import sys, diffprompt.viz, diffprompt.paper, diffprompt.tta; "
+        "print('ipywidgets' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -10,20 +10,22 @@ from diffprompt import labels
 from diffprompt.backbones.tokenizer import build_clip_tokenizer
 from diffprompt.prompts import (
     SCENE_VOCABULARY,
-    TEMPLATES,
     LearnableScenePrompt,
     PromptConfig,
     Prompts,
     TextAdapter,
     assemble_conditioning,
+    prompt_corpus,
+    sample_scene_prompts,
+)
+from diffprompt.text import (
+    TEMPLATES,
     category_embeddings,
     category_fingerprint,
     clear_category_cache,
     encode_scene,
     encode_texts,
     null_conditioning,
-    prompt_corpus,
-    sample_scene_prompts,
 )
 
 L, D = 32, 32  # the tiny tokenizer's model length and the tiny encoder's width
@@ -279,42 +281,42 @@ def test_assemble_conditioning():
 @pytest.mark.parametrize(
     ("cfg", "n"),
     [
-        (PromptConfig(mode="null"), L),
-        (PromptConfig(mode="category", num_templates=2), 19),
-        (PromptConfig(mode="scene", num_templates=2), 19 + L),
-        (PromptConfig(mode="scene", num_templates=2, trim_scene=True), 19 + 9),
+        (PromptConfig(tokens="null"), L),
+        (PromptConfig(tokens="category", num_templates=2), 19),
+        (PromptConfig(tokens="scene", num_templates=2), 19 + L),
+        (PromptConfig(tokens="scene", num_templates=2, trim_scene=True), 19 + 9),
         (
-            PromptConfig(mode="scene", num_templates=2, learnable_scene=True, trim_scene=True),
+            PromptConfig(tokens="scene", num_templates=2, learnable_scene=True, trim_scene=True),
             19 + 9,
         ),
     ],
 )
-def test_prompts_modes(encoder, tok, cfg, n):
+def test_prompts_tokens(encoder, tok, cfg, n):
     prompts = Prompts(encoder, tok, labels.CLASSES, cfg)
     out = prompts(4)
     assert out.shape == (4, n, D) and prompts.num_tokens == n
-    assert prompts.category_slice == (None if cfg.mode == "null" else slice(0, 19))
+    assert prompts.category_slice == (None if cfg.tokens == "null" else slice(0, 19))
     names = {name.split(".")[0] for name, _ in prompts.named_parameters()}
     assert names == {"null": set(), "category": {"adapter"}}.get(
-        cfg.mode, {"adapter", "scene_prompt"} if cfg.learnable_scene else {"adapter"}
+        cfg.tokens, {"adapter", "scene_prompt"} if cfg.learnable_scene else {"adapter"}
     )
     assert {k.split(".")[0] for k in prompts.state_dict()} == names  # no encoder weights
     assert not any(m is encoder for m in prompts.modules())
-    if cfg.mode == "null":
+    if cfg.tokens == "null":
         torch.testing.assert_close(out, null_conditioning(encoder, tok, 4))
         return
     category = category_embeddings(encoder, tok, labels.CLASSES, num_templates=2)
     torch.testing.assert_close(
         out[:, prompts.category_slice], prompts.adapter(category).expand(4, -1, -1)
     )
-    if cfg.mode == "scene":
+    if cfg.tokens == "scene":
         scene = encode_scene(encoder, tok, cfg.scene_text, trim=cfg.trim_scene)
         torch.testing.assert_close(out[:, 19:], scene.expand(4, -1, -1))
 
 
 def test_prompts_without_adapter_give_the_category_embeddings(encoder, tok):
     prompts = Prompts(
-        encoder, tok, FEW, PromptConfig(mode="category", num_templates=2, adapter=False)
+        encoder, tok, FEW, PromptConfig(tokens="category", num_templates=2, adapter=False)
     )
     assert list(prompts.parameters()) == []
     torch.testing.assert_close(

@@ -1,7 +1,7 @@
 """Reliability: a run killed with SIGKILL resumes to the same result, the same seed gives the
 same numbers, 2 processes train as 1, manifests hold what a rerun needs, loading is safe.
 
-The training runs go through the command line (``python -m diffprompt.train``, and
+The training runs go through the command line (``python -m diffprompt.dg``, and
 ``torchrun`` for two processes), each in a fresh process on one thread, as a user runs them.
 """
 
@@ -20,29 +20,55 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffprompt.dg.checkpoint import read_checkpoint
 from diffprompt.paths import REPO_ROOT
-from diffprompt.train import load_checkpoint_file
 
 STEPS = 24
 KILL_AT = 10  # SIGKILL when the log shows this step (checkpoints every 4 steps)
 
 
 def _args(mini_root: Path, tiny_sd: Path, **over) -> list[str]:
-    base = dict(data_root=mini_root, model=tiny_sd, steps=STEPS, batch_size=4,
-                max_train_images=8, max_eval_images=4, targets="cityscapes", fpn_width=8,
-                head_width=8, warmup=2, ckpt_every=4, log_every=1, progress="log",
-                prompt_pool=3, device="cpu", dropout=0.0, seed=0)  # fmt: skip
+    base = dict(
+        data_root=mini_root,
+        model=tiny_sd,
+        steps=STEPS,
+        batch_size=4,
+        max_train_images=8,
+        max_eval_images=4,
+        targets="cityscapes",
+        fpn_width=8,
+        head_width=8,
+        warmup=2,
+        ckpt_every=4,
+        log_every=1,
+        progress="log",
+        prompt_pool=3,
+        device="cpu",
+        dropout=0.0,
+        seed=0,
+    )
     return [f"{k}={v}" for k, v in {**base, **over}.items()]
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-            "DIFFPROMPT_PROGRESS": "log"}  # fmt: skip
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "DIFFPROMPT_PROGRESS": "log",
+    }
 
 
 def _train(args: list[str], results: Path, launcher: list[str] | None = None) -> str:
-    cmd = [*(launcher or [sys.executable]), "-m", "diffprompt.train", *args, "--results",
-           str(results)]  # fmt: skip
+    cmd = [
+        *(launcher or [sys.executable]),
+        "-m",
+        "diffprompt.dg",
+        *args,
+        "--results",
+        str(results),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     return p.stdout
@@ -55,7 +81,7 @@ def _table(stdout: str) -> str:
 
 def _checkpoint(results: Path) -> dict:
     (path,) = (results / "runs" / "dg").glob("*/checkpoint.pt")
-    return load_checkpoint_file(path)
+    return read_checkpoint(path)
 
 
 def _head(results: Path) -> dict[str, torch.Tensor]:
@@ -73,14 +99,22 @@ def reference(tmp_path_factory, mini_root, tiny_sd):
     return out, _train(_args(mini_root, tiny_sd), out)
 
 
-def test_sigkill_mid_run_then_rerun_resumes_to_the_same_metrics(reference, mini_root, tiny_sd,
-                                                                tmp_path):  # fmt: skip
+def test_sigkill_mid_run_then_rerun_resumes_to_the_same_metrics(
+    reference, mini_root, tiny_sd, tmp_path
+):
     ref, ref_out = reference
     part = tmp_path / "results"
-    cmd = [sys.executable, "-m", "diffprompt.train", *_args(mini_root, tiny_sd), "--results",
-           str(part)]  # fmt: skip
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=_env())  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffprompt.dg",
+        *_args(mini_root, tiny_sd),
+        "--results",
+        str(part),
+    ]
+    p = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env()
+    )
     seen = []
     for line in p.stdout:
         seen.append(line)
@@ -106,8 +140,7 @@ def test_sigkill_mid_run_then_rerun_resumes_to_the_same_metrics(reference, mini_
         assert torch.equal(_head(part)[k], v), k
 
 
-def test_same_seed_same_machine_identical_miou_and_weights(reference, mini_root, tiny_sd,
-                                                          tmp_path):  # fmt: skip
+def test_same_seed_same_machine_identical_miou_and_weights(reference, mini_root, tiny_sd, tmp_path):
     ref, ref_out = reference
     out = _train(_args(mini_root, tiny_sd), tmp_path / "again")
     assert _table(out) == _table(ref_out)
@@ -135,8 +168,11 @@ def test_two_gloo_processes_train_as_one(reference, mini_root, tiny_sd, tmp_path
     two = tmp_path / "two"
     (two / "runs").mkdir(parents=True)
     shutil.copytree(ref / "runs" / "cache", two / "runs" / "cache")  # the same frozen features
-    out = _train(_args(mini_root, tiny_sd), two,
-                 launcher=[str(torchrun), "--standalone", "--nproc_per_node", "2"])  # fmt: skip
+    out = _train(
+        _args(mini_root, tiny_sd),
+        two,
+        launcher=[str(torchrun), "--standalone", "--nproc_per_node", "2"],
+    )
     assert re.search(r"on 2 process\(es\) \(cpu(:\d)?\), 2 image\(s\) per process", out), out[
         -2000:
     ]
@@ -206,9 +242,10 @@ def test_every_torch_load_is_weights_only_and_nothing_trusts_remote_code():
                 if f.value.id == "torch":
                     loads += 1
                     kw = {k.arg: k.value for k in call.keywords}
-                    ok = isinstance(kw.get("weights_only"), ast.Constant) and kw[
-                        "weights_only"
-                    ].value is True  # fmt: skip
+                    ok = (
+                        isinstance(kw.get("weights_only"), ast.Constant)
+                        and kw["weights_only"].value is True
+                    )
                     assert ok, f"{path}:{call.lineno}: torch.load without weights_only=True"
         for node in ast.walk(tree):
             if isinstance(node, ast.keyword) and node.arg == "trust_remote_code":
@@ -233,9 +270,10 @@ def test_every_weight_loading_from_pretrained_asks_for_safetensors():
             if owner in NO_WEIGHTS or owner in ("DiffusionBackbone", "cls", "self"):
                 continue  # DiffusionBackbone.from_pretrained is checked through its own calls
             kw = {k.arg: k.value for k in call.keywords}
-            assert isinstance(kw.get("use_safetensors"), ast.Constant) and kw[
-                "use_safetensors"
-            ].value is True, f"{path}:{call.lineno}: {owner}.from_pretrained without use_safetensors=True"  # fmt: skip
+            assert (
+                isinstance(kw.get("use_safetensors"), ast.Constant)
+                and kw["use_safetensors"].value is True
+            ), f"{path}:{call.lineno}: {owner}.from_pretrained without use_safetensors=True"
             n += 1
     assert n >= 5
 
@@ -243,8 +281,11 @@ def test_every_weight_loading_from_pretrained_asks_for_safetensors():
 def test_comparator_loader_asks_for_safetensors():
     """comparators._load calls ``cls.from_pretrained`` (skipped above): check it by source."""
     src = (REPO_ROOT / "diffprompt" / "backbones" / "comparators.py").read_text()
-    call = next(c for c in _calls(ast.parse(src), "from_pretrained")
-                if getattr(c.func.value, "id", "") == "cls")  # fmt: skip
+    call = next(
+        c
+        for c in _calls(ast.parse(src), "from_pretrained")
+        if getattr(c.func.value, "id", "") == "cls"
+    )
     assert any(k.arg == "use_safetensors" and k.value.value is True for k in call.keywords)
 
 

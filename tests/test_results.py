@@ -6,7 +6,8 @@ import os
 import pandas as pd
 import pytest
 
-from diffprompt.results import Run, atomic_path, atomic_write_text
+from diffprompt.io import atomic_path, atomic_write_text, git_info
+from diffprompt.results import Run
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
@@ -39,8 +40,6 @@ def test_run_writes_tables_and_manifest(tmp_path):
 
 def test_dirty_flag_ignores_run_outputs(tmp_path):
     import subprocess
-
-    from diffprompt.results import git_info
 
     def git(*a):
         subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)

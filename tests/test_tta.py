@@ -1,32 +1,60 @@
 """Test-time adaptation of the scene prompt, on a tiny random-weight SD model."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from diffprompt.train import TrainConfig, Trainer
+from diffprompt.build import build_model
+from diffprompt.data import build_dataset
+from diffprompt.dg.checkpoint import ConfigMismatchError, load_dg_model, save_checkpoint
+from diffprompt.dg.config import TrainConfig, config_hash
+from diffprompt.dg.runs import dg_run_dir, train_dg
+from diffprompt.experiments.tta import (
+    METHODS,
+    dg_model,
+    paper_setting,
+    run_target,
+    summary_table,
+    target_table,
+)
 from diffprompt.tta import (
-    TARGETS,
     PromptTTA,
     TTAConfig,
     check_tta,
     denoising_loss,
-    dg_trainer,
     fit_split,
-    resolve_targets,
-    run_target,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def quiet(_):
+    pass
+
+
 @pytest.fixture(scope="module")
-def trained(tiny_sd, mini_root, tmp_path_factory):
-    cfg = TrainConfig(model=str(tiny_sd), data_root=str(mini_root), steps=2, batch_size=2,
-                      max_train_images=4, targets=(), fpn_width=8, head_width=8, prompt_pool=3,
-                      progress="log", prompt_mode="fixed")  # fmt: skip
-    t = Trainer(cfg, tmp_path_factory.mktemp("dg") / "run", log=lambda s: None)
-    t.fit()
-    return t
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_sd, mini_root, results):
+    cfg = TrainConfig(
+        model=str(tiny_sd),
+        data_root=str(mini_root),
+        steps=2,
+        batch_size=2,
+        max_train_images=4,
+        targets=(),
+        fpn_width=8,
+        head_width=8,
+        prompt_pool=3,
+        progress="log",
+        prompt_mode="fixed",
+    )
+    train_dg(cfg, results, log=quiet)
+    return dg_model(cfg, results, missing="error")
 
 
 def _snapshot(module):
@@ -34,14 +62,17 @@ def _snapshot(module):
 
 
 def test_a_tta_step_changes_only_the_prompt_words(trained):
-    from diffprompt.data import build_dataset
-
-    tta = PromptTTA(trained, TTAConfig(target="acdc_night"), log=lambda s: None)
+    tta = PromptTTA(trained.model, TTAConfig(target="acdc_night"), trained.cache, log=quiet)
     assert tta.trainable() == [tta.words]
     ds = build_dataset("acdc_night", "test", trained.root)
-    mods = {"head": tta.tta_model.head, "unet": trained.model.backbone.unet,
-            "vae": trained.model.backbone.vae, "text": trained.model.backbone.text_encoder,
-            "dg head": trained.model.head}  # fmt: skip
+    bb = trained.model.backbone
+    mods = {
+        "head": tta.tta_model.head,
+        "unet": bb.unet,
+        "vae": bb.vae,
+        "text": bb.text_encoder,
+        "dg head": trained.model.head,
+    }
     before = {n: _snapshot(m) for n, m in mods.items()}
     words = tta.words.detach().clone()
     opt = torch.optim.Adam([tta.words], lr=1e-2)
@@ -55,19 +86,17 @@ def test_a_tta_step_changes_only_the_prompt_words(trained):
 
 
 def test_denoise_lowers_the_diffusion_loss_on_the_target(trained):
-    from diffprompt.data import build_dataset
-
-    cfg = TTAConfig(target="acdc_night", steps=15, lr=5e-2, batch_size=2, fit_images=2,
-                    eval_every=0)  # fmt: skip
-    tta = PromptTTA(trained, cfg, log=lambda s: None)
+    cfg = TTAConfig(target="acdc_night", steps=15, lr=5e-2, batch_size=2, fit_images=2)
+    tta = PromptTTA(trained.model, cfg, log=quiet)  # no cache: latents encoded each time
     fit = build_dataset("acdc_night", "test", trained.root)
     idx = [0, 1]
     z = tta.latents(fit, idx)
 
     def loss():
+        ctx = tta.tta_model.context(2)
         with torch.no_grad():
-            return sum(denoising_loss(trained.model.backbone, z, tta.tta_model.context(2),
-                                      torch.Generator().manual_seed(s)).item() for s in range(4))  # fmt: skip
+            draws = [torch.Generator().manual_seed(s) for s in range(4)]
+            return sum(denoising_loss(trained.model.backbone, z, ctx, g).item() for g in draws)
 
     start = loss()
     ev = build_dataset("acdc_night", "val", trained.root)
@@ -76,72 +105,107 @@ def test_denoise_lowers_the_diffusion_loss_on_the_target(trained):
     assert [c["step"] for c in curve] == [0, 15] and 0 <= cm.miou() <= 100
 
 
+def test_the_tta_model_starts_as_the_dg_model(trained):
+    tta = PromptTTA(trained.model, TTAConfig(target="acdc_night"), trained.cache, log=quiet)
+    ds = build_dataset("acdc_night", "val", trained.root)
+    assert torch.equal(tta.predict(tta.tta_model, ds, [0, 1]), tta.predict(tta.dg, ds, [0, 1]))
+    text = "a photo of an urban street scene at night"
+    zero_shot = tta.with_scene_text(text)
+    assert zero_shot.prompts.cfg.scene_text == text
+    torch.testing.assert_close(zero_shot.context(1)[:, :19], trained.model.context(1)[:, :19])
+    assert not torch.allclose(zero_shot.context(1), trained.model.context(1))
+
+
 def test_run_target_writes_every_row(trained):
-    cfg = TTAConfig(target="acdc_night", steps=2, batch_size=2, fit_images=2, eval_images=2,
-                    eval_every=1)  # fmt: skip
+    cfg = TTAConfig(
+        target="acdc_night", steps=2, batch_size=2, fit_images=2, eval_images=2, eval_every=1
+    )
     before = _snapshot(trained.model)
-    res = run_target(trained, cfg, modes=("offline", "online"), log=lambda s: None)
-    methods = [(r["method"], r["mode"]) for r in res["table"]]
-    assert methods[:3] == [("no adaptation", "-"),
-                           ('hand-written prompt "a photo of an urban street scene at night"', "-"),
-                           ("TENT (normalisation affine)", "offline")]  # fmt: skip
-    assert len(methods) == 3 + 3 * 2
+    res = run_target(trained, cfg, settings=("offline", "online"), log=quiet)
+    rows = [(r["id"], r["setting"]) for r in res["rows"]]
+    assert rows[:3] == [("none", "-"), ("target_prompt", "-"), ("tent", "offline")]
+    assert len(rows) == 3 + 3 * 2 and {m for m, _ in rows} <= set(METHODS)
+    assert (
+        res["rows"][1]["method"]
+        == 'hand-written prompt "a photo of an urban street scene at night"'
+    )
     assert res["fit_split"] == "test (unlabeled)"
+    assert [r["fit images"] for r in res["rows"][:4]] == [0, 0, 2, 2]
     assert {r["objective"] for r in res["curves"]} == {"denoise", "entropy", "both"}
     near = res["nearest"]["denoise"]
     assert [r["init word"] for r in near] == ["a", "photo", "of", "an", "urban", "street", "scene"]
+    assert len(res["examples"]) == len(rows)
+    table = target_table(res)
+    assert list(table.columns) == ["setting", "mIoU", "fit images", "fit split"]
+    assert table["fit split"].tolist()[:3] == ["-", "-", "test (unlabeled)"]
     # TENT and the prompt adapted copies: the DG model is untouched
     after = _snapshot(trained.model)
     assert all(torch.equal(before[k], after[k]) for k in after)
 
 
-def test_targets_splits_and_errors(trained, mini_root):
-    from diffprompt.data import DATASETS
-
-    assert resolve_targets("all") == list(TARGETS) and resolve_targets("acdc_fog") == ["acdc_fog"]
-    assert resolve_targets("adverse") == ["acdc_fog", "acdc_night", "acdc_rain", "acdc_snow",
-                                          "darkzurich"]  # fmt: skip
-    assert resolve_targets(["adverse", "acdc_fog", "cityscapes"])[-1] == "cityscapes"  # no repeat
-    with pytest.raises(ValueError, match="valid targets.*Did you mean 'acdc_night'"):
-        resolve_targets("acdc_nite")
-    assert fit_split(DATASETS["darkzurich"], mini_root)[0] == "train"  # unlabeled in reality
-    assert fit_split(DATASETS["cityscapes"], mini_root)[1].startswith("train (labels unused")
+def test_splits_and_errors(trained, mini_root, tiny_sd):
+    assert fit_split("darkzurich", mini_root)[0] == "train"  # unlabeled in reality
+    assert fit_split("cityscapes", mini_root)[1].startswith("train (labels unused")
     with pytest.raises(ValueError, match="valid targets.*Did you mean 'acdc_night'"):
         check_tta(TTAConfig(target="acdc_nite"), ["denoise"], ["offline"])
     with pytest.raises(ValueError, match="unknown TTA objective"):
         check_tta(TTAConfig(), ["denoising"], ["offline"])
+    with pytest.raises(ValueError, match="unknown TTA setting"):
+        check_tta(TTAConfig(), ["denoise"], ["streaming"])
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         check_tta(TTAConfig(steps=0), ["denoise"], ["offline"])
-    null = Trainer(TrainConfig(model=trained.cfg.model, data_root=str(mini_root), targets=(),
-                               prompt_mode="null", fpn_width=8, head_width=8), None)  # fmt: skip
-    with pytest.raises(ValueError, match="no scene prompt"):
+    null = build_model(TrainConfig(model=str(tiny_sd), prompt_mode="null", fpn_width=8))
+    with pytest.raises(ValueError, match="no scene prompt|has none"):
         PromptTTA(null, TTAConfig())
 
 
-def test_dg_trainer_missing_and_mismatched_checkpoints(trained, tmp_path):
-    import dataclasses
-
-    from diffprompt.train import ConfigMismatchError
-
+def test_dg_models_from_results_or_a_checkpoint(trained, results, tmp_path):
     cfg = dataclasses.replace(trained.cfg, steps=3)
     with pytest.raises(FileNotFoundError, match="run notebook 02"):
-        dg_trainer(cfg, tmp_path, missing="error")
+        dg_model(cfg, tmp_path, missing="error")
+    path = dg_run_dir(trained.cfg, results) / "checkpoint.pt"
     with pytest.raises(ConfigMismatchError, match="steps"):
-        dg_trainer(cfg, tmp_path, checkpoint=str(trained.ckpt_path))
-    t = dg_trainer(trained.cfg, tmp_path, checkpoint=str(trained.ckpt_path))
-    assert t.state.step == 2
+        dg_model(cfg, tmp_path, checkpoint=str(path))
+    relabelled = _relabelled_checkpoint(path, cfg, tmp_path)
+    with pytest.raises(ValueError, match="stopped at step 2 of 3"):
+        load_dg_model(cfg, relabelled)
+    loaded = dg_model(trained.cfg, tmp_path, checkpoint=str(path))
+    assert loaded.step == 2 and loaded.hash == trained.hash
+    for k, v in trained.model.head.state_dict().items():
+        assert torch.equal(v, loaded.model.head.state_dict()[k]), k
+
+
+def _relabelled_checkpoint(path, cfg, tmp_path):
+    """The checkpoint of a 2-step run re-labelled with the hash of ``cfg`` (3 steps)."""
+    d = torch.load(path, weights_only=True)
+    d["config_hash"] = config_hash(cfg)
+    return save_checkpoint(tmp_path / "relabelled.pt", d)
 
 
 def test_summary_table_keeps_the_row_order_and_joins_the_hand_written_prompts():
-    import pandas as pd
+    def result(text, values):
+        ids = ["none", "target_prompt", "prompt_denoise", "prompt_denoise"]
+        settings = ["-", "-", "offline", "online"]
+        labels = ["no adaptation", f'hand-written prompt "{text}"', "TTA prompt: denoise"] * 2
+        return {
+            "rows": [
+                {"id": i, "method": m, "setting": s, "mIoU": v}
+                for i, m, s, v in zip(ids, labels, settings, values, strict=False)
+            ]
+        }
 
-    from diffprompt.tta import summary_table
-
-    def table(text, values):
-        idx = ["no adaptation", f'hand-written prompt "{text}"', "TTA prompt: denoise"]
-        return pd.DataFrame({"mode": ["-", "-", "offline"], "mIoU": values}, index=idx)
-
-    out = summary_table({"acdc_fog": table("in fog", [1.0, 2.0, 3.0]),
-                         "acdc_night": table("at night", [4.0, 5.0, 7.0])})  # fmt: skip
-    assert list(out.index) == ["no adaptation", "hand-written target prompt", "TTA prompt: denoise"]
-    assert out.loc["hand-written target prompt"].tolist() == [2.0, 5.0, 3.5]
+    out = summary_table(
+        {
+            "acdc_fog": result("in fog", [1.0, 2.0, 3.0, 4.0]),
+            "acdc_night": result("at night", [4.0, 5.0, 7.0, 8.0]),
+        }
+    )
+    assert list(out.index) == [
+        "no adaptation",
+        "hand-written target prompt",
+        "TTA prompt: denoise",
+        "TTA prompt: denoise (online)",
+    ]
+    assert list(out.columns) == ["id", "acdc_fog", "acdc_night", "mean"]
+    assert out.loc["hand-written target prompt"].tolist() == ["target_prompt", 2.0, 5.0, 3.5]
+    assert [paper_setting(i) for i in out["id"]] == ["DG", "DG", "TTA", "TTA"]

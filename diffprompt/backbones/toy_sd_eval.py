@@ -506,8 +506,8 @@ def write_card(folder: Path, results: Path | None = None) -> Path:
     import json
 
     from diffprompt.backbones.toy_sd import load_training_record
-    from diffprompt.paths import results_root
     from diffprompt.io import atomic_write_text
+    from diffprompt.paths import results_root
 
     root = Path(results) if results else results_root()
     t = root / "tables"

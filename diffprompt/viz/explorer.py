@@ -13,9 +13,15 @@ from PIL import Image
 from diffprompt.viz.images import feature_pca_image, overlay, to_uint8_image
 
 
-def explorer_view(model, dataset, index: int, scene_text: str | None = None,
-                  timestep: int | None = None, feature_map: str | None = None,
-                  alpha: float = 0.5) -> dict[str, np.ndarray]:  # fmt: skip
+def explorer_view(
+    model,
+    dataset,
+    index: int,
+    scene_text: str | None = None,
+    timestep: int | None = None,
+    feature_map: str | None = None,
+    alpha: float = 0.5,
+) -> dict[str, np.ndarray]:
     """Return the explorer's pictures of image ``index`` of ``dataset`` under ``model`` (a
     :class:`diffprompt.model.SegModel`): ``image``, ``label`` (ground-truth overlay),
     ``prediction`` (prediction overlay) and ``pca`` (feature PCA of ``feature_map``, default
@@ -44,10 +50,12 @@ def explorer_view(model, dataset, index: int, scene_text: str | None = None,
     if name not in feats:
         raise ValueError(f"no feature map {name!r}: choose one of {sorted(feats)}")
     size = tuple(image.shape[-2:])
-    return {"image": to_uint8_image(sample["image"]),
-            "label": overlay(sample["image"], sample["mask"], alpha),
-            "prediction": overlay(sample["image"], logits[0].argmax(0), alpha),
-            "pca": feature_pca_image(feats[name][0], size)}  # fmt: skip
+    return {
+        "image": to_uint8_image(sample["image"]),
+        "label": overlay(sample["image"], sample["mask"], alpha),
+        "prediction": overlay(sample["image"], logits[0].argmax(0), alpha),
+        "pca": feature_pca_image(feats[name][0], size),
+    }
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -66,8 +74,14 @@ class Explorer:
     setting the controls' values yourself.
     """
 
-    def __init__(self, model, datasets: Mapping[str, object], scene_text: str = "",
-                 timesteps: Sequence[int] = (1, 50, 100, 200, 400, 700), feature_map=None):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        datasets: Mapping[str, object],
+        scene_text: str = "",
+        timesteps: Sequence[int] = (1, 50, 100, 200, 400, 700),
+        feature_map=None,
+    ):
         try:
             import ipywidgets as W
         except ImportError as e:  # pragma: no cover - depends on the environment
@@ -82,18 +96,26 @@ class Explorer:
         first = next(iter(self.datasets))
         self.dataset = W.Dropdown(options=list(self.datasets), value=first, description="data")
         self.index = W.IntSlider(0, 0, len(self.datasets[first]) - 1, description="image")
-        self.prompt = W.Text(scene_text, description="prompt", continuous_update=False,
-                             placeholder="empty: the model's own prompt")  # fmt: skip
-        self.timestep = W.SelectionSlider(options=[int(t) for t in timesteps],
-                                          value=int(timesteps[0]), description="timestep")  # fmt: skip
+        self.prompt = W.Text(
+            scene_text,
+            description="prompt",
+            continuous_update=False,
+            placeholder="empty: the model's own prompt",
+        )
+        self.timestep = W.SelectionSlider(
+            options=[int(t) for t in timesteps], value=int(timesteps[0]), description="timestep"
+        )
         self.images = {k: W.Image(format="png") for k in ("image", "label", "prediction", "pca")}
         self.status = W.Label()
         cells = [W.VBox([W.Label(k), im]) for k, im in self.images.items()]
-        self.widget = W.VBox([W.HBox([self.dataset, self.index]),
-                              W.HBox([self.prompt, self.timestep]),
-                              W.GridBox(cells, layout=W.Layout(
-                                  grid_template_columns="repeat(2, 1fr)")),
-                              self.status])  # fmt: skip
+        self.widget = W.VBox(
+            [
+                W.HBox([self.dataset, self.index]),
+                W.HBox([self.prompt, self.timestep]),
+                W.GridBox(cells, layout=W.Layout(grid_template_columns="repeat(2, 1fr)")),
+                self.status,
+            ]
+        )
         self.dataset.observe(self._on_dataset, names="value")
         for w in (self.index, self.prompt, self.timestep):
             w.observe(lambda _change: self.update(), names="value")
@@ -108,15 +130,22 @@ class Explorer:
 
     def update(self) -> dict[str, np.ndarray]:
         """Recompute the pictures for the controls' current values and show them."""
-        view = explorer_view(self.model, self.datasets[self.dataset.value], self.index.value,
-                             self.prompt.value or None, self.timestep.value,
-                             self.feature_map)  # fmt: skip
+        view = explorer_view(
+            self.model,
+            self.datasets[self.dataset.value],
+            self.index.value,
+            self.prompt.value or None,
+            self.timestep.value,
+            self.feature_map,
+        )
         for k, im in self.images.items():
             im.value = _png(view[k])
         self.views += 1
         self.current = view
-        self.status.value = (f"{self.dataset.value} #{self.index.value} · prompt "
-                             f"{self.prompt.value or '(model default)'!r} · t={self.timestep.value}")  # fmt: skip
+        self.status.value = (
+            f"{self.dataset.value} #{self.index.value} · prompt "
+            f"{self.prompt.value or '(model default)'!r} · t={self.timestep.value}"
+        )
         return view
 
     def _ipython_display_(self):  # pragma: no cover - needs a frontend

@@ -65,8 +65,9 @@ def sample_grid(rows: Mapping[str, Sequence[dict]], alpha: float = 0.5, width: f
     n_cols = max(len(s) for s in rows.values()) * 2
     first = next(iter(rows.values()))[0]["image"]
     h, w = first.shape[-2:]
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, width / n_cols * n_rows * h / w * 1.25),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(width, width / n_cols * n_rows * h / w * 1.25), squeeze=False
+    )
     for r, (title, samples) in enumerate(rows.items()):
         for c, s in enumerate(samples):
             ax_img, ax_lab = axes[r, 2 * c], axes[r, 2 * c + 1]
@@ -84,8 +85,9 @@ def sample_grid(rows: Mapping[str, Sequence[dict]], alpha: float = 0.5, width: f
     return fig
 
 
-def panel_grid(rows: Mapping[str, Sequence[np.ndarray]], columns: Sequence[str],
-               width: float = 12.0):  # fmt: skip
+def panel_grid(
+    rows: Mapping[str, Sequence[np.ndarray]], columns: Sequence[str], width: float = 12.0
+):
     """Return a matplotlib figure of image panels: one row per key of ``rows`` (its title on
     the left), one column per entry of ``columns`` (titles on top); each panel an (H, W, 3)
     uint8 array (e.g. image, ground-truth overlay, prediction overlays)."""
@@ -94,8 +96,9 @@ def panel_grid(rows: Mapping[str, Sequence[np.ndarray]], columns: Sequence[str],
     n_rows, n_cols = len(rows), len(columns)
     first = next(iter(rows.values()))[0]
     h, w = first.shape[:2]
-    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False,
-                             figsize=(width, width / n_cols * n_rows * h / w * 1.15))  # fmt: skip
+    fig, axes = plt.subplots(
+        n_rows, n_cols, squeeze=False, figsize=(width, width / n_cols * n_rows * h / w * 1.15)
+    )
     for r, (title, panels) in enumerate(rows.items()):
         for c, panel in enumerate(panels):
             ax = axes[r, c]

@@ -200,9 +200,7 @@ def pca_figure(
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for di, name in enumerate(names):
         m = domains == di
-        axes[0].scatter(
-            points[m, 0], points[m, 1], s=2, alpha=0.4, color=f"C{di % 10}", label=name
-        )
+        axes[0].scatter(points[m, 0], points[m, 1], s=2, alpha=0.4, color=f"C{di % 10}", label=name)
     axes[0].legend(fontsize=7, markerscale=5)
     axes[0].set_title(f"{title}: by domain", fontsize=9)
     axes[1].scatter(points[:, 0], points[:, 1], s=2, alpha=0.4, c=PALETTE[classes] / 255.0)
