@@ -241,7 +241,11 @@ def _cli(ctx: Ctx, *overrides: str) -> None:
 
 
 def _tta(
-    ctx: Ctx, target: str = "acdc_night", missing: str = "train", prompt_mode: str = "fixed", **over
+    ctx: Ctx,
+    target: str = "acdc_night",
+    missing: str = "train",
+    prompt_mode: str = "random_consistency",
+    **over,
 ) -> None:
     """What notebook 03 runs before it loads or trains the DG model."""
     targets = resolve_targets(target)

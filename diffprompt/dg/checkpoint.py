@@ -116,15 +116,16 @@ def load_dg_model(
     reusing ``backbone`` when given) and the checkpoint's head and prompts loaded into it.
 
     The checkpoint must have been written under ``cfg`` (else ConfigMismatchError names the
-    fields that differ) and have reached ``cfg.steps`` (else a ValueError says to finish
-    the run first)."""
+    fields that differ), fit the model's shapes (else ConfigMismatchError names the first
+    mismatch) and have reached ``cfg.steps`` (else a ValueError says to finish the run
+    first)."""
     d = read_checkpoint(path, cfg)
+    model = build_model(cfg, device, backbone)
+    load_trainable(model, d["model"], path, cfg)
     step = checkpoint_step(d)
     if step < cfg.steps:
         raise ValueError(
             f"checkpoint {path} stopped at step {step} of {cfg.steps}: finish the run first "
             "(notebook 02)"
         )
-    model = build_model(cfg, device, backbone)
-    load_trainable(model, d["model"], path, cfg)
     return model.eval()
