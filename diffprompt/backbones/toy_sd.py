@@ -385,7 +385,7 @@ def encode_latents(
 
 def tokenize(tokenizer, texts: Sequence[str], device) -> torch.Tensor:
     """Return input ids (N, L) padded to the tokenizer's max length, on ``device``."""
-    from diffprompt.prompts import tokenize as _tokenize
+    from diffprompt.text import tokenize as _tokenize
 
     return _tokenize(tokenizer, texts).to(device)
 

@@ -83,7 +83,7 @@ def class_word_maps(bb: DiffusionBackbone, images: torch.Tensor, prompt: str | N
     mean over its word's tokens, summed over the UNet blocks that have cross-attention,
     each resized to the image.
     """
-    from diffprompt.prompts import encode_texts, word_positions
+    from diffprompt.text import encode_texts, word_positions
 
     prompt = prompt or class_prompt()
     n_ctx = bb.tokenizer.model_max_length
@@ -476,7 +476,7 @@ def evidence_probe(bb: DiffusionBackbone, root, steps: int = 300, n_train: int =
                    n_eval: int = 64, seed: int = 0) -> pd.DataFrame:  # fmt: skip
     """Linear-probe mIoU of the pretrained UNet and of the same UNet with random weights."""
     from diffprompt.data import build_dataset
-    from diffprompt.prompts import encode_texts
+    from diffprompt.text import encode_texts
 
     train, val = build_dataset("gta5", "train", root), build_dataset("gta5", "val", root)
     ctx = encode_texts(bb.text_encoder, bb.tokenizer, [""]).last_hidden_state

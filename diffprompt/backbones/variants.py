@@ -83,7 +83,7 @@ def train_supervised(
     linear head on its feature maps is trained jointly with cross-entropy and discarded.
     ``cfg.photometric`` augments the inputs photometrically (so that a comparison with the
     diffusion UNet, which saw every domain's images, is not won by exposure alone)."""
-    from diffprompt.prompts import encode_texts
+    from diffprompt.text import encode_texts
 
     cfg = cfg or SupervisedConfig()
     out = random_unet(bb, cfg.seed)

@@ -33,7 +33,7 @@ def config_of(cls: type[T], params: Mapping[str, Any], **values: Any) -> T:
     """Return the dataclass ``cls`` with every field that ``params`` (e.g. a notebook's
     parameters) names set from it, and ``values`` on top; other parameters are ignored."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in params.items() if k in names}, **values)
+    return cls(**{**{k: v for k, v in params.items() if k in names}, **values})
 
 
 def notebook_defaults(name: str, folder: str | Path = NOTEBOOKS) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from diffprompt.dg.config import TrainConfig, check_config, config_dict, source_
 from diffprompt.dg.data import image_transform
 from diffprompt.dg.runs import train_dg
 from diffprompt.dg.sampling import prompt_pool
+from diffprompt.experiments import config_of
 from diffprompt.paths import cache_dir
 from diffprompt.results import format_mean_std
 from diffprompt.runtime import resolve_device
@@ -28,28 +29,16 @@ Cell = tuple[str, str, dict]
 
 
 def ablation_base(params: Mapping[str, Any]) -> TrainConfig:
-    """Return the grid's base configuration from notebook 04's parameters: its data, model,
-    head and optimisation parameters, the first of ``ks``, ``lambdas`` and ``vocab_sizes``,
-    no source evaluation and no intermediate checkpoints."""
-    p = params
-    return TrainConfig(
-        source=p["source"],
-        targets=tuple(p["targets"]),
-        data_root=p["data_root"],
-        model=p["model"],
-        steps=p["steps"],
-        batch_size=p["batch_size"],
-        lr=p["lr"],
-        train_size=tuple(p["train_size"]) or None,
-        fpn_width=p["fpn_width"],
-        head_width=p["head_width"],
-        prompt_pool=p["prompt_pool"],
-        num_prompts=p["ks"][0],
-        consistency_weight=p["lambdas"][0],
-        vocabulary_size=p["vocab_sizes"][0],
-        max_train_images=p["max_train_images"],
-        max_eval_images=p["max_eval_images"],
-        device=p["device"],
+    """Return the grid's base configuration from notebook 04's parameters: every parameter
+    named like a TrainConfig field, the first of ``ks``, ``lambdas`` and ``vocab_sizes``, no
+    source evaluation and no intermediate checkpoints."""
+    return config_of(
+        TrainConfig,
+        params,
+        train_size=tuple(params["train_size"]) or None,
+        num_prompts=params["ks"][0],
+        consistency_weight=params["lambdas"][0],
+        vocabulary_size=params["vocab_sizes"][0],
         eval_source=False,
         log_every=50,
         ckpt_every=0,

@@ -16,6 +16,7 @@ from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.variants import SupervisedConfig, random_unet, train_supervised
 from diffprompt.data import build_dataset
 from diffprompt.data.roots import resolve_data_root
+from diffprompt.experiments import config_of
 from diffprompt.labels import NUM_CLASSES
 from diffprompt.probing import (
     Features,
@@ -43,17 +44,7 @@ SAW = {
 def probe_config(params: Mapping[str, Any]) -> ProbeConfig:
     """Return the ProbeConfig of notebook 01's parameters (its seed: the first of
     ``seeds``)."""
-    p = params
-    return ProbeConfig(
-        source=p["source"],
-        targets=tuple(p["targets"]),
-        data_root=p["data_root"],
-        n_train=p["n_train"],
-        n_eval=p["n_eval"],
-        steps=p["steps"],
-        lr=p["lr"],
-        seed=p["seeds"][0],
-    )
+    return config_of(ProbeConfig, params, seed=params["seeds"][0])
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from diffprompt.dg.checkpoint import CHECKPOINT, load_dg_model
 from diffprompt.dg.config import RANDOM_MODES, TrainConfig, check_config, config_from, config_hash
 from diffprompt.dg.data import image_transform
 from diffprompt.dg.runs import dg_run_dir, train_dg
+from diffprompt.experiments import config_of
 from diffprompt.model import SegModel
 from diffprompt.paths import cache_dir, results_root
 from diffprompt.preflight import check_files, check_writable
@@ -78,25 +79,11 @@ def tta_dg_config(params: Mapping[str, Any]) -> TrainConfig:
 
 
 def tta_configs(params: Mapping[str, Any]) -> dict[str, TTAConfig]:
-    """Return {target: TTAConfig} of notebook 03's parameters, one per target that
-    ``target`` names (a target, a group such as "adverse", or "all")."""
-    p = params
-    return {
-        t: TTAConfig(
-            target=t,
-            source=p["source"],
-            steps=p["steps"],
-            lr=p["lr"],
-            fit_images=p["fit_images"],
-            batch_size=p["batch_size"],
-            eval_images=p["eval_images"],
-            eval_every=p["eval_every"],
-            entropy_weight=p["entropy_weight"],
-            seed=p["seed"],
-            gradient_checkpointing=p["gradient_checkpointing"],
-        )
-        for t in resolve_targets(p["target"])
-    }
+    """Return {target: TTAConfig} of notebook 03's parameters (every parameter named like a
+    TTAConfig field), one per target that ``target`` names (a target, a group such as
+    "adverse", or "all")."""
+    targets = resolve_targets(params["target"])
+    return {t: config_of(TTAConfig, params, target=t) for t in targets}
 
 
 def check_targets(
