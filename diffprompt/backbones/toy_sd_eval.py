@@ -29,13 +29,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
-from diffprompt.backbones.toy_sd import DEMO_CAPTIONS, paired_losses
+from diffprompt.backbones.toy_sd_recipe import paired_losses
 from diffprompt.backbones.variants import random_unet
 from diffprompt.evaluate import ConfusionMatrix
 from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
 
 #: How each class is named inside a prompt that lists all 19 (as the captions name them).
 CLASS_WORDS = CLASSES
+
+#: Captions used to show what the model learned (sampled-conditions figure).
+DEMO_CAPTIONS = (
+    "a photo of a street scene in daylight showing road, building, vegetation and sky, "
+    "with two cars",
+    "a photo of a street scene at night showing road, building and sky, with two cars",
+    "a photo of a street scene in fog showing road, building, vegetation and sky, with a bus",
+    "a photo of a street scene in snow showing road, building, vegetation and sky, with a car",
+    "a photo of a street scene in the rain showing road, building and sky, with trees",
+    "a rendered street scene in daylight showing road, building, vegetation and sky, "
+    "with many cars",
+)
 
 
 def _stack(dataset, n: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
