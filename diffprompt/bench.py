@@ -152,7 +152,7 @@ def sd15_backbone(folder: str | os.PathLike, cfg=None, seed: int = 0):
         tok,
         sched,
         cfg,
-        source="sd15-architecture (random weights)",
+        origin="sd15-architecture (random weights)",
     )
 
 

@@ -76,7 +76,7 @@ class Features:
     """
 
     def __init__(self, backbone, prompts=None, cache_folder=None, name: str = ""):
-        self.name = name or getattr(backbone, "source", type(backbone).__name__)
+        self.name = name or getattr(backbone, "origin", type(backbone).__name__)
         self.model = SegModel(backbone, nn.Identity(), prompts)
         self.cache = FeatureCache(self.model, cache_folder)
 

@@ -406,7 +406,7 @@ class PromptTTA:
                 bb.tokenizer,
                 bb.scheduler,
                 copy.deepcopy(bb.cfg),
-                source=bb.source,
+                origin=bb.origin,
             )
         model = SegModel(bb, copy.deepcopy(dg.head), dg.prompts)
         norms = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d)

@@ -55,16 +55,17 @@ params = check_parameters(globals())  # a wrong type or an unknown parameter sto
 # %%
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.hub import resolve_model_folder
-from diffprompt.backbones.toy_sd import DEMO_CAPTIONS, ToySDConfig, load_training_record, pretrain
+from diffprompt.backbones.toy_sd import ToySDConfig, load_training_record, pretrain
 from diffprompt.backbones.toy_sd_eval import (
+    DEMO_CAPTIONS,
     evidence_attention,
     evidence_probe,
     evidence_text,
     evidence_vae,
-    record,
     sample_figure,
     sample_images,
     training_figure,
+    write_table,
 )
 from diffprompt.data.roots import resolve_data_root
 from diffprompt.experiments import config_of
@@ -103,7 +104,7 @@ run.figure(fig, "toy_sd_training", formats=("png",), dpi=100)
 # lower loss (0.5 would mean the text is ignored).
 
 # %%
-record(run, "toy_sd_text_usage", evidence_text(bb, root, images, seed))
+write_table(run, "toy_sd_text_usage", evidence_text(bb, root, images, seed))
 
 # %% [markdown]
 # ## Do class words bind to regions?
@@ -113,14 +114,14 @@ record(run, "toy_sd_text_usage", evidence_text(bb, root, images, seed))
 # %%
 att, fig = evidence_attention(bb, root, images, seed)
 run.figure(fig, "toy_sd_attention_maps", formats=("png",), dpi=90)
-record(run, "toy_sd_class_word_attention", att)
+write_table(run, "toy_sd_class_word_attention", att)
 
 # %% [markdown]
 # ## What the VAE keeps of each class
 # Reconstruction PSNR per class on GTA5 val (the 4x-vs-8x choice is argued in the model card).
 
 # %%
-record(run, "toy_sd_vae_reconstruction", evidence_vae(bb, root, images, compare_vaes))
+write_table(run, "toy_sd_vae_reconstruction", evidence_vae(bb, root, images, compare_vaes))
 
 # %% [markdown]
 # ## Features against random weights
@@ -128,7 +129,7 @@ record(run, "toy_sd_vae_reconstruction", evidence_vae(bb, root, images, compare_
 # random weights (same VAE and text encoder), trained on GTA5 train, scored on GTA5 val.
 
 # %%
-record(run, "toy_sd_probe", evidence_probe(bb, root, probe_steps, seed=seed))
+write_table(run, "toy_sd_probe", evidence_probe(bb, root, probe_steps, seed=seed))
 
 # %% [markdown]
 # ## Images sampled from captions

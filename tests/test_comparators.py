@@ -32,8 +32,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _clip_vision_config():
-    return T.CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=4,
-                              num_attention_heads=2, patch_size=8, image_size=64)  # fmt: skip
+    return T.CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        patch_size=8,
+        image_size=64,
+    )
 
 
 def _make(kind: str):
@@ -46,20 +52,36 @@ def _make(kind: str):
         cfg = T.ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1])
         return T.ConvNextForImageClassification(cfg)
     if kind == "swin":
-        cfg = T.SwinConfig(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
-                           image_size=64, window_size=4)  # fmt: skip
+        cfg = T.SwinConfig(
+            embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], image_size=64, window_size=4
+        )
         return T.SwinForImageClassification(cfg)
     if kind == "dinov2":
-        cfg = T.Dinov2Config(hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
-                             mlp_ratio=2, patch_size=8, image_size=64)  # fmt: skip
+        cfg = T.Dinov2Config(
+            hidden_size=16,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            mlp_ratio=2,
+            patch_size=8,
+            image_size=64,
+        )
         return T.Dinov2Model(cfg)
     if kind == "clip":  # a full CLIP checkpoint, like openai/clip-vit-base-patch16
-        text = T.CLIPTextConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
-                                num_hidden_layers=1, num_attention_heads=2,
-                                max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                                pad_token_id=1)  # fmt: skip
-        cfg = T.CLIPConfig(text_config=text.to_dict(),
-                           vision_config=_clip_vision_config().to_dict(), projection_dim=8)  # fmt: skip
+        text = T.CLIPTextConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+        vision = _clip_vision_config()
+        cfg = T.CLIPConfig(
+            text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=8
+        )
         return T.CLIPModel(cfg)
     if kind == "clip_vision_model":
         return T.CLIPVisionModel(_clip_vision_config())
@@ -117,8 +139,12 @@ def _reference(kind, model, x, layers):
         hs = model.convnext(x, output_hidden_states=True).hidden_states
         return [_channel_norm(hs[i], 1e-6) for i in layers]
     if kind == "swin":
-        out = model.swin(x, output_hidden_states=True, always_partition=True,
-                         output_hidden_states_before_downsampling=True)  # fmt: skip
+        out = model.swin(
+            x,
+            output_hidden_states=True,
+            always_partition=True,
+            output_hidden_states_before_downsampling=True,
+        )
         return [_channel_norm(out.reshaped_hidden_states[i], 1e-5) for i in layers]
     grid = (x.shape[2] // 8, x.shape[3] // 8)
     if kind == "dinov2":
@@ -260,8 +286,9 @@ def test_swin_and_convnext_added_norms_are_identity_affine(saved):
 
 
 def test_resnet_downsample_in_first_stage_strides(tmp_path):
-    cfg = T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                         downsample_in_first_stage=True)  # fmt: skip
+    cfg = T.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], downsample_in_first_stage=True
+    )
     T.ResNetModel(cfg).save_pretrained(tmp_path)
     bb = build_comparator(tmp_path)
     assert bb.feature_strides == {"stage1": 8, "stage2": 16}
@@ -316,8 +343,8 @@ def test_missing_folder_or_hub_id_offline_fails_fast(monkeypatch, tmp_path):
 
 
 def test_comparators_are_hub_ids():
-    assert set(COMPARATORS) >= {"resnet50", "convnext_base", "swin_base", "dinov2_base",
-                                "clip_vit_b16"}  # fmt: skip
+    study = {"resnet50", "convnext_base", "swin_base", "dinov2_base", "clip_vit_b16"}
+    assert set(COMPARATORS) >= study
     assert all(v.count("/") == 1 for v in COMPARATORS.values())
 
 

@@ -1,5 +1,7 @@
 """DiffusionBackbone on tiny random-weight SD-style models built here (no network)."""
 
+from dataclasses import asdict
+
 import pytest
 import torch
 from conftest import save_pipeline as _save
@@ -29,11 +31,13 @@ def _reference(unet, vae, images, context, t, blocks, scale=False):
     got, hooks = {}, []
     for i in blocks:
         b = unet.up_blocks[i]
-        if b.upsamplers:
-            hooks.append(b.upsamplers[0].register_forward_pre_hook(
-                lambda m, a, i=i: got.__setitem__(i, a[0])))  # fmt: skip
-        else:
-            hooks.append(b.register_forward_hook(lambda m, a, o, i=i: got.__setitem__(i, o)))
+        if b.upsamplers:  # the input of the block's upsampler
+            hook = b.upsamplers[0].register_forward_pre_hook(
+                lambda m, a, i=i: got.__setitem__(i, a[0])
+            )
+        else:  # the block's output
+            hook = b.register_forward_hook(lambda m, a, o, i=i: got.__setitem__(i, o))
+        hooks.append(hook)
     with torch.no_grad():
         z = vae.encode(images * 2 - 1).latent_dist.mode()
         if scale:
@@ -80,8 +84,8 @@ def test_attention_maps_are_probabilities_and_leave_outputs_unchanged(parts):
     vae, unet, text, tok, sched = parts
     x, ctx = _images(), _context()
     ref, ref_out = _reference(unet, vae, x, ctx, 1, [0, 1, 2])
-    bb = DiffusionBackbone(vae, unet, text, tok, sched,
-                           FeatureConfig(blocks=(0, 1, 2), attention_tokens=7))  # fmt: skip
+    cfg = FeatureConfig(blocks=(0, 1, 2), attention_tokens=7)
+    bb = DiffusionBackbone(vae, unet, text, tok, sched, cfg)
     with torch.no_grad():
         f = bb(x, ctx)
     assert bb.attention_blocks == (1, 2)  # block 0 is an UpBlock2D without attention
@@ -126,6 +130,18 @@ def test_gradient_reaches_the_context_but_not_the_frozen_models(parts):
     assert ctx.grad is not None and ctx.grad.abs().sum() > 0
     assert all(p.grad is None for p in bb.parameters())
     assert not any(p.requires_grad for p in bb.parameters())
+    bb.remove_hooks()
+
+
+def test_describe_names_the_origin_and_the_features(parts):
+    vae, unet, text, tok, sched = parts
+    cfg = FeatureConfig(blocks=(1, 2), attention_tokens=3)
+    bb = DiffusionBackbone(vae, unet, text, tok, sched, cfg, origin="tiny")
+    d = bb.describe()
+    assert d["origin"] == bb.origin == "tiny"
+    assert d["features"] == asdict(cfg) and d["features"]["attention_tokens"] == 3
+    assert d["channels"] == bb.feature_channels and d["strides"] == bb.feature_strides
+    assert (d["vae_factor"], d["context_dim"]) == (2, 24)
     bb.remove_hooks()
 
 

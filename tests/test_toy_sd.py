@@ -1,4 +1,4 @@
-"""Pretraining of the embedded tiny SD model: end to end, determinism, resume, data, CLI."""
+"""Pretraining of the embedded tiny SD model: end to end, determinism, resume, CLI."""
 
 import json
 from dataclasses import asdict
@@ -9,38 +9,14 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from test_toy_sd_recipe import H, W, math_isfinite, tiny
 
 from diffprompt.backbones import toy_sd
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
-from diffprompt.backbones.tokenizer import build_clip_tokenizer, caption_words
-from diffprompt.backbones.toy_sd import (
-    PRETRAIN_SPLITS,
-    SAVE_DTYPE,
-    ToySDConfig,
-    build_components,
-    heldout_set,
-    pretrain,
-    text_usage,
-    training_images,
-    vocabulary_words,
-)
-from diffprompt.labels import CLASSES
-
-H, W = 64, 128
-
+from diffprompt.backbones.toy_sd import SAVE_DTYPE, ToySDConfig, pretrain
+from diffprompt.backbones.toy_sd_recipe import PRETRAIN_SPLITS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny(root, **kw) -> ToySDConfig:
-    """A ToySDConfig small enough to pretrain in seconds on a CPU."""
-    base = dict(
-        data_root=str(root), height=H, width=W, vae_channels=(16, 16, 16),
-        unet_channels=(32, 32, 32), attention_heads=(1, 1, 1), text_width=32, text_layers=1,
-        text_heads=2, max_length=48, vae_steps=3, unet_steps=4, vae_batch=2, unet_batch=2,
-        log_every=1, eval_every=2, ckpt_every=2, max_images=2, warmup=1,
-    )  # fmt: skip
-    return ToySDConfig(**{**base, **kw})
 
 
 def final_weights(work: Path) -> dict[str, torch.Tensor]:
@@ -80,23 +56,23 @@ def record(out: Path) -> dict:
     return json.loads((out / "training.json").read_text())
 
 
-def math_isfinite(x: float) -> bool:
-    return torch.isfinite(torch.tensor(x)).item()
-
-
 class Interrupt(Exception):
     """Stands for the process being killed."""
 
 
 def interrupt_at(prefix: str, lines: list[str]):
-    """Return a log callback that records lines and raises at the first one starting so."""
+    """Return a progress callback that records lines and raises at the first one starting so."""
 
-    def log(msg: str) -> None:
+    def progress(msg: str) -> None:
         lines.append(msg)
         if msg.startswith(prefix):
             raise Interrupt(msg)
 
-    return log
+    return progress
+
+
+def quiet(line: str) -> None:
+    """A progress callback that drops every line."""
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +81,7 @@ def reference(tmp_path_factory, mini_root):
     base = tmp_path_factory.mktemp("toy_sd_ref")
     cfg = tiny(mini_root)
     lines: list[str] = []
-    out = pretrain(cfg, base / "model", base / "work", device="cpu", log=lines.append)
+    out = pretrain(cfg, base / "model", base / "work", device="cpu", progress=lines.append)
     return SimpleNamespace(cfg=cfg, out=out, work=base / "work", lines=lines, base=base)
 
 
@@ -200,8 +176,7 @@ def test_training_record(reference):
 
 
 def test_same_seed_same_weights(reference, tmp_path):
-    out = pretrain(reference.cfg, tmp_path / "model", tmp_path / "work", device="cpu",
-                   log=lambda s: None)  # fmt: skip
+    out = pretrain(reference.cfg, tmp_path / "model", tmp_path / "work", "cpu", quiet)
     assert_bitwise_equal(final_weights(tmp_path / "work"), final_weights(reference.work))
     assert_bitwise_equal(saved_weights(out), saved_weights(reference.out))
     assert without_seconds(record(out)["log"]) == without_seconds(record(reference.out)["log"])
@@ -210,15 +185,14 @@ def test_same_seed_same_weights(reference, tmp_path):
 def test_resume_after_the_vae_stage(reference, tmp_path):
     work = tmp_path / "work"
     lines: list[str] = []
-    got = pretrain(reference.cfg, tmp_path / "model", work, device="cpu", log=lines.append,
-                   stop_after="vae")  # fmt: skip
+    got = pretrain(reference.cfg, tmp_path / "model", work, "cpu", lines.append, stop_after="vae")
     assert got is None and not (tmp_path / "model").exists()
     assert {"vae.pt", "latents.pt", "checkpoint.pt", "config.json"} <= {
         p.name for p in work.iterdir()
     }
     assert not any(s.startswith("unet step") for s in lines)
     lines.clear()
-    out = pretrain(reference.cfg, tmp_path / "model", work, device="cpu", log=lines.append)
+    out = pretrain(reference.cfg, tmp_path / "model", work, device="cpu", progress=lines.append)
     assert any(s.startswith("resumed: stage unet, step 0") for s in lines)
     assert not any(s.startswith("vae step") for s in lines)  # the VAE is not trained again
     assert_bitwise_equal(final_weights(work), final_weights(reference.work))
@@ -232,17 +206,15 @@ def test_resume_after_an_interruption(reference, tmp_path, stop):
     work = tmp_path / "work"
     lines: list[str] = []
     with pytest.raises(Interrupt):
-        pretrain(reference.cfg, tmp_path / "model", work, device="cpu",
-                 log=interrupt_at(stop, lines))  # fmt: skip
+        pretrain(reference.cfg, tmp_path / "model", work, "cpu", interrupt_at(stop, lines))
     assert not (tmp_path / "model").exists()
     ckpt = torch.load(work / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert (ckpt["state"]["stage"], ckpt["state"]["step"]) == (stop.split()[0], 2)
     if stop.startswith("unet"):
-        assert (
-            torch.load(work / "weights.pt", weights_only=True)["step"] == 2
-        )  # the weights-only copy
+        weights = torch.load(work / "weights.pt", weights_only=True)  # the weights-only copy
+        assert weights["step"] == 2
     lines.clear()
-    out = pretrain(reference.cfg, tmp_path / "model", work, device="cpu", log=lines.append)
+    out = pretrain(reference.cfg, tmp_path / "model", work, device="cpu", progress=lines.append)
     assert any(s.startswith(f"resumed: stage {stop.split()[0]}, step 2") for s in lines)
     assert not any(s.startswith(stop.replace("3/", "1/")) for s in lines)
     assert_bitwise_equal(final_weights(work), final_weights(reference.work))
@@ -252,8 +224,7 @@ def test_resume_after_an_interruption(reference, tmp_path, stop):
 
 def test_a_finished_run_is_not_trained_again(reference, tmp_path):
     lines: list[str] = []
-    out = pretrain(reference.cfg, tmp_path / "again", reference.work, device="cpu",
-                   log=lines.append)  # fmt: skip
+    out = pretrain(reference.cfg, tmp_path / "again", reference.work, "cpu", lines.append)
     assert any(s.startswith("resumed: stage done") for s in lines)
     assert not any(s.startswith(("vae step", "unet step")) for s in lines)
     assert_bitwise_equal(saved_weights(out), saved_weights(reference.out))
@@ -264,97 +235,9 @@ def test_work_dir_of_another_configuration_is_refused(reference, tmp_path):
     for change in ({"seed": 1}, {"unet_steps": 8}, {"vae_channels": (16, 16, 32)}):
         cfg = ToySDConfig(**{**asdict(reference.cfg), **change})
         with pytest.raises(ValueError, match="another configuration"):
-            pretrain(cfg, tmp_path / "model", reference.work, device="cpu", log=lambda s: None)
+            pretrain(cfg, tmp_path / "model", reference.work, device="cpu", progress=quiet)
     assert (reference.work / "config.json").read_text() == before
     assert not (tmp_path / "model").exists()
-
-
-# ---------------------------------------------------------------------------------------
-# Data and vocabulary
-# ---------------------------------------------------------------------------------------
-
-
-def test_pretraining_never_uses_an_evaluation_split():
-    assert set(PRETRAIN_SPLITS.values()) <= {"train", "all"}
-    assert not {"val", "test"} & set(PRETRAIN_SPLITS.values())
-    assert PRETRAIN_SPLITS["synthia"] == "all"  # SYNTHIA's only split; never evaluated on
-
-
-def test_training_images(mini_root):
-    cfg = tiny(mini_root)
-    imgs, caps, doms = training_images(mini_root, cfg)
-    n = 2 * len(PRETRAIN_SPLITS)
-    assert imgs.shape == (n, 3, H, W) and imgs.dtype == torch.uint8
-    assert len(caps) == len(doms) == n
-    assert all(isinstance(c, str) and c for c in caps)
-    assert sorted(set(doms)) == sorted(PRETRAIN_SPLITS)
-    assert imgs.float().std() > 0
-    # other sizes are resized; a split subset is honoured
-    small, caps2, doms2 = training_images(mini_root, tiny(mini_root, height=32, width=64),
-                                          {"gta5": "train"})  # fmt: skip
-    assert small.shape == (2, 3, 32, 64) and small.dtype == torch.uint8
-    assert caps2 == caps[:2] and doms2 == ["gta5", "gta5"]
-    one, _, _ = training_images(mini_root, tiny(mini_root, max_images=1))
-    assert len(one) == len(PRETRAIN_SPLITS)
-
-
-def test_every_caption_word_is_one_token(mini_root, tmp_path):
-    cfg = tiny(mini_root)
-    _, caps, _ = training_images(mini_root, cfg)
-    _, ho_caps = heldout_set(mini_root, cfg)
-    tok = build_clip_tokenizer(vocabulary_words(caps), tmp_path / "tok", cfg.max_length)
-    backend = tok.backend_tokenizer
-    for c in caps + ho_caps + list(CLASSES):  # held-out captions: no new words either
-        pieces = backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(c))
-        words = caption_words([c])
-        ids = tok(c).input_ids
-        assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
-        assert len(ids) - 2 == len(pieces), c  # one id per word
-        tokens = tok.convert_ids_to_tokens(ids[1:-1])
-        assert all(t.endswith("</w>") for t in tokens), (c, tokens)
-        assert sorted({t[: -len("</w>")] for t in tokens}) == words, c
-        assert tok.tokenize(c) == tokens
-        assert len(ids) <= cfg.max_length, f"caption of {len(ids)} tokens: raise max_length"
-
-
-# ---------------------------------------------------------------------------------------
-# Text usage
-# ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def untrained(mini_root, tmp_path_factory):
-    cfg = tiny(mini_root)
-    _, caps, _ = training_images(mini_root, cfg)
-    tok = build_clip_tokenizer(
-        vocabulary_words(caps), tmp_path_factory.mktemp("tok"), cfg.max_length
-    )
-    comps = build_components(cfg, tok)
-    for m in ("unet", "text_encoder"):
-        comps[m].eval()
-    lat = torch.randn(
-        3, cfg.latent_channels, H // 4, W // 4, generator=torch.Generator().manual_seed(1)
-    )
-    return SimpleNamespace(comps=comps, tok=tok, caps=caps[:3], lat=lat)
-
-
-def test_text_usage_is_consistent_and_deterministic(untrained):
-    c, tok, lat = untrained.comps, untrained.tok, untrained.lat
-    args = (c["unet"], c["text_encoder"], c["scheduler"], tok, lat, untrained.caps)
-    use = text_usage(*args, seed=0, repeats=2)
-    assert set(use) == {"caption_loss", "empty_loss", "gap", "relative_gap"}
-    assert all(isinstance(v, float) and math_isfinite(v) for v in use.values())
-    assert use["caption_loss"] > 0 and use["empty_loss"] > 0
-    assert use["gap"] == use["empty_loss"] - use["caption_loss"]
-    assert use["relative_gap"] == pytest.approx(use["gap"] / use["empty_loss"])
-    assert use["gap"] != 0  # the captions change the prediction
-    assert text_usage(*args, seed=0, repeats=2) == use  # deterministic for a seed
-    assert text_usage(*args, seed=1, repeats=2) != use
-    fixed = text_usage(*args, seed=0, repeats=2, timesteps=[10, 500])
-    assert fixed != use and fixed["gap"] == fixed["empty_loss"] - fixed["caption_loss"]
-    # with the empty prompt as the caption, the same noise gives exactly no gap
-    blank = text_usage(*args[:-1], [""] * len(untrained.caps), seed=0, repeats=2)
-    assert blank["caption_loss"] == blank["empty_loss"] and blank["gap"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -366,7 +249,7 @@ def test_text_usage_is_consistent_and_deterministic(untrained):
 def fake_pretrain(monkeypatch):
     calls: list[dict] = []
 
-    def fake(cfg, out, work, device="auto", log=print, stop_after=None):
+    def fake(cfg, out, work, device="auto", progress=print, stop_after=None):
         calls.append(dict(cfg=cfg, out=out, work=work, device=device, stop_after=stop_after))
         return None if stop_after else Path(out)
 
@@ -375,12 +258,19 @@ def fake_pretrain(monkeypatch):
 
 
 def test_cli_parses_overrides(fake_pretrain, tmp_path, capsys):
-    toy_sd.main([
-        "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w"), "--device", "cpu",
-        "--set", "vae_steps=7", "kl_weight=1e-5", "unet_lr=0.001", "train_text_encoder=false",
-        "vae_channels=16,16,16", "attention_heads=1,2,2", "only_cross_attention=false,true,false",
-        "data_root=/some/where", "precision=fp32",
-    ])  # fmt: skip
+    overrides = [
+        "vae_steps=7",
+        "kl_weight=1e-5",
+        "unet_lr=0.001",
+        "train_text_encoder=false",
+        "vae_channels=16,16,16",
+        "attention_heads=1,2,2",
+        "only_cross_attention=false,true,false",
+        "data_root=/some/where",
+        "precision=fp32",
+    ]
+    where = ["--out", str(tmp_path / "m"), "--work", str(tmp_path / "w"), "--device", "cpu"]
+    toy_sd.main([*where, "--set", *overrides])
     (call,) = fake_pretrain
     cfg = call["cfg"]
     assert (call["out"], call["work"], call["device"]) == (
@@ -395,9 +285,8 @@ def test_cli_parses_overrides(fake_pretrain, tmp_path, capsys):
     assert cfg.vae_channels == (16, 16, 16) and cfg.attention_heads == (1, 2, 2)
     assert cfg.only_cross_attention == (False, True, False)
     assert cfg.data_root == "/some/where" and cfg.precision == "fp32"
-    assert asdict(cfg) == {**asdict(ToySDConfig()), **{k: getattr(cfg, k) for k in (
-        "vae_steps", "kl_weight", "unet_lr", "train_text_encoder", "vae_channels",
-        "attention_heads", "only_cross_attention", "data_root", "precision")}}  # fmt: skip
+    changed = {k: getattr(cfg, k) for k in (o.split("=")[0] for o in overrides)}
+    assert asdict(cfg) == {**asdict(ToySDConfig()), **changed}
     assert "wrote" in capsys.readouterr().out
     toy_sd.main(["--set", "train_text_encoder=1", "--stop-after", "vae"])
     assert fake_pretrain[-1]["cfg"].train_text_encoder is True
@@ -411,22 +300,3 @@ def test_cli_rejects_bad_overrides(fake_pretrain, bad):
     with pytest.raises(SystemExit):
         toy_sd.main(["--set", bad])
     assert not fake_pretrain
-
-
-def test_cross_attention_sharpness_knobs(mini_root, tmp_path):
-    from diffprompt.backbones.toy_sd import build_components, cross_attention_qk, param_groups
-
-    words = ["a", "street", "road", "car"]
-    tok = build_clip_tokenizer(words, tmp_path / "tok", model_max_length=48)
-    base = build_components(tiny(mini_root), tok)
-    sharp = build_components(tiny(mini_root, qk_init_scale=3.0), tok)
-    qk = {id(p) for p in cross_attention_qk(base["unet"])}
-    assert qk  # the tiny UNet has cross-attention
-    for (n, p), q in zip(base["unet"].named_parameters(), sharp["unet"].parameters(), strict=True):
-        torch.testing.assert_close(q, p * 3.0 if id(p) in qk else p, msg=n)
-    cfg = tiny(mini_root, qk_lr_mult=10.0)
-    groups = param_groups(base["unet"], base["text_encoder"], cfg)
-    assert [g["lr"] for g in groups] == [cfg.unet_lr, cfg.unet_lr * 10.0, cfg.text_lr]
-    assert {id(p) for p in groups[1]["params"]} == qk
-    covered = [id(p) for g in groups[:2] for p in g["params"]]
-    assert sorted(covered) == sorted(id(p) for p in base["unet"].parameters())

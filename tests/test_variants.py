@@ -19,12 +19,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def bb(tmp_path_factory):
     vae, unet, text, tok, sched = _parts(tmp_path_factory.mktemp("v"))
-    return DiffusionBackbone(vae, unet, text, tok, sched, FeatureConfig(blocks=(1, 2)))
+    cfg = FeatureConfig(blocks=(1, 2))
+    return DiffusionBackbone(vae, unet, text, tok, sched, cfg, origin="tiny")
 
 
 def test_random_variant_shares_all_but_the_unet(bb):
     r = random_unet(bb, seed=1)
     assert r.vae is bb.vae and r.text_encoder is bb.text_encoder
+    assert r.origin == "tiny (random UNet)" and bb.origin == "tiny"
+    assert r.cfg == bb.cfg and r.cfg is not bb.cfg  # a copy: changing one leaves the other
     assert r.unet.config == bb.unet.config
     a = dict(bb.unet.named_parameters())
     assert any(not torch.equal(p, a[n]) for n, p in r.unet.named_parameters())
@@ -56,6 +59,7 @@ def test_supervised_variant_learns_and_round_trips(bb, tmp_path):
     sup, rec = train_supervised(bb, _Labeled(), SupervisedConfig(steps=25, batch_size=2, lr=3e-3))
     assert sum(rec["losses"][-5:]) < sum(rec["losses"][:5])  # it learned
     assert not any(p.requires_grad for p in sup.unet.parameters())
+    assert sup.origin == "tiny (UNet supervised)"
     assert all(p.grad is None for p in bb.unet.parameters())  # the pretrained one untouched
     save_unet(sup, tmp_path / "unet")
     again = load_variant(bb, "supervised", tmp_path / "unet")
@@ -63,11 +67,19 @@ def test_supervised_variant_learns_and_round_trips(bb, tmp_path):
         f, g = sup(_images(), _context()), again(_images(), _context())
     for k in f:
         torch.testing.assert_close(f[k], g[k])
+    assert again.origin == "tiny (UNet supervised)"
     assert load_variant(bb, "pretrained") is bb
     with pytest.raises(FileNotFoundError, match="save_unet"):
         load_variant(bb, "supervised", tmp_path / "nowhere")
     with pytest.raises(ValueError, match="unknown variant"):
         load_variant(bb, "imagenet")
+
+
+def test_photometric_augmentation_is_named_in_the_origin(bb):
+    cfg = SupervisedConfig(steps=1, batch_size=2, photometric=True)
+    sup, rec = train_supervised(bb, _Labeled(), cfg)
+    assert sup.origin == "tiny (UNet supervised, photometric augmentation)"
+    assert rec["recipe"]["photometric"] is True and len(rec["losses"]) == 1
 
 
 def test_bundled_model_loads_offline_with_documented_features(monkeypatch):

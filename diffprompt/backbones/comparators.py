@@ -26,7 +26,7 @@ study. Nothing is downloaded at import.
 
 The embedded (miniature) study uses other variants instead: the pretrained toy diffusion
 UNet, the same UNet trained supervised, and the UNet with random weights. They live in
-:mod:`diffprompt.backbones.diffusion`, not here.
+:mod:`diffprompt.backbones.variants`, not here.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import os
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,9 @@ from torch import Tensor, nn
 
 from diffprompt.backbones.hub import BUNDLED, ModelNotFoundError, resolve_model_folder
 from diffprompt.runtime import resolve_device, resolve_dtype
+
+if TYPE_CHECKING:  # annotations only: transformers' model classes are imported where loaded
+    from transformers import PretrainedConfig
 
 #: Suggested hub ids of the real study (nothing is downloaded until one is built).
 COMPARATORS: dict[str, str] = {
@@ -136,6 +140,8 @@ class FeatureBackbone(nn.Module):
         raise NotImplementedError
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """Return ``{name: (B, C, ceil(H / s), ceil(W / s))}`` of images (B, 3, H, W) in
+        [0, 1], in the backbone's dtype."""
         x = self.normalize(images)
         h, w = x.shape[-2:]
         m = self.pad_multiple
@@ -155,6 +161,7 @@ class FeatureBackbone(nn.Module):
         return self
 
     def train(self, mode: bool = True) -> FeatureBackbone:
+        """Set training mode (never on a frozen backbone: it stays in eval mode); return self."""
         return super().train(mode and not self.frozen)
 
 
@@ -167,7 +174,7 @@ def _square(size, what: str) -> int:
     return int(a)
 
 
-def stage_strides(config) -> list[int]:
+def stage_strides(config: PretrainedConfig) -> list[int]:
     """Return the stride of each of ``config.stage_names`` (``stem`` first) from the config."""
     kind = MODEL_TYPES.get(config.model_type)
     n = len(config.stage_names)
@@ -188,7 +195,7 @@ def stage_strides(config) -> list[int]:
 
 
 def default_layers(num_stages: int, vit: bool) -> list[int]:
-    """Four outputs by default, as indices into the stage names (0 is the stem).
+    """Return the four default outputs, as indices into the stage names (0 is the stem).
 
     Hierarchical models: the last four stages (``[1, 2, 3, 4]`` for four stages). ViTs with
     ``L`` blocks: four evenly spaced blocks (``[3, 6, 9, 12]`` for ``L = 12``).
@@ -244,10 +251,12 @@ class TransformersBackbone(FeatureBackbone):
         self.feature_strides = {f: strides[names.index(f)] for f in model.out_features}
 
     def extract(self, pixel_values: Tensor) -> dict[str, Tensor]:
+        """Return the model's ``feature_maps`` keyed by its ``out_features``."""
         out = self.model(pixel_values)
         return dict(zip(self.feature_channels, out.feature_maps, strict=True))
 
     def extra_repr(self) -> str:
+        """Return the kind, layers and strides (shown in the module's repr)."""
         return f"kind={self.kind!r}, layers={self.layers}, strides={self.feature_strides}"
 
 
@@ -294,6 +303,7 @@ class CLIPVisionBackbone(FeatureBackbone):
         return "stem" if k == 0 else f"stage{k}"
 
     def extract(self, pixel_values: Tensor) -> dict[str, Tensor]:
+        """Return the chosen blocks' patch tokens as maps ``{stage{k}: (B, D, H / p, W / p)}``."""
         b, _, h, w = pixel_values.shape
         p = self.patch_size
         if self.interpolate_pos_encoding:
@@ -316,6 +326,7 @@ class CLIPVisionBackbone(FeatureBackbone):
         return feats
 
     def extra_repr(self) -> str:
+        """Return the kind, layers and patch size (shown in the module's repr)."""
         return f"kind='clip', layers={self.layers}, patch_size={self.patch_size}"
 
 
@@ -409,8 +420,6 @@ def _load(cls, folder: Path, dtype: torch.dtype, **config_kwargs) -> nn.Module:
 
 
 def _kind_of(folder: Path, kind: str | None) -> str:
-    if kind is not None and kind not in KINDS:
-        raise ValueError(f"unknown comparator kind {kind!r}: use one of {', '.join(KINDS)}")
     model_type = _read_json(folder / "config.json").get("model_type")
     found = MODEL_TYPES.get(model_type)
     if found is None:
@@ -435,7 +444,8 @@ def build_comparator(
     device: str | torch.device | None = "cpu",
     frozen: bool = True,
 ) -> FeatureBackbone:
-    """Load a comparator backbone from a folder or hub id (see :data:`COMPARATORS`).
+    """Load a comparator backbone from a folder or hub id (see :data:`COMPARATORS`); return
+    it as a :class:`FeatureBackbone` on ``device``.
 
     ``kind`` is one of ``resnet``, ``convnext``, ``swin``, ``dinov2``, ``clip``; None reads
     it from ``config.json``'s ``model_type`` (a given kind is checked against it).

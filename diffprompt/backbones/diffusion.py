@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -34,12 +35,18 @@ from torch import nn
 from diffprompt.backbones.hub import ModelNotFoundError, resolve_model_folder
 from diffprompt.runtime import resolve_device, resolve_dtype
 
+if TYPE_CHECKING:  # annotations only: diffusers is imported where a model is loaded
+    from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
+    from transformers import CLIPTextModel, PreTrainedTokenizerBase
+
 #: The sub-folders of a diffusers Stable Diffusion checkpoint that the backbone reads.
 COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 #: Files worth downloading for those components (weights as safetensors only).
 DOWNLOAD_PATTERNS = ["model_index.json"] + [
     f"{c}/{p}" for c in COMPONENTS for p in ("*.json", "*.txt", "*.safetensors", "*.model")
 ]
+#: Pickled weight files, which are never read (unpickling can run code); named in the error.
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
 
 @dataclass
@@ -72,7 +79,6 @@ class _StopUNet(Exception):
 class _Capture:
     feats: dict[int, torch.Tensor] = field(default_factory=dict)
     attn: dict[int, list[torch.Tensor]] = field(default_factory=dict)
-    size: dict[int, tuple[int, int]] = field(default_factory=dict)  # block -> (h, w)
     tokens: slice | None = None
     stop_after: int | None = None
     active: bool = False  # hooks act only inside the backbone's own forward
@@ -88,8 +94,16 @@ class _AttentionRecorder:
     def __init__(self, inner, capture: _Capture, block: int):
         self.inner, self.capture, self.block = inner, capture, block
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, **kwargs):  # fmt: skip
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Return the stock processor's output; record the maps of ``capture.tokens``."""
         cap = self.capture
         if cap.tokens is not None and encoder_hidden_states is not None:
             h = hidden_states
@@ -106,8 +120,9 @@ class _AttentionRecorder:
             probs = attn.get_attention_scores(q, k, None)  # (B*heads, HW, N)
             probs = probs.unflatten(0, (-1, attn.heads)).mean(1)  # (B, HW, N)
             cap.attn.setdefault(self.block, []).append(probs[..., cap.tokens])
-        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
-                          **kwargs)  # fmt: skip
+        return self.inner(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs
+        )
 
 
 class DiffusionBackbone(nn.Module):
@@ -124,13 +139,23 @@ class DiffusionBackbone(nn.Module):
     are in ``feature_channels`` and ``feature_strides``.
     """
 
-    def __init__(self, vae, unet, text_encoder, tokenizer, scheduler,
-                 cfg: FeatureConfig | None = None, source: str = "", frozen: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        unet: UNet2DConditionModel,
+        text_encoder: CLIPTextModel,
+        tokenizer: PreTrainedTokenizerBase,
+        scheduler: SchedulerMixin,
+        cfg: FeatureConfig | None = None,
+        origin: str = "",
+        frozen: bool = True,
+    ):
         super().__init__()
         self.vae, self.unet, self.text_encoder = vae, unet, text_encoder
         self.tokenizer, self.scheduler = tokenizer, scheduler
         self.cfg = cfg or FeatureConfig()
-        self.source = source
+        #: where the weights come from (a model id or folder, and how a variant was made)
+        self.origin = origin
         n_up = len(unet.up_blocks)
         blocks = range(n_up) if self.cfg.blocks is None else self.cfg.blocks
         bad = [b for b in blocks if not 0 <= b < n_up]
@@ -166,13 +191,12 @@ class DiffusionBackbone(nn.Module):
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        folder = resolve_model_folder(name_or_path, DOWNLOAD_PATTERNS, "Stable Diffusion model",
-                                      required=COMPONENTS)  # fmt: skip
+        what = "Stable Diffusion model"
+        folder = resolve_model_folder(name_or_path, DOWNLOAD_PATTERNS, what, required=COMPONENTS)
         for comp in ("vae", "unet", "text_encoder"):  # weights are read from safetensors only
             sub = folder / comp
             if not any(sub.glob("*.safetensors")):
-                pickles = sorted(p.name for ext in ("*.bin", "*.pt", "*.pth", "*.ckpt")
-                                 for p in sub.glob(ext))  # fmt: skip
+                pickles = sorted(p.name for ext in PICKLE_PATTERNS for p in sub.glob(ext))
                 found = f"holds {', '.join(pickles)} (pickled)" if pickles else "holds no weights"
                 raise ModelNotFoundError(
                     f"{sub} {found} but no .safetensors file; diffprompt reads weights from "
@@ -181,26 +205,32 @@ class DiffusionBackbone(nn.Module):
                     "safe_serialization=True)`, or download the repository's safetensors files."
                 )
         torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
-        kw = dict(torch_dtype=torch_dtype, local_files_only=True)
+        diffusers_kw = dict(torch_dtype=torch_dtype, local_files_only=True)
+        transformers_kw = dict(dtype=torch_dtype, local_files_only=True)  # its name for the dtype
         try:
-            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", use_safetensors=True, **kw)
-            unet = UNet2DConditionModel.from_pretrained(
-                folder, subfolder="unet", use_safetensors=True, **kw
+            vae = AutoencoderKL.from_pretrained(
+                folder, subfolder="vae", use_safetensors=True, **diffusers_kw
             )
-            text = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder",
-                                                 dtype=torch_dtype, local_files_only=True,
-                                                 use_safetensors=True)  # fmt: skip
-            tok = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer",
-                                                local_files_only=True)  # fmt: skip
-            sched = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+            unet = UNet2DConditionModel.from_pretrained(
+                folder, subfolder="unet", use_safetensors=True, **diffusers_kw
+            )
+            text = CLIPTextModel.from_pretrained(
+                folder, subfolder="text_encoder", use_safetensors=True, **transformers_kw
+            )
+            tok = CLIPTokenizer.from_pretrained(
+                folder, subfolder="tokenizer", local_files_only=True
+            )
+            scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
         except (OSError, ValueError) as e:
             raise ModelNotFoundError(
                 f"could not load the Stable Diffusion components from {folder}: {e}. The folder "
                 f"must be a diffusers checkpoint with {', '.join(COMPONENTS)} (weights as "
                 "safetensors), as written by `StableDiffusionPipeline.save_pretrained`."
             ) from e
-        return cls(vae, unet, text, tok, sched, cfg, source=str(name_or_path),
-                   frozen=frozen).to(dev)  # fmt: skip
+        backbone = cls(
+            vae, unet, text, tok, scheduler, cfg, origin=str(name_or_path), frozen=frozen
+        )
+        return backbone.to(dev)
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -268,11 +298,10 @@ class DiffusionBackbone(nn.Module):
                     raise _StopUNet
 
             if ups:  # the block's features before its upsampler
-                self._hooks.append(ups[0].register_forward_pre_hook(
-                    lambda m, args, grab=grab: grab(args[0])))  # fmt: skip
+                hook = ups[0].register_forward_pre_hook(lambda m, args, grab=grab: grab(args[0]))
             else:  # no upsampler: the block's output
-                self._hooks.append(block.register_forward_hook(
-                    lambda m, args, out, grab=grab: grab(out)))  # fmt: skip
+                hook = block.register_forward_hook(lambda m, args, out, grab=grab: grab(out))
+            self._hooks.append(hook)
             if i == last:
                 cap.stop_after = i
             if self._has_cross_attention(i):
@@ -297,8 +326,10 @@ class DiffusionBackbone(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Return VAE latents (B, 4, H/f, W/f) of images (B, 3, H, W) in [0, 1]."""
         if not images.is_floating_point():
-            raise ValueError(f"images must be floats in [0, 1], got dtype {images.dtype}: end "
-                             "the transform with ToFloat() (diffprompt.data.transforms)")  # fmt: skip
+            raise ValueError(
+                f"images must be floats in [0, 1], got dtype {images.dtype}: end "
+                "the transform with ToFloat() (diffprompt.data.transforms)"
+            )
         m = self.multiple
         if images.shape[-2] % m or images.shape[-1] % m:
             raise ValueError(
@@ -379,8 +410,14 @@ class DiffusionBackbone(nn.Module):
         cap.attn.clear()
         return out
 
-    def describe(self) -> dict:
-        """Return a JSON-able summary: source, config, channels and strides."""
-        return {"source": self.source, "features": asdict(self.cfg),
-                "channels": self.feature_channels, "strides": self.feature_strides,
-                "vae_factor": self.vae_factor, "context_dim": self.context_dim}  # fmt: skip
+    def describe(self) -> dict[str, Any]:
+        """Return a JSON-able summary: origin, feature config, channels, strides, VAE factor
+        and context width."""
+        return {
+            "origin": self.origin,
+            "features": asdict(self.cfg),
+            "channels": self.feature_channels,
+            "strides": self.feature_strides,
+            "vae_factor": self.vae_factor,
+            "context_dim": self.context_dim,
+        }

@@ -25,11 +25,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from diffprompt.backbones.diffusion import DiffusionBackbone
+from diffprompt.data.transforms import PhotometricAugment
 from diffprompt.labels import IGNORE_INDEX, NUM_CLASSES
+from diffprompt.text import encode_texts
 
 VARIANTS = ("pretrained", "supervised", "random")
+
+
+def _with_unet(bb: DiffusionBackbone, unet: nn.Module, how: str) -> DiffusionBackbone:
+    """Return a backbone with ``bb``'s VAE, text encoder, tokenizer, scheduler and a copy of
+    its feature config around another ``unet``; its origin is ``bb``'s followed by ``how``."""
+    cfg = copy.deepcopy(bb.cfg)
+    origin = f"{bb.origin} ({how})"
+    return DiffusionBackbone(
+        bb.vae, unet, bb.text_encoder, bb.tokenizer, bb.scheduler, cfg, origin=origin
+    )
 
 
 def random_unet(bb: DiffusionBackbone, seed: int = 0) -> DiffusionBackbone:
@@ -39,8 +52,7 @@ def random_unet(bb: DiffusionBackbone, seed: int = 0) -> DiffusionBackbone:
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(bb.unet.config).to(bb.unet.device, bb.unet.dtype)
-    return DiffusionBackbone(bb.vae, unet, bb.text_encoder, bb.tokenizer, bb.scheduler,
-                             copy.deepcopy(bb.cfg), source=f"{bb.source} (random UNet)")  # fmt: skip
+    return _with_unet(bb, unet, "random UNet")
 
 
 @dataclass
@@ -74,7 +86,7 @@ class _LinearHead(nn.Module):
 
 def train_supervised(
     bb: DiffusionBackbone,
-    train_set,
+    train_set: Dataset,
     cfg: SupervisedConfig | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[DiffusionBackbone, dict]:
@@ -83,26 +95,20 @@ def train_supervised(
     linear head on its feature maps is trained jointly with cross-entropy and discarded.
     ``cfg.photometric`` augments the inputs photometrically (so that a comparison with the
     diffusion UNet, which saw every domain's images, is not won by exposure alone)."""
-    from diffprompt.text import encode_texts
-
     cfg = cfg or SupervisedConfig()
     out = random_unet(bb, cfg.seed)
-    out.source = f"{bb.source} (UNet supervised)"
+    how = "UNet supervised, photometric augmentation" if cfg.photometric else "UNet supervised"
+    out.origin = f"{bb.origin} ({how})"
     unet = out.unet
     unet.requires_grad_(True).train()
     head = _LinearHead(sum(c for k, c in out.feature_channels.items() if k.startswith("s")))
     head.to(unet.device)
     params = list(unet.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
+    lr_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     ctx = encode_texts(bb.text_encoder, bb.tokenizer, [""]).last_hidden_state  # (1, L, D)
     g = torch.Generator().manual_seed(cfg.seed)
-    aug = None
-    if cfg.photometric:
-        from diffprompt.data.transforms import PhotometricAugment
-
-        aug = PhotometricAugment()
-        out.source = f"{bb.source} (UNet supervised, photometric augmentation)"
+    aug = PhotometricAugment() if cfg.photometric else None
     losses, t0 = [], time.time()
     for step in range(1, cfg.steps + 1):
         idx = torch.randint(0, len(train_set), (cfg.batch_size,), generator=g).tolist()
@@ -124,7 +130,7 @@ def train_supervised(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
+        lr_schedule.step()
         losses.append(loss.item())
         if log and (step % 50 == 0 or step == cfg.steps):
             log(f"supervised UNet step {step}/{cfg.steps} loss {loss.item():.3f}")
@@ -133,13 +139,15 @@ def train_supervised(
 
 
 def save_unet(bb: DiffusionBackbone, folder: str | Path) -> Path:
-    """Write the backbone's UNet in diffusers format (to rebuild a variant later)."""
+    """Write the backbone's UNet in diffusers format (to rebuild a variant later); return the
+    folder."""
     bb.unet.save_pretrained(folder, safe_serialization=True)
     return Path(folder)
 
 
-def load_variant(bb: DiffusionBackbone, name: str, unet_folder: str | Path | None = None,
-                 seed: int = 0) -> DiffusionBackbone:  # fmt: skip
+def load_variant(
+    bb: DiffusionBackbone, name: str, unet_folder: str | Path | None = None, seed: int = 0
+) -> DiffusionBackbone:
     """Return the ``name`` variant of the pretrained backbone ``bb`` (see module docstring).
 
     ``"supervised"`` needs ``unet_folder``, written by :func:`save_unet` after
@@ -162,5 +170,4 @@ def load_variant(bb: DiffusionBackbone, name: str, unet_folder: str | Path | Non
         unet_folder, local_files_only=True, use_safetensors=True
     )
     unet.to(bb.unet.device, bb.unet.dtype)
-    return DiffusionBackbone(bb.vae, unet, bb.text_encoder, bb.tokenizer, bb.scheduler,
-                             copy.deepcopy(bb.cfg), source=f"{bb.source} (UNet supervised)")  # fmt: skip
+    return _with_unet(bb, unet, "UNet supervised")
