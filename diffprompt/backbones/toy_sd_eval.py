@@ -39,7 +39,7 @@ from diffprompt.backbones.hub import resolve_model_folder
 from diffprompt.backbones.toy_sd_card import write_card
 from diffprompt.backbones.toy_sd_recipe import paired_losses
 from diffprompt.backbones.variants import random_unet
-from diffprompt.benchmarks import eval_classes
+from diffprompt.benchmarks import TARGETS, eval_classes
 from diffprompt.data import DEFAULT_SPLIT, build_dataset
 from diffprompt.evaluate import ConfusionMatrix
 from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, colorize
@@ -57,18 +57,7 @@ CLASS_WORDS = CLASSES
 SOURCE = "gta5"
 
 #: Data sets whose first image shows the class-word maps (every miniature data set).
-DOMAINS = (
-    "gta5",
-    "synthia",
-    "cityscapes",
-    "bdd100k",
-    "mapillary",
-    "acdc_fog",
-    "acdc_night",
-    "acdc_rain",
-    "acdc_snow",
-    "darkzurich",
-)
+DOMAINS = ("gta5", "synthia", *TARGETS)
 
 #: Captions used to show what the model learned (sampled-conditions figure).
 DEMO_CAPTIONS = (
