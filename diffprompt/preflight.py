@@ -18,9 +18,13 @@ docs/ERRORS.md lists every bad input the project recognises and the message it g
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import tempfile
+import types
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,6 +129,62 @@ def check_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
         raise ParameterError("; ".join(problems))
     _checked.add(id(namespace))
     return values
+
+
+# ---------------------------------------------------------------------------------------
+# KEY=VALUE assignments of a configuration (the command lines)
+# ---------------------------------------------------------------------------------------
+
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _typed(text: str, kind: Any, name: str) -> Any:
+    """Return ``text`` as a value of the annotation ``kind`` (bool, int, float, str, a
+    tuple of them, optionally None); a ValueError names the field and what it takes."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        if text in ("None", "null") and type(None) in args:
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(kind)
+    if typing.get_origin(kind) is tuple:
+        items = [t for t in text.split(",") if t]
+        kinds = [args[0]] * len(items) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(kinds) != len(items):
+            raise ValueError(f"{name} takes {len(kinds)} comma-separated values, got {text!r}")
+        return tuple(_typed(t, k, name) for t, k in zip(items, kinds, strict=True))
+    if kind is bool:
+        if text.lower() in TRUE_WORDS + FALSE_WORDS:
+            return text.lower() in TRUE_WORDS
+    elif kind in (int, float, str):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    else:
+        return json.loads(text)
+    raise ValueError(f"{name} must be {_KIND_NAMES[kind]}, got {text!r}")
+
+
+def parse_assignments(cls: type, items: Sequence[str]) -> dict[str, Any]:
+    """Return the fields of the dataclass ``cls`` that ``KEY=VALUE`` strings set, each
+    parsed as its declared type: booleans from true/false (also 1/0, yes/no, on/off, any
+    case), numbers, strings, tuples as comma-separated items ("crop=512,512"), None or null
+    for an optional field. Raises a ValueError naming an unknown field (with the closest
+    name), a missing "=", or a value of the wrong type."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        if key not in names:
+            raise ValueError(f"unknown {cls.__name__} field {key!r}.{did_you_mean(key, names)}")
+        out[key] = _typed(value, hints[key], key)
+    return out
 
 
 # ---------------------------------------------------------------------------------------

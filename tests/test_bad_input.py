@@ -552,7 +552,7 @@ CASES = [
         "python -m diffprompt.dg",
         lambda c: _cli(c, "steps=abc"),
         SystemExit,
-        r"error: steps must be a positive integer, got 'abc'",
+        r"error: steps must be an integer, got 'abc'",
     ),
     Case(
         "cli-unknown-field",

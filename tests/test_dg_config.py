@@ -106,3 +106,23 @@ def test_config_from_notebook_parameters_ignores_other_names_and_applies_a_prese
     cfg = config_from(params)
     assert cfg.steps == 7 and cfg.targets == ("cityscapes",)
     assert config_from(params, "paper").crop == (512, 512)
+
+
+def test_command_line_values_take_their_declared_types():
+    over = parse_overrides(["flip=False", "noise=1", "lr=3e-4", "blocks=0,2", "timesteps=1"])
+    assert over == {"flip": False, "noise": True, "lr": 3e-4, "blocks": (0, 2), "timesteps": (1,)}
+    assert isinstance(parse_overrides(["lr=1"])["lr"], float)
+    assert parse_overrides(["num_templates=None", "blocks=null"]) == {
+        "num_templates": None,
+        "blocks": None,
+    }
+    for bad, match in [
+        ("flip=maybe", "flip must be true or false, got 'maybe'"),
+        ("steps=abc", "steps must be an integer, got 'abc'"),
+        ("steps=2.5", "steps must be an integer"),
+        ("lr=fast", "lr must be a number"),
+        ("crop=512", "crop takes 2 comma-separated values"),
+        ("steps=None", "steps must be an integer"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            parse_overrides([bad])

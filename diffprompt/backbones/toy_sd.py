@@ -35,7 +35,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,7 @@ from diffprompt.backbones.toy_sd_recipe import (
 )
 from diffprompt.data.roots import resolve_data_root
 from diffprompt.io import atomic_path, atomic_write_text, digest
+from diffprompt.preflight import parse_assignments
 from diffprompt.runtime import resolve_device
 from diffprompt.text import tokenize
 
@@ -506,40 +507,6 @@ def load_training_record(folder: str | Path = BUNDLED["toy-sd"]) -> dict[str, An
 # ---------------------------------------------------------------------------------------
 
 
-def _parse_value(like: Any, text: str) -> Any:
-    """Return ``text`` as a value of the type of ``like`` (bools: 1/0, true/false, yes/no,
-    on/off)."""
-    if isinstance(like, bool):
-        t = text.strip().lower()
-        if t not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            raise ValueError("not a boolean")
-        return t in ("1", "true", "yes", "on")
-    return type(like)(text)
-
-
-def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """Return the ToySDConfig fields set by ``KEY=VALUE`` pairs, typed as their defaults
-    (tuples: comma-separated items typed as the default's first); SystemExit on a bad pair."""
-    defaults = asdict(ToySDConfig())
-    names = {f.name for f in fields(ToySDConfig)}
-    over = {}
-    for kv in pairs:
-        k, eq, v = kv.partition("=")
-        if not eq:
-            raise SystemExit(f"--set takes KEY=VALUE, got {kv!r}")
-        if k not in names:
-            raise SystemExit(f"unknown ToySDConfig field {k!r}")
-        default = defaults[k]
-        try:
-            if isinstance(default, tuple):
-                over[k] = tuple(_parse_value(default[0], x) for x in v.split(","))
-            else:
-                over[k] = _parse_value(default, v)
-        except ValueError as e:
-            raise SystemExit(f"bad value for {k}: {v!r} ({e})") from e
-    return over
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the command line, pretrain (resuming from ``--work``) and print what was written."""
     p = argparse.ArgumentParser(description="Pretrain the embedded tiny SD model on the miniature.")
@@ -555,7 +522,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="override ToySDConfig fields, e.g. unet_steps=2000",
     )
     a = p.parse_args(argv)
-    cfg = ToySDConfig(**{**asdict(ToySDConfig()), **_overrides(a.set)})
+    try:
+        cfg = ToySDConfig(**parse_assignments(ToySDConfig, a.set))
+    except ValueError as e:  # an unknown field or a value of the wrong type
+        raise SystemExit(f"--set: {e}") from None
     out = pretrain(cfg, a.out, a.work, a.device, stop_after=a.stop_after)
     print("wrote", out if out else f"checkpoints in {a.work} (stopped after {a.stop_after})")
 

@@ -28,7 +28,7 @@ from typing import Any
 from diffprompt.benchmarks import TARGETS
 from diffprompt.data import DATASETS, DEFAULT_SPLIT, SPLITS
 from diffprompt.io import did_you_mean
-from diffprompt.preflight import check_fields
+from diffprompt.preflight import check_fields, parse_assignments
 from diffprompt.prompts import DEFAULT_SCENE_TEXT
 from diffprompt.runtime import resolve_device
 
@@ -309,27 +309,7 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """Return TrainConfig overrides from ``KEY=VALUE`` strings. Values are JSON when they
-    parse as JSON (numbers, true/false, null, lists), else strings; tuple fields take
-    comma-separated items ("targets=cityscapes,acdc_night", "crop=512,512")."""
-    by_name = {f.name: f for f in fields(TrainConfig)}
-    out: dict[str, Any] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"expected KEY=VALUE, got {item!r}")
-        if key not in by_name:
-            raise ValueError(f"unknown TrainConfig field {key!r}.{did_you_mean(key, by_name)}")
-        is_tuple = "tuple" in str(by_name[key].type)
-        if is_tuple and value not in ("null", "None"):
-            out[key] = tuple(_json_or_text(v) for v in value.split(",") if v)
-        else:
-            out[key] = None if value == "None" else _json_or_text(value)
-    return out
-
-
-def _json_or_text(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
+    """Return TrainConfig overrides from ``KEY=VALUE`` strings, each value parsed as its
+    field's declared type (:func:`diffprompt.preflight.parse_assignments`: "flip=False",
+    "steps=10", "targets=cityscapes,acdc_night", "crop=512,512", "train_size=None")."""
+    return parse_assignments(TrainConfig, items)
