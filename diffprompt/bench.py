@@ -184,7 +184,7 @@ def child_tta_fullsize(checkpointing: bool = True, steps: int = 2, miniature: bo
         bb.text_encoder,
         bb.tokenizer,
         CLASSES,
-        PromptConfig(mode="scene", learnable_scene=True, adapter=False, num_templates=1),
+        PromptConfig(tokens="scene", learnable_scene=True, adapter=False, num_templates=1),
     )
     head = SemanticFPN(bb.feature_channels, bb.feature_strides, 19, *widths)
     model = SegModel(bb, head, prompts).to(dev).eval()
@@ -336,7 +336,7 @@ def child_features_fullsize() -> dict:
         bb.text_encoder,
         bb.tokenizer,
         CLASSES,
-        PromptConfig(mode="scene", num_templates=4, adapter=False),
+        PromptConfig(tokens="scene", num_templates=4, adapter=False),
     )
     head = SemanticFPN(bb.feature_channels, bb.feature_strides, 19, 256, 128)
     model = SegModel(bb, head, prompts).to(dev).eval()

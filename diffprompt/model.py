@@ -1,7 +1,7 @@
 """SegModel = backbone + prompts + head, with the components passed in.
 
 >>> bb = DiffusionBackbone.from_pretrained("toy-sd")
->>> prompts = Prompts(bb.text_encoder, bb.tokenizer, CLASSES, PromptConfig(mode="scene"))
+>>> prompts = Prompts(bb.text_encoder, bb.tokenizer, CLASSES, PromptConfig(tokens="scene"))
 >>> head = SemanticFPN(bb.feature_channels, bb.feature_strides)
 >>> model = SegModel(bb, head, prompts)
 >>> logits = model(images)                       # (B, 19, H, W), default scene prompt

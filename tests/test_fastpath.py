@@ -125,3 +125,9 @@ def test_notebook_defaults_are_read_from_the_parameters_cell(tmp_path):
     )
     (tmp_path / "02_dg_training.py").write_text(text)
     assert dg_config(notebook_defaults("02_dg_training", tmp_path)).steps == 7
+
+
+def test_the_benchmarks_tta_step_runs_on_the_embedded_model():
+    out = bench.child_tta_fullsize(checkpointing=False, steps=1, miniature=True)
+    assert out["denoise_step_s"] > 0 and out["entropy_step_s"] > 0
+    assert out["peak_rss_gb"] >= out["rss_after_load_gb"] > 0
