@@ -36,6 +36,8 @@ PROMPT_MODES = ("null", "category", "fixed", "random", "random_consistency")
 #: The modes that randomize the scene prompt over K prompts per step.
 RANDOM_MODES = ("random", "random_consistency")
 CONSISTENCY_KINDS = ("js", "sym_kl")
+#: Where the DG cross-entropy is computed (see diffprompt.dg.losses.cross_entropy).
+LOSS_RESOLUTIONS = ("labels", "area", "nearest")
 #: How a trained model predicts an image: whole (padded to the backbone's multiple) or by
 #: sliding window (mmseg's "slide").
 INFERENCE = ("whole", "slide")
@@ -96,6 +98,9 @@ class TrainConfig:
     weight_decay: float = 1e-3  # VPD: 1e-3
     warmup: int = 20  # linear warm-up steps (VPD: 1500)
     poly_power: float = 1.0  # poly decay to 0 after warm-up (mmseg: 1.0)
+    loss_resolution: str = "area"  # cross-entropy at the head's resolution against class
+    #   fractions ("area"), at the centre labels ("nearest"), or on logits upsampled to the
+    #   labels ("labels": VPD, the paper preset); see diffprompt.dg.losses (ours)
     mixed_precision: str = "no"  # accelerate: "no" | "bf16" | "fp16" (fp16: CUDA only)
     cache_features: bool = True  # cache frozen features (see diffprompt.dg.trainer)
     # --- evaluation
@@ -103,6 +108,9 @@ class TrainConfig:
     eval_crop: tuple[int, int] = (512, 512)  # sliding window (VPD: 512)
     eval_stride: tuple[int, int] = (341, 341)  # VPD: 341
     eval_batch: int = 8
+    eval_every: int = 0  # the training curve: mIoU of the source's val split (or of held-out
+    #   source images, see diffprompt.dg.data.curve_set) every N steps (0 = none)
+    curve_images: int = 0  # images of that curve set (0 = all)
     # --- bookkeeping
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "mps"
@@ -139,6 +147,8 @@ NOT_HASHED = (
     "eval_crop",
     "eval_stride",
     "eval_batch",
+    "eval_every",
+    "curve_images",
     "test_scene_text",
     "device",
     "log_every",
@@ -165,6 +175,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         fpn_width=256,
         head_width=128,
         dropout=0.1,
+        loss_resolution="labels",
         attention_maps=True,
         adapter=True,
         cache_features=False,
@@ -253,6 +264,7 @@ def check_config(cfg: TrainConfig) -> None:
     choices = {
         "prompt_mode": PROMPT_MODES,
         "consistency": CONSISTENCY_KINDS,
+        "loss_resolution": LOSS_RESOLUTIONS,
     }
     for name, allowed in choices.items():
         value = getattr(cfg, name)
@@ -269,6 +281,8 @@ def check_config(cfg: TrainConfig) -> None:
             "warmup",
             "log_every",
             "ckpt_every",
+            "eval_every",
+            "curve_images",
         ),
     )
     if cfg.batch_size % cfg.grad_accum:

@@ -53,6 +53,29 @@ def open_eval_sets(cfg: TrainConfig, root: str | os.PathLike) -> dict[str, SegDa
     return out
 
 
+def curve_set(
+    cfg: TrainConfig,
+    root: str | os.PathLike,
+    source: SegDataset,
+    train_indices: list[int],
+) -> tuple[str, SegDataset, list[int]] | None:
+    """Return (name, data set, indices) of the training curve (``cfg.eval_every``): the
+    source's val split where it exists, else the source images after the ``train_indices``
+    (held out from training; SYNTHIA has no val split); the first ``curve_images`` of them
+    (0 = all). None without ``eval_every`` or when no source image is held out."""
+    if not cfg.eval_every:
+        return None
+    if "val" in available_splits(cfg.source, Path(root)):
+        ds = build_dataset(cfg.source, "val", root, transform=image_transform(cfg))
+        name, indices = f"{cfg.source} val", list(range(len(ds)))
+    else:
+        ds = source
+        name, indices = f"{cfg.source} held-out", list(range(len(train_indices), len(ds)))
+    if not indices:
+        return None
+    return name, ds, indices[: cfg.curve_images] if cfg.curve_images else indices
+
+
 def check_run_data(
     cfg: TrainConfig,
     source: SegDataset,

@@ -7,6 +7,15 @@ DG training: for K predictions of one batch (one per scene prompt),
 with consistency the Jensen-Shannon divergence of the K predicted distributions (or their
 mean pairwise symmetric KL), so the head learns to rely on what does not change when the
 described scene does.
+
+Where the cross-entropy is computed (``TrainConfig.loss_resolution``, ``LOSS_RESOLUTIONS``):
+
+- ``"labels"``: the logits upsampled (bilinear) to the labels' resolution, as VPD and mmseg
+  do (the paper preset); on the CPU the backward through that upsampling dominates a step;
+- ``"area"``: at the head's resolution, against each cell's class counts (the labels'
+  one-hot summed over the cell; ignored pixels left out): exactly the cross-entropy the
+  labels give with the logits upsampled by nearest neighbour;
+- ``"nearest"``: at the head's resolution, against the label at each cell's centre.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffprompt.dg.config import CONSISTENCY_KINDS
+from diffprompt.dg.config import CONSISTENCY_KINDS, LOSS_RESOLUTIONS
 from diffprompt.labels import IGNORE_INDEX
 
 
@@ -66,6 +75,72 @@ def consistency_loss(logits: Tensor, kind: str = "js", valid: Tensor | None = No
     return per_pixel.mean()
 
 
+def _cell(size: tuple[int, int], out: tuple[int, int]) -> tuple[int, int]:
+    """Return the (integer) cell size that maps labels of ``size`` to logits of ``out``."""
+    (h, w), (oh, ow) = size, out
+    if h % oh or w % ow:
+        raise ValueError(
+            f"labels {h}x{w} are not a whole multiple of the logits {oh}x{ow}: use "
+            "loss_resolution='labels' or image sizes that the head's stride divides"
+        )
+    return h // oh, w // ow
+
+
+def class_counts(target: Tensor, out: tuple[int, int], num_classes: int) -> Tensor:
+    """Return (B, C, h, w) float counts of each class's labeled pixels in each cell of a
+    (h, w) grid over ``target`` (B, H, W) trainIds (ignored pixels counted nowhere)."""
+    ch, cw = _cell(tuple(target.shape[-2:]), out)
+    valid = target != IGNORE_INDEX
+    onehot = F.one_hot(torch.where(valid, target, 0), num_classes).to(torch.float32)
+    onehot = onehot * valid[..., None]  # (B, H, W, C)
+    b, h, w, c = onehot.shape
+    counts = onehot.reshape(b, h // ch, ch, w // cw, cw, c).sum((2, 4))  # (B, h, w, C)
+    return counts.permute(0, 3, 1, 2)
+
+
+def nearest_labels(target: Tensor, out: tuple[int, int]) -> Tensor:
+    """Return (B, h, w) labels: the label at the centre of each cell of a (h, w) grid."""
+    ch, cw = _cell(tuple(target.shape[-2:]), out)
+    return target[:, ch // 2 :: ch, cw // 2 :: cw]
+
+
+def cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    resolution: str = "labels",
+    class_weight: Tensor | None = None,
+    denominator: Tensor | float | None = None,
+) -> Tensor:
+    """Return the cross-entropy of ``logits`` (B, C, h, w) against ``target`` (B, H, W) at
+    ``resolution`` (:data:`LOSS_RESOLUTIONS`): the mean over labeled pixels (in "area",
+    each label pixel counts once, so it is the labels-resolution loss of nearest-upsampled
+    logits), or with ``denominator`` the sum divided by it."""
+    if resolution not in LOSS_RESOLUTIONS:
+        raise ValueError(
+            f"unknown loss_resolution {resolution!r}; choose one of {LOSS_RESOLUTIONS}"
+        )
+    logits = logits.float()
+    size = tuple(target.shape[-2:])
+    same = tuple(logits.shape[-2:]) == size
+    if resolution == "area" and not same:
+        counts = class_counts(target, tuple(logits.shape[-2:]), logits.shape[1])
+        if class_weight is not None:
+            counts = counts * class_weight.view(1, -1, 1, 1)
+        total = -(counts * logits.log_softmax(1)).sum()
+        if denominator is not None:
+            return total / denominator
+        return total / counts.sum().clamp_min(1e-12)
+    if resolution == "nearest" and not same:
+        target = nearest_labels(target, tuple(logits.shape[-2:]))
+    elif not same:
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    reduction = "mean" if denominator is None else "sum"
+    ce = F.cross_entropy(
+        logits, target, weight=class_weight, ignore_index=IGNORE_INDEX, reduction=reduction
+    )
+    return ce if denominator is None else ce / denominator
+
+
 def dg_loss(
     logits: Tensor,
     target: Tensor,
@@ -73,31 +148,27 @@ def dg_loss(
     kind: str = "js",
     class_weight: Tensor | None = None,
     ce_denominator: Tensor | float | None = None,
+    resolution: str = "labels",
 ) -> dict[str, Tensor]:
     """Return {"loss", "ce", "consistency"} of K predictions of one batch.
 
     ``logits`` (K, B, C, h, w), at the head's resolution or the labels'; ``target`` (B, H, W)
-    trainIds. The cross-entropy of each prediction, upsampled (bilinear) to the labels,
-    averaged over the K prompts, plus ``weight`` times :func:`consistency_loss` of the K
-    predictions at their own resolution (reported also when ``weight`` is 0). K = 1 and
-    weight 0 is plain cross-entropy. The cross-entropy is a mean over the batch's labeled
-    pixels, or, with ``ce_denominator``, their sum divided by it (several processes divide
-    by the global count over the number of processes, so that averaging their gradients
-    gives the gradient of one process holding the whole batch).
+    trainIds. The cross-entropy of each prediction at ``resolution`` (:func:`cross_entropy`:
+    "labels" upsamples the logits to the labels, as VPD), averaged over the K prompts, plus
+    ``weight`` times :func:`consistency_loss` of the K predictions at their own resolution
+    (reported also when ``weight`` is 0). K = 1 and weight 0 is plain cross-entropy. The
+    cross-entropy is a mean over the batch's labeled pixels, or, with ``ce_denominator``,
+    their sum divided by it (several processes divide by the global count over the number
+    of processes, so that averaging their gradients gives the gradient of one process
+    holding the whole batch).
     """
     k = logits.shape[0]
-    size = tuple(target.shape[-2:])
-    reduction = "mean" if ce_denominator is None else "sum"
-    ce = []
-    for i in range(k):
-        li = logits[i].float()
-        if tuple(li.shape[-2:]) != size:
-            li = F.interpolate(li, size=size, mode="bilinear", align_corners=False)
-        ce_i = F.cross_entropy(
-            li, target, weight=class_weight, ignore_index=IGNORE_INDEX, reduction=reduction
-        )
-        ce.append(ce_i if ce_denominator is None else ce_i / ce_denominator)
-    ce = torch.stack(ce).mean()
+    ce = torch.stack(
+        [
+            cross_entropy(logits[i], target, resolution, class_weight, ce_denominator)
+            for i in range(k)
+        ]
+    ).mean()
     # measured whenever K > 1 (also with weight 0: how much the K predictions disagree)
     cons = consistency_loss(logits, kind) if k > 1 else ce.new_zeros(())
     return {"loss": ce + weight * cons, "ce": ce, "consistency": cons}

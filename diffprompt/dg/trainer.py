@@ -45,6 +45,7 @@ from diffprompt.dg.config import (
 from diffprompt.dg.data import (
     check_run_data,
     check_sizes,
+    curve_set,
     open_eval_sets,
     open_source,
 )
@@ -126,6 +127,7 @@ class Trainer:
         self.source, self.train_indices = open_source(cfg, self.root)
         self._eval_sets = open_eval_sets(cfg, self.root)
         check_run_data(cfg, self.source, self.train_indices, self._eval_sets, self.eval_count)
+        self.curve = curve_set(cfg, self.root, self.source, self.train_indices)
         self.model = build_model(cfg, self.device, backbone)
         self.multiple = getattr(self.model.backbone, "multiple", 1)
         check_sizes(cfg, self.source, self.multiple)
@@ -255,14 +257,21 @@ class Trainer:
             s = self.state.step
             lr = self.sched.get_last_lr()[0]
             entry = {"step": s, **sums, "lr": lr, "seconds": round(time.time() - t0, 2)}
+            if self.curve is not None and (s % cfg.eval_every == 0 or s == cfg.steps):
+                entry["curve_mIoU"] = self.curve_miou()
             self.state.log.append(entry)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{sums['loss']:.3f}")
             elif acc.is_main_process and (s % cfg.log_every == 0 or s in (1, cfg.steps)):
+                curve = (
+                    f" {self.curve[0]} mIoU {entry['curve_mIoU']:.2f}"
+                    if "curve_mIoU" in entry
+                    else ""
+                )
                 self.log(
                     f"step {s}/{cfg.steps} loss {sums['loss']:.4f} ce {sums['ce']:.4f} "
-                    f"consistency {sums['consistency']:.4f} lr {lr:.2e} "
+                    f"consistency {sums['consistency']:.4f} lr {lr:.2e}{curve} "
                     f"{entry['seconds']:.0f}s"
                 )
             self.state.seconds = time.time() - t0
@@ -287,6 +296,7 @@ class Trainer:
                     self.lam,
                     self.cfg.consistency,
                     ce_denominator=self._ce_denominator(y),
+                    resolution=self.cfg.loss_resolution,
                 )
                 self.acc.backward(out["loss"])
                 self.opt.step()
@@ -300,6 +310,16 @@ class Trainer:
         return sums
 
     # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def curve_miou(self) -> float:
+        """Return the mIoU (%) of the model as it is on the curve set (:func:`curve_set`),
+        leaving it in training mode (the global RNG untouched: dropout is off in eval)."""
+        name, ds, indices = self.curve
+        self.ddp_model.eval()
+        cm = evaluate_predictions(self.predictor(ds), ds, indices, self.cfg.eval_batch)
+        self.ddp_model.train()
+        return miou_rows({name: cm}, {name: ds}, self.cfg.source, {name: len(indices)})[0]["mIoU"]
+
     def test_scene(self) -> str | None:
         """The scene prompt used at test time (None: the model's own)."""
         text = self.cfg.test_scene_text
