@@ -123,11 +123,16 @@ def _miou(totals: np.ndarray, seeds: int) -> np.ndarray:
 
 
 class _Statistic:
-    """mIoU (mean over seeds) of each resample of image indices, vectorized over resamples."""
+    """The mIoU (mean over seeds) of each of several runs (S_p, N, C, C) on the same images,
+    for each resample of image indices, vectorized over resamples: (..., M) indices give
+    (..., P) values. One image-count matrix and one matrix product serve all runs."""
 
-    def __init__(self, runs: np.ndarray, classes: Sequence[int] | None):
-        self.n, self.seeds = runs.shape[1], runs.shape[0]
-        self.counts = _class_counts(runs, classes)
+    def __init__(self, parts: Sequence[np.ndarray], classes: Sequence[int] | None):
+        self.n = parts[0].shape[1]
+        self.seeds = [p.shape[0] for p in parts]
+        per_part = [_class_counts(p, classes) for p in parts]
+        self.counts = np.concatenate(per_part, axis=1)
+        self.splits = np.cumsum([c.shape[1] for c in per_part])[:-1]
 
     def __call__(self, idx: np.ndarray, axis: int = -1) -> np.ndarray:
         idx = np.moveaxis(np.asarray(idx), axis, -1)
@@ -137,13 +142,15 @@ class _Statistic:
         offset = (np.arange(r, dtype=np.int64) * self.n)[:, None]
         weights = np.bincount((rows + offset).ravel(), minlength=r * self.n)
         totals = weights.reshape(r, self.n).astype(np.float64) @ self.counts
-        return _miou(totals, self.seeds).reshape(lead)
+        parts = np.split(totals, self.splits, axis=1)
+        values = [_miou(t, s) for t, s in zip(parts, self.seeds, strict=True)]
+        return np.stack(values, axis=-1).reshape(*lead, len(values))
 
 
 def miou_of_resamples(cms, idx, classes: Sequence[int] | None = None) -> np.ndarray:
     """Return the dataset-level mIoU (%, mean over seeds) of each row of image indices
     ``idx`` (R, M): the statistic every bootstrap replicate computes."""
-    return _Statistic(as_runs(cms), classes)(np.atleast_2d(idx))
+    return _Statistic([as_runs(cms)], classes)(np.atleast_2d(idx))[..., 0]
 
 
 def _check(confidence: float, n_resamples: int, method: str) -> None:
@@ -209,7 +216,11 @@ def miou_ci(
     """
     _check(confidence, n_resamples, method)
     runs = as_runs(per_image_cms)
-    statistic = _Statistic(runs, classes)
+    one = _Statistic([runs], classes)
+
+    def statistic(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        return one(idx, axis)[..., 0]
+
     return Interval(*_bootstrap(statistic, runs.shape[1], n_resamples, confidence, seed, method))
 
 
@@ -237,10 +248,11 @@ def paired_difference_ci(
             f"{runs_b.shape[1]} of {runs_b.shape[2]}: a paired difference needs both methods "
             "evaluated on the same images, in the same order"
         )
-    stat_a, stat_b = _Statistic(runs_a, classes), _Statistic(runs_b, classes)
+    both = _Statistic([runs_a, runs_b], classes)
 
     def statistic(idx: np.ndarray, axis: int = -1) -> np.ndarray:
-        return stat_a(idx, axis) - stat_b(idx, axis)
+        values = both(idx, axis)
+        return values[..., 0] - values[..., 1]
 
     point, low, high = _bootstrap(statistic, runs_a.shape[1], n_resamples, confidence, seed, method)
     return Difference(point, low, high, bool(low > 0 or high < 0))
