@@ -9,7 +9,7 @@ an empty union left out, optionally over a subset of classes).
 
 Seeds pooled: several runs (seeds) evaluated on the same images are given as one array
 (S, N, C, C); a replicate uses the same image indices for every seed and its value is the
-mean over seeds of the replicates' mIoU. A paired difference of two methods uses the same
+mean over seeds of their mIoU on those images. A paired difference of two methods uses the same
 indices for both methods (and all their seeds) in each replicate, so the image-to-image
 variation the two share cancels.
 
@@ -27,7 +27,7 @@ index rows into image counts (R, N) and the resampled sums into one matrix produ
 per-image (TP, ground truth, predicted) class counts (N, S x 3 x K), so one interval over
 200 images, 3 seeds and 19 classes with 2000 replicates takes a few tens of milliseconds.
 The counts are integers held exactly in float64, so a fixed ``seed`` gives the same interval
-byte for byte.
+byte for byte (with the same numpy and scipy versions: scipy draws the resamples).
 """
 
 from __future__ import annotations
