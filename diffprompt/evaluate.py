@@ -18,6 +18,34 @@ from diffprompt.benchmarks import eval_classes
 from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
 
 
+def _flat_checked(
+    pred: torch.Tensor | np.ndarray,
+    target: torch.Tensor | np.ndarray,
+    num_classes: int,
+    ignore_index: int,
+    images: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Return (pred, target, image index) of the labelled pixels, flattened and checked;
+    ``images``: how many images the leading dimension holds (None: no image index)."""
+    pred = torch.as_tensor(pred).reshape(-1).long()
+    target = torch.as_tensor(target).reshape(-1).long()
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target differ in size: {pred.numel()} vs {target.numel()}")
+    keep = target != ignore_index
+    image = None
+    if images is not None:
+        image = torch.arange(images).repeat_interleave(pred.numel() // max(images, 1))[keep]
+    pred, target = pred[keep], target[keep]
+    if target.numel() and (target.min() < 0 or target.max() >= num_classes):
+        raise ValueError(
+            f"target holds values outside [0, {num_classes}) other than {ignore_index}: "
+            f"{sorted(set(target.unique().tolist()) - set(range(num_classes)))}"
+        )
+    if pred.numel() and (pred.min() < 0 or pred.max() >= num_classes):
+        raise ValueError(f"pred holds values outside [0, {num_classes})")
+    return pred, target, image
+
+
 def confusion_matrix(
     pred: torch.Tensor | np.ndarray,
     target: torch.Tensor | np.ndarray,
@@ -30,37 +58,83 @@ def confusion_matrix(
     Target pixels equal to ``ignore_index`` are skipped; other target values outside
     ``[0, num_classes)`` raise a ValueError.
     """
-    pred = torch.as_tensor(pred).reshape(-1).long()
-    target = torch.as_tensor(target).reshape(-1).long()
-    if pred.shape != target.shape:
-        raise ValueError(f"pred and target differ in size: {pred.numel()} vs {target.numel()}")
-    keep = target != ignore_index
-    pred, target = pred[keep], target[keep]
-    if target.numel() and (target.min() < 0 or target.max() >= num_classes):
-        raise ValueError(
-            f"target holds values outside [0, {num_classes}) other than {ignore_index}: "
-            f"{sorted(set(target.unique().tolist()) - set(range(num_classes)))}"
-        )
-    if pred.numel() and (pred.min() < 0 or pred.max() >= num_classes):
-        raise ValueError(f"pred holds values outside [0, {num_classes})")
+    pred, target, _ = _flat_checked(pred, target, num_classes, ignore_index)
     idx = target * num_classes + pred
     return torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def per_image_confusion_matrices(
+    pred: torch.Tensor | np.ndarray,
+    target: torch.Tensor | np.ndarray,
+    num_classes: int = NUM_CLASSES,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
+    """Return the (B, num_classes, num_classes) int64 confusion matrices of the B images of
+    a batch (the leading dimension of ``pred`` and ``target``, e.g. (B, H, W)), in one
+    pass; their sum is :func:`confusion_matrix` of the batch."""
+    pred_t, target_t = torch.as_tensor(pred), torch.as_tensor(target)
+    if pred_t.ndim < 1 or pred_t.shape != target_t.shape:
+        raise ValueError(
+            f"per-image confusion matrices need pred and target of the same shape with the "
+            f"images along the first dimension, got {tuple(pred_t.shape)} and "
+            f"{tuple(target_t.shape)}"
+        )
+    b, c = pred_t.shape[0], num_classes
+    pred_t, target_t, image = _flat_checked(pred_t, target_t, c, ignore_index, images=b)
+    idx = (image * c + target_t) * c + pred_t
+    return torch.bincount(idx, minlength=b * c * c).reshape(b, c, c)
 
 
 class ConfusionMatrix:
     """Accumulates a dataset-level confusion matrix over batches.
 
     >>> cm = ConfusionMatrix(); cm.update(pred, mask); cm.miou()
+
+    With ``per_image=True`` it also keeps one matrix per image (the leading dimension of
+    each batch: (B, H, W)), in the order the images came, for bootstrap confidence
+    intervals (:mod:`diffprompt.bootstrap`); ``mat`` stays their sum.
+
+    >>> cm = ConfusionMatrix(per_image=True); cm.update(pred, mask); cm.per_image_matrices()
     """
 
-    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX):
+    def __init__(
+        self,
+        num_classes: int = NUM_CLASSES,
+        ignore_index: int = IGNORE_INDEX,
+        per_image: bool = False,
+    ):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.per_image = per_image
+        self._images: list[torch.Tensor] = []
 
     def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
         """Add one batch of predictions (class indices) and targets (trainIds)."""
-        self.mat += confusion_matrix(pred, target, self.num_classes, self.ignore_index).cpu()
+        if not self.per_image:
+            self.mat += confusion_matrix(pred, target, self.num_classes, self.ignore_index).cpu()
+            return
+        mats = per_image_confusion_matrices(
+            torch.as_tensor(pred).cpu(),
+            torch.as_tensor(target).cpu(),
+            self.num_classes,
+            self.ignore_index,
+        )
+        self._images.append(mats)
+        self.mat += mats.sum(0)
+
+    def per_image_matrices(self) -> np.ndarray:
+        """Return the (N, C, C) int64 matrices of the N images seen so far (needs
+        ``per_image=True``); they sum to ``mat``."""
+        if not self.per_image:
+            raise ValueError(
+                "this ConfusionMatrix keeps no per-image matrices: build it with "
+                "ConfusionMatrix(per_image=True) (or evaluate_predictions(..., per_image=True))"
+            )
+        c = self.num_classes
+        if not self._images:
+            return np.zeros((0, c, c), dtype=np.int64)
+        return torch.cat(self._images).numpy().astype(np.int64, copy=False)
 
     def iou(self) -> np.ndarray:
         """Return per-class IoU as a (num_classes,) float array (NaN where the union is 0)."""
@@ -158,13 +232,17 @@ def evaluate_predictions(
     indices: Sequence[int] | None = None,
     batch_size: int = 8,
     num_classes: int = NUM_CLASSES,
+    per_image: bool = False,
 ) -> ConfusionMatrix:
     """Return the dataset-level confusion matrix of ``predict_fn(images, indices) -> class
-    indices (B, H, W)`` over ``indices`` of a labeled data set (default: all)."""
+    indices (B, H, W)`` over ``indices`` of a labeled data set (default: all).
+
+    ``per_image=True``: the matrix also keeps one matrix per image, in the order of
+    ``indices`` (``cm.per_image_matrices()``, (N, C, C)), from the same single pass."""
     indices = list(range(len(dataset))) if indices is None else list(indices)
     if not indices:
         raise ValueError(f"nothing to evaluate: {dataset!r} has no images")
-    cm = ConfusionMatrix(num_classes)
+    cm = ConfusionMatrix(num_classes, per_image=per_image)
     for s in range(0, len(indices), batch_size):
         idx = indices[s : s + batch_size]
         samples = [dataset[i] for i in idx]

@@ -11,7 +11,13 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "diffprompt"
 MAX_MODULE_LINES = 600
 MAX_TRAINER_LINES = 300
-ALGORITHMS = ("diffprompt.dg", "diffprompt.tta", "diffprompt.probing", "diffprompt.domain_gap")
+ALGORITHMS = (
+    "diffprompt.dg",
+    "diffprompt.tta",
+    "diffprompt.probing",
+    "diffprompt.domain_gap",
+    "diffprompt.bootstrap",
+)
 #: The only modules outside experiments/ that may import it.
 ABOVE_EXPERIMENTS = ("diffprompt.bench", "diffprompt.paper")
 

@@ -11,7 +11,8 @@ and runs of the algorithm modules (:mod:`diffprompt.dg`, :mod:`diffprompt.tta`,
 - :mod:`~diffprompt.experiments.dg`: notebook 02 (DG runs, mIoU and per-class tables);
 - :mod:`~diffprompt.experiments.tta`: notebook 03 (every row of a target's TTA table);
 - :mod:`~diffprompt.experiments.ablation`: notebook 04 (the prompt-ablation grid);
-- :mod:`~diffprompt.experiments.stats`: mean ± std over seeds.
+- :mod:`~diffprompt.experiments.stats`: mean ± std over seeds; bootstrap CIs of mIoU and
+  of differences against a baseline row (:mod:`diffprompt.bootstrap`).
 
 Nothing in the package imports this package but the benchmark and the paper's tables.
 """
