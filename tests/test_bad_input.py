@@ -640,7 +640,7 @@ def render(messages: dict[str, tuple[str, str]]) -> str:
         "",
         "What is checked before a run, and where, is described in `diffprompt/preflight.py`:",
         "notebook parameters (types and names) in every notebook's first cell; configurations",
-        "(`check_config`, `check_tta`, `check_fields`); data sets (the root, each data set's",
+        "(`check_config`, `check_tta`, `check_values`); data sets (the root, each data set's",
         "folder and split, and the files a run reads: every file for up to 256 images, an evenly",
         "spread sample of 32 beyond; `python -m diffprompt.data check NAME` reads all); the",
         "crop against the images; the model folder and its weights (safetensors only);",
