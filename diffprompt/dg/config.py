@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -216,28 +216,77 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def apply_preset(cfg: TrainConfig, preset: str) -> TrainConfig:
-    """Return ``cfg`` with the fields of ``PRESETS[preset]`` ("" = unchanged).
+@dataclass
+class PresetChoice:
+    """What a preset did to a configuration: the preset's fields it set (``kept``) and those
+    an explicit value overrode (``overridden``: field -> {"preset": its value, "user": the
+    value given}). ``str()`` is the log line; :meth:`record` the manifest's entry."""
+
+    preset: str = ""
+    kept: list[str] = dataclasses.field(default_factory=list)
+    overridden: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """Return {"preset", "kept", "overridden"} as JSON-able data."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def __str__(self) -> str:
+        if not self.preset:
+            return "no preset: every field as given"
+        over = ", ".join(
+            f"{k}={v['user']!r} (preset: {v['preset']!r})" for k, v in self.overridden.items()
+        )
+        return (
+            f"preset {self.preset!r} sets {', '.join(self.kept) or 'nothing'}; "
+            f"explicit settings override {over or 'none of its fields'}"
+        )
+
+
+def with_preset(
+    cfg: TrainConfig, preset: str, explicit: Iterable[str] = ()
+) -> tuple[TrainConfig, PresetChoice]:
+    """Return ``cfg`` with the fields of ``PRESETS[preset]`` ("" = unchanged) except those in
+    ``explicit`` (the fields the user set: a KEY=VALUE on the command line, a notebook
+    parameter that differs from its default), which keep their values: explicit settings win
+    over the preset. Also returns the :class:`PresetChoice` (kept and overridden fields).
 
     The preset's ``model`` applies only while ``cfg.model`` is the embedded default
-    ``"toy-sd"``, so a local SD folder passed with the preset is kept.
+    ``"toy-sd"``, so a local SD folder passed with the preset is kept (explicit or not).
     """
     if not preset:
-        return cfg
+        return cfg, PresetChoice()
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)} or ''")
-    over = dict(PRESETS[preset])
-    if cfg.model != "toy-sd":
-        over.pop("model")
-    return dataclasses.replace(cfg, **over)
+    values = PRESETS[preset]
+    explicit = set(explicit) | ({"model"} if cfg.model != "toy-sd" else set())
+    kept = {k: v for k, v in values.items() if k not in explicit}
+    overridden = {
+        k: {"preset": v, "user": getattr(cfg, k)} for k, v in values.items() if k in explicit
+    }
+    return dataclasses.replace(cfg, **kept), PresetChoice(preset, list(kept), overridden)
 
 
-def config_from(params: Mapping[str, Any], preset: str = "") -> TrainConfig:
-    """Return a TrainConfig from a dict that may hold other keys (e.g. notebook parameters);
-    unknown keys are ignored, then the preset is applied."""
+def apply_preset(cfg: TrainConfig, preset: str, explicit: Iterable[str] = ()) -> TrainConfig:
+    """Return ``cfg`` with the preset's fields but the ``explicit`` ones (:func:`with_preset`)."""
+    return with_preset(cfg, preset, explicit)[0]
+
+
+def preset_config(
+    params: Mapping[str, Any], preset: str = "", explicit: Iterable[str] = ()
+) -> tuple[TrainConfig, PresetChoice]:
+    """Return a TrainConfig from a dict that may hold other keys (e.g. notebook parameters;
+    unknown keys are ignored), the preset applied under the ``explicit`` fields
+    (:func:`with_preset`), and the :class:`PresetChoice`."""
     names = {f.name for f in fields(TrainConfig)}
     known = {k: v for k, v in params.items() if k in names}
-    return apply_preset(TrainConfig(**known), preset)
+    return with_preset(TrainConfig(**known), preset, explicit)
+
+
+def config_from(
+    params: Mapping[str, Any], preset: str = "", explicit: Iterable[str] = ()
+) -> TrainConfig:
+    """Return the TrainConfig of :func:`preset_config`."""
+    return preset_config(params, preset, explicit)[0]
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:
