@@ -231,7 +231,7 @@ def child_tta_miniature(target: str = "acdc_night") -> dict:
     DG model, from Cityscapes, is trained first when missing and timed apart)."""
     params = {**notebook_defaults("03_tta"), "target": target}
     t0 = time.perf_counter()
-    dg = dg_model(tta_dg_config(params), log=quiet)
+    dg = dg_model(tta_dg_config(params)[0], log=quiet)
     dg_s = time.perf_counter() - t0
     res = run_target(dg, tta_configs(params)[target], params["objectives"], log=quiet)
     rows = {r["method"]: round(r["mIoU"], 2) for r in res["rows"]}
@@ -393,7 +393,7 @@ def child_dg_step_miniature() -> dict:
     cached features; the naive one recomputes text encoder, VAE and full UNet every step."""
 
     steps = 20
-    nb02 = dg_config(notebook_defaults("02_dg_training"))
+    nb02 = dg_config(notebook_defaults("02_dg_training"))[0]
     cfg = dataclasses.replace(
         nb02, steps=steps, targets=(), eval_source=False, log_every=10**6, ckpt_every=0
     )
@@ -433,7 +433,7 @@ def child_bf16_miniature() -> dict:
     03's DG model (from Cityscapes; trained first when missing), on ACDC night, with fp32 and
     with bf16 features."""
 
-    dg = dg_model(tta_dg_config(notebook_defaults("03_tta")), log=quiet)
+    dg = dg_model(tta_dg_config(notebook_defaults("03_tta"))[0], log=quiet)
     ds = build_dataset("acdc_night", "val", dg.root)
     model = dg.model.eval()
     device = model.backbone.unet.device

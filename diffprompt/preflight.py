@@ -4,9 +4,14 @@ Every entry point (the notebooks, ``python -m diffprompt.dg``, :func:`~diffpromp
 train_dg`, the TTA, probing and domain-gap runs) calls these before it loads
 weights onto a device, computes a feature or writes a file:
 
-- :func:`check_parameters`: a notebook's parameters have their declared types and no
-  unknown name was passed (papermill's ``-p steps abc`` or a misspelt ``-p stepz 5``);
-- :func:`check_fields`: numbers that must be positive or non-negative are;
+- :func:`check_values`: one rule for every field of a configuration (TrainConfig, TTAConfig,
+  ProbeConfig, GapConfig): it has its declared type (an int is no bool, a float takes an
+  int, tuples element-wise, None where Optional), no number is NaN or infinite, and every
+  number lies in the range its class declares once, in its ``RANGES`` (``"lr": "> 0"``);
+- :func:`check_parameters`: the same rule for a notebook's parameters (their declared types,
+  the ranges of :data:`PARAMETER_RANGES`), and no unknown name was passed (papermill's
+  ``-p steps abc`` or a misspelt ``-p stepz 5``);
+- :func:`parse_assignments`: ``KEY=VALUE`` command lines, each value as its field's type;
 - :func:`check_files`: the images and labels a run reads decode, match in size and hold
   known label values (all of them for splits up to ``ALL_FILES`` images, an evenly spread
   sample of ``SAMPLE_FILES`` beyond; ``python -m diffprompt.data check`` reads every file);
@@ -19,9 +24,12 @@ docs/ERRORS.md lists every bad input the project recognises and the message it g
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import operator
 import os
+import re
 import tempfile
 import types
 import typing
@@ -47,7 +55,7 @@ class NotWritableError(PermissionError):
 
 
 # ---------------------------------------------------------------------------------------
-# Notebook parameters
+# Types
 # ---------------------------------------------------------------------------------------
 
 _TYPE_NAMES = {
@@ -58,8 +66,6 @@ _TYPE_NAMES = {
     list: "a list",
     dict: "a mapping",
 }
-_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
-_checked: set[int] = set()
 
 
 def _example(name: str, kind: type) -> str:
@@ -85,13 +91,266 @@ def _fits(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
+# ---------------------------------------------------------------------------------------
+# Ranges and the one rule for values
+# ---------------------------------------------------------------------------------------
+
+_RANGE = re.compile(
+    r"^\s*(?:(int|float)\s+)?(?:(>=|>|<=|<)\s*(\S+)|([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])]))\s*$"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A documented range of a number, written as ``spec``: ``"> 0"``, ``">= 1"``, ``"<= 1"``,
+    ``"[0, 1)"`` (closed ``[ ]``, open ``( )``); for a list parameter optionally led by the
+    type of its items, ``"int >= 0"``. Parse one with :func:`parse_range`."""
+
+    spec: str
+    lo: float = -math.inf
+    lo_closed: bool = False
+    hi: float = math.inf
+    hi_closed: bool = False
+    kind: type | None = None  # the items' type (list parameters), None: from the annotation
+
+    def __contains__(self, v: float) -> bool:
+        above = v >= self.lo if self.lo_closed else v > self.lo
+        below = v <= self.hi if self.hi_closed else v < self.hi
+        return above and below
+
+    @property
+    def bounds(self) -> str:
+        """The range without the items' type: ``"> 0"``, ``"[0, 1)"``."""
+        return re.sub(r"^\s*(int|float)\s+", "", self.spec).strip()
+
+    def phrase(self, integer: bool) -> str:
+        """Return e.g. "a positive integer", "a non-negative number", "a number in [0, 1)"."""
+        noun = "integer" if integer else "number"
+        if self.hi == math.inf and (self.lo, self.lo_closed) in ((0, False), (1, integer)):
+            return f"a positive {noun}"
+        if self.hi == math.inf and (self.lo, self.lo_closed) == (0, True):
+            return f"a non-negative {noun}"
+        b = self.bounds
+        return f"{'an' if integer else 'a'} {noun} {'in ' if b[0] in '[(' else ''}{b}"
+
+
+def parse_range(spec: str) -> Range:
+    """Return the :class:`Range` of ``spec``; a ValueError for text that is none."""
+    m = _RANGE.match(spec)
+    if not m:
+        raise ValueError(f"not a range: {spec!r} (write e.g. '> 0', '>= 1' or '[0, 1)')")
+    kind = {"int": int, "float": float, None: None}[m.group(1)]
+    if m.group(2):
+        op, v = m.group(2), float(m.group(3))
+        if op.startswith(">"):
+            return Range(spec, lo=v, lo_closed=op == ">=", kind=kind)
+        return Range(spec, hi=v, hi_closed=op == "<=", kind=kind)
+    lo, hi = float(m.group(5)), float(m.group(6))
+    return Range(spec, lo, m.group(4) == "[", hi, m.group(7) == "]", kind)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _unoptional(hint: Any) -> tuple[Any, bool]:
+    """Return (the annotation without None, whether None is allowed)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return (args[0] if len(args) == 1 else functools.reduce(operator.or_, args)), True
+    return hint, False
+
+
+def _items(hint: Any, value: Any) -> list[tuple[Any, Any]] | None:
+    """Return [(item annotation, item)] of a tuple annotation, None when ``value`` has not
+    its shape (not a tuple, or another length)."""
+    args = typing.get_args(hint)
+    if not isinstance(value, tuple):
+        return None
+    if len(args) == 2 and args[1] is Ellipsis:
+        return [(args[0], v) for v in value]
+    if args and len(args) != len(value):
+        return None
+    return list(zip(args or [Any] * len(value), value, strict=True))
+
+
+def _fits_hint(value: Any, hint: Any) -> bool:
+    hint, optional = _unoptional(hint)
+    if value is None:
+        return optional
+    if typing.get_origin(hint) is tuple:
+        items = _items(hint, value)
+        return items is not None and all(_fits_hint(v, h) for h, v in items)
+    if hint is Any:
+        return True
+    return _fits(value, hint) if hint in _TYPE_NAMES else isinstance(value, hint)
+
+
+def _hint_phrase(hint: Any) -> str:
+    hint, optional = _unoptional(hint)
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            text = f"a tuple of {_hint_phrase(args[0]).split(' ', 1)[1]}s"
+        else:
+            text = f"a tuple of {len(args)} {_hint_phrase(args[0]).split(' ', 1)[1]}s"
+    else:
+        text = _TYPE_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
+    return f"{text} or None" if optional else text
+
+
+def _numbers(value: Any) -> list[Any]:
+    """The numbers ``value`` holds: itself, or the items of a tuple or list."""
+    if _is_number(value):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [v for v in value if _is_number(v)]
+    return []
+
+
+def wanted(hint: Any, spec: str | None) -> str:
+    """Return what a field takes, for a message: "a value > 0", "values in [0, 1)" (a tuple
+    or list), or the type ("True or False") when it has no range."""
+    if not spec:
+        return _hint_phrase(hint)
+    bounds = parse_range(spec).bounds
+    base, _ = _unoptional(hint)
+    many = typing.get_origin(base) is tuple or base is list
+    return f"{'values' if many else 'a value'} {'in ' if bounds[0] in '[(' else ''}{bounds}"
+
+
+def value_problem(
+    name: str, value: Any, hint: Any, spec: str | None, shown: str | None = None
+) -> str | None:
+    """Return what is wrong with the value of field ``name`` ("must be ..., got ..."), or
+    None: its type against the annotation ``hint`` (bool, int, float, str, list, dict, a
+    tuple of them, Optional), NaN or infinity in any number (also inside tuples and lists),
+    and the range ``spec`` for each number. ``shown``: the annotation as written."""
+    if not _fits_hint(value, hint):
+        shown = shown or getattr(hint, "__name__", None) or str(hint)
+        return (
+            f"{name} must be {_hint_phrase(hint)} ({name}: {shown}), got "
+            f"{type(value).__name__} {value!r}"
+        )
+    rng = parse_range(spec) if spec else None
+    base, _ = _unoptional(hint)
+    integer = base is int or (rng is not None and rng.kind is int)
+    if typing.get_origin(base) is tuple:
+        integer = all(h is int for h in typing.get_args(base) if h is not Ellipsis)
+    many = not _is_number(value)
+    if many and rng is not None and rng.kind is not None and isinstance(value, list):
+        if not all(_is_number(v) and _fits(v, rng.kind) for v in value):
+            return (
+                f"{name} must be a list of {_TYPE_NAMES[rng.kind].split(' ', 1)[1]}s, got {value!r}"
+            )
+    nums = _numbers(value)
+    each = " (each value)" if many else ""
+    if any(not math.isfinite(v) for v in nums):
+        want = rng.phrase(integer) if rng else "a finite number"
+        return f"{name} must be {want}{each}, got {value!r} (not a finite number)"
+    if rng is not None and any(v not in rng for v in nums):
+        return f"{name} must be {rng.phrase(integer)}{each}, got {value!r}"
+    return None
+
+
+def check_values(obj: Any, ranges: Mapping[str, str] | None = None, what: str = "") -> None:
+    """The one rule for a configuration: raise a ValueError listing every field of the
+    dataclass ``obj`` whose value has not its declared type, is NaN or infinite, or lies
+    outside its range (``ranges``, default: the class's ``RANGES``, {field: spec}, see
+    :class:`Range`); each names the field, the value, the range and what to set."""
+    cls = type(obj)
+    ranges = getattr(cls, "RANGES", {}) if ranges is None else ranges
+    hints = typing.get_type_hints(cls)
+    problems = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        spec, shown = ranges.get(f.name), f.type if isinstance(f.type, str) else None
+        problem = value_problem(f.name, value, hints[f.name], spec, shown)
+        if problem:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            want = wanted(hints[f.name], spec)
+            problems.append(f"{problem}: set {f.name} to {want} (default {default!r})")
+    if problems:
+        raise ValueError((f"{what}: " if what else "") + "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook parameters
+# ---------------------------------------------------------------------------------------
+
+#: The range of every numeric notebook parameter, by name, the same in every notebook (a
+#: parameter that sets a configuration field has that field's range: a test compares them).
+#: List parameters: the range of each item, led by the items' type.
+PARAMETER_RANGES: dict[str, str] = {
+    # shared
+    "seed": ">= 0",
+    "steps": ">= 1",
+    "batch_size": ">= 1",
+    "lr": "> 0",
+    "seeds": "int >= 0",
+    "max_train_images": ">= 0",
+    "max_eval_images": ">= 0",
+    "prompt_pool": ">= 0",
+    # 00_data
+    "samples_per_domain": ">= 1",
+    "freq_images": ">= 0",
+    "gap_steps": ">= 1",
+    "gap_batch_size": ">= 1",
+    "gap_input_scale": "> 0",
+    "gap_max_images": ">= 0",
+    # 01_feature_probing
+    "n_train": ">= 1",
+    "n_eval": ">= 1",
+    "sweep_train": ">= 1",
+    "supervised_steps": ">= 1",
+    "supervised_batch": ">= 1",
+    "timesteps": "int [0, 1000)",
+    "noise_timesteps": "int [0, 1000)",
+    "gap_images": ">= 1",
+    # 02_dg_training
+    "num_prompts": ">= 1",
+    "consistency_weight": ">= 0",
+    "vocabulary_size": ">= 0",
+    "num_processes": ">= 1",
+    # 03_tta
+    "fit_images": ">= 0",
+    "eval_images": ">= 0",
+    "eval_every": ">= 0",
+    "entropy_weight": ">= 0",
+    "dg_steps": ">= 1",
+    "dg_batch_size": ">= 1",
+    "dg_max_train_images": ">= 0",
+    # 04_prompt_ablations
+    "ks": "int >= 1",
+    "lambdas": "float >= 0",
+    "vocab_sizes": "int >= 0",
+    "train_size": "int >= 1",
+    "fpn_width": ">= 1",
+    "head_width": ">= 1",
+    # 06_embedded_model
+    "images": ">= 1",
+    "probe_steps": ">= 1",
+    "sample_steps": ">= 1",
+    "vae_steps": ">= 1",
+    "unet_steps": ">= 1",
+    "unet_stop": ">= 0",
+    "unet_batch": ">= 1",
+    "height": ">= 1",
+    "width": ">= 1",
+    "max_images": ">= 0",
+}
+_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+_checked: set[int] = set()
+
+
 def check_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
     """Check a notebook's parameters; return {name: value}.
 
     ``namespace`` is the notebook's ``globals()`` after its parameters cell (each parameter
     declared ``name: type = default``, recorded in ``__annotations__``) and papermill's
     injected cell. Raises :class:`ParameterError` when a value does not have its declared
-    type (papermill passes ``-p steps abc`` as the string "abc") or, on the first check of a
+    type (papermill passes ``-p steps abc`` as the string "abc"), is NaN or infinite, lies
+    outside its range in :data:`PARAMETER_RANGES` (each item of a list) or, on the first check of a
     namespace, when it holds a name that is no parameter (``-p stepz 5``: papermill only
     warns and runs the defaults).
     """
@@ -108,6 +367,10 @@ def check_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
                 f"{kind.__name__}), got {type(value).__name__} {value!r}; pass e.g. "
                 f"{_example(name, kind)}"
             )
+        elif problem := value_problem(name, value, kind, PARAMETER_RANGES.get(name)):
+            want = wanted(kind, PARAMETER_RANGES.get(name))
+            example = f"-p {name} VALUE" if kind in (int, float) else f"-y '{name}: [...]'"
+            problems.append(f"parameter {problem}; pass {want} ({example})")
         values[name] = float(value) if kind is float and _fits(value, float) else value
     if id(namespace) not in _checked:
         unknown = [
@@ -135,8 +398,9 @@ def check_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
 # KEY=VALUE assignments of a configuration (the command lines)
 # ---------------------------------------------------------------------------------------
 
-TRUE_WORDS = ("true", "1", "yes", "on")
-FALSE_WORDS = ("false", "0", "no", "off")
+#: The words a boolean takes on a command line (any case); anything else is an error.
+TRUE_WORDS = ("true", "1")
+FALSE_WORDS = ("false", "0")
 _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
@@ -158,6 +422,10 @@ def _typed(text: str, kind: Any, name: str) -> Any:
     if kind is bool:
         if text.lower() in TRUE_WORDS + FALSE_WORDS:
             return text.lower() in TRUE_WORDS
+        raise ValueError(
+            f"{name} must be true or false, got {text!r}: write {name}=true or {name}=false "
+            "(also True/False, 1/0)"
+        )
     elif kind in (int, float, str):
         try:
             return kind(text)
@@ -170,8 +438,7 @@ def _typed(text: str, kind: Any, name: str) -> Any:
 
 def parse_assignments(cls: type, items: Sequence[str]) -> dict[str, Any]:
     """Return the fields of the dataclass ``cls`` that ``KEY=VALUE`` strings set, each
-    parsed as its declared type: booleans from true/false (also 1/0, yes/no, on/off, any
-    case), numbers, strings, tuples as comma-separated items ("crop=512,512"), None or null
+    parsed as its declared type: booleans from true/false (any case) or 1/0, numbers, strings, tuples as comma-separated items ("crop=512,512"), None or null
     for an optional field. Raises a ValueError naming an unknown field (with the closest
     name), a missing "=", or a value of the wrong type."""
     hints = typing.get_type_hints(cls)
@@ -185,45 +452,6 @@ def parse_assignments(cls: type, items: Sequence[str]) -> dict[str, Any]:
             raise ValueError(f"unknown {cls.__name__} field {key!r}.{did_you_mean(key, names)}")
         out[key] = _typed(value, hints[key], key)
     return out
-
-
-# ---------------------------------------------------------------------------------------
-# Numbers
-# ---------------------------------------------------------------------------------------
-
-
-def check_fields(
-    obj: Any,
-    positive_int: Iterable[str] = (),
-    nonneg_int: Iterable[str] = (),
-    positive: Iterable[str] = (),
-    nonneg: Iterable[str] = (),
-    what: str = "",
-) -> None:
-    """Raise a ValueError naming the first field of ``obj`` (a dataclass or any object) that
-    is not a positive integer, a non-negative integer, a positive or a non-negative number
-    as the lists say."""
-    pre = f"{what}: " if what else ""
-
-    def num(v: Any) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-    for name in positive_int:
-        v = getattr(obj, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{pre}{name} must be a positive integer, got {v!r}")
-    for name in nonneg_int:
-        v = getattr(obj, name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ValueError(f"{pre}{name} must be a non-negative integer, got {v!r}")
-    for name in positive:
-        v = getattr(obj, name)
-        if not num(v) or v <= 0:
-            raise ValueError(f"{pre}{name} must be a positive number, got {v!r}")
-    for name in nonneg:
-        v = getattr(obj, name)
-        if not num(v) or v < 0:
-            raise ValueError(f"{pre}{name} must be a non-negative number, got {v!r}")
 
 
 # ---------------------------------------------------------------------------------------

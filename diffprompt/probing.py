@@ -20,7 +20,7 @@ import copy
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from diffprompt.data.roots import resolve_data_root
 from diffprompt.evaluate import ConfusionMatrix
 from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from diffprompt.model import SegModel
-from diffprompt.preflight import check_fields, check_files
+from diffprompt.preflight import check_files, check_values
 from diffprompt.prompts import PromptConfig, Prompts
 
 #: Images per batch when maps are read from the cache.
@@ -58,8 +58,21 @@ class ProbeConfig:
     #                  cross-attention), "sa" (both); or explicit names joined by "+"
     seed: int = 0
 
+    #: The documented range of every numeric field, checked by :func:`probe_sets`; a new
+    #: numeric field needs its line here (a test walks every field).
+    RANGES: ClassVar[dict[str, str]] = {
+        "n_train": ">= 1",
+        "n_eval": ">= 1",
+        "steps": ">= 1",
+        "batch_size": ">= 1",
+        "lr": "> 0",
+        "stride": ">= 1",
+        "seed": ">= 0",
+    }
+
     def __post_init__(self):
-        self.targets = tuple(self.targets)
+        if isinstance(self.targets, list):
+            self.targets = tuple(self.targets)
 
 
 # ---------------------------------------------------------------------------------------
@@ -134,8 +147,7 @@ def stacked(feats: Mapping[str, Tensor], names: Sequence[str], size: tuple[int, 
 def probe_sets(cfg: ProbeConfig, targets: Sequence[str] | None = None) -> dict[str, Any]:
     """Return {"train": source train, "source": source val, target: target val} data sets,
     after checking the probe's numbers and reading the files the probes will read."""
-    positive_int = ("n_train", "n_eval", "steps", "batch_size", "stride")
-    check_fields(cfg, positive_int=positive_int, positive=("lr",), what="probe")
+    check_values(cfg, what="probe")
     root = resolve_data_root(cfg.data_root)
     out = {
         "train": build_dataset(cfg.source, "train", root),

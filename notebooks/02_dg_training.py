@@ -42,7 +42,7 @@ targets: list = [
 ]  # targets, evaluated on their val splits
 data_root: str = "miniature"  # "miniature" (embedded, generated on demand) or a data folder
 model: str = "toy-sd"  # diffusion backbone: bundled name, diffusers folder or hub id
-preset: str = ""  # "" (the values below) or "paper" (the paper protocol, for a GPU)
+preset: str = ""  # "" or "paper" (the paper protocol, for a GPU); parameters you pass win
 prompt_mode: str = "random_consistency"  # null, category, fixed, random or random_consistency
 scene_text: str = "a photo of an urban street scene"  # the fixed and test-time scene prompt
 num_prompts: int = 2  # K, scene prompts per step (random modes)
@@ -75,9 +75,10 @@ from diffprompt.experiments.dg import describe_run, dg_config, miou_table, per_c
 from diffprompt.results import Run
 from diffprompt.viz import dg_loss_figure, dg_prediction_figure
 
-cfg = dg_config(params)
+cfg, preset_choice = dg_config(params)  # the parameters you passed win over the preset
 tag = f"{cfg.source}_{cfg.prompt_mode}"
 run = Run(f"02_dg_training_{tag}", params, seed=seed, root=results_dir or None)
+print(preset_choice)
 print(cfg)
 
 # %% [markdown]
@@ -121,6 +122,7 @@ fig = dg_prediction_figure(trainer, sets)
 run.figure(fig, f"dg_{tag}_predictions", formats=("png",), dpi=90)
 run.finish(
     config=config_dict(trainer.cfg),
+    preset=preset_choice.record(),
     config_hash=trainer.hash,
     checkpoint=dg_run_dir(cfg, results_dir or None).name,
     training_seconds=round(trainer.state.seconds, 1),

@@ -41,7 +41,7 @@ zero_shot: bool = True  # run the hand-written target prompt baseline
 source: str = "cityscapes"  # DG model: source domain (the paper: Cityscapes -> adverse)
 data_root: str = "miniature"  # "miniature" (embedded) or a data folder
 model: str = "toy-sd"  # diffusion backbone: bundled name, diffusers folder or hub id
-preset: str = ""  # "" or "paper" (the DG paper protocol)
+preset: str = ""  # "" or "paper" (the DG paper protocol); DG parameters you pass win
 prompt_mode: str = "random_consistency"  # the DG model's prompt mode (a mode with a scene prompt)
 scene_text: str = "a photo of an urban street scene"  # the scene prompt TTA starts from
 dg_steps: int = 120  # DG training steps (as notebook 02's steps)
@@ -72,7 +72,8 @@ from diffprompt.experiments.tta import (
 )
 from diffprompt.results import Run
 
-dg_cfg = tta_dg_config(params)
+dg_cfg, dg_preset = tta_dg_config(params)  # the parameters you passed win over the preset
+print(dg_preset)
 tta_cfgs = tta_configs(params)
 targets = list(tta_cfgs)
 check_targets(tta_cfgs, objectives, settings, dg_cfg, dg_missing, dg_checkpoint, results_dir)
@@ -97,6 +98,7 @@ for t in targets:
     tables[t] = record_target(results[t], t, run)
     run.finish(
         dg_config=config_dict(dg_cfg),
+        dg_preset=dg_preset.record(),
         dg_config_hash=dg.hash,
         fit_split=results[t]["fit_split"],
         tta_seconds=round(results[t]["seconds"], 1),

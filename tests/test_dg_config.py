@@ -51,7 +51,7 @@ def test_modes_set_k_and_lambda():
         ({"num_prompts": 1}, "K >= 2"),
         ({"adapter": True}, "cache_features=False"),
         ({"inference": "tiles"}, "inference must be 'whole' or 'slide'"),
-        ({"lr": 0.0}, "lr must be > 0"),
+        ({"lr": 0.0}, "lr must be a positive number, got 0.0"),
         ({"prompt_pool": 1}, "prompt_pool=1 leaves nothing"),
         ({"scale_range": (2.0, 1.0)}, "scale_range"),
     ],

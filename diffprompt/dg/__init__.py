@@ -29,12 +29,14 @@ from diffprompt.dg.checkpoint import (
 from diffprompt.dg.config import (
     PRESETS,
     PROMPT_MODES,
+    PresetChoice,
     TrainConfig,
     apply_preset,
     check_config,
     config_dict,
     config_from,
     config_hash,
+    with_preset,
 )
 from diffprompt.dg.runs import dg_run_dir, launch, train_dg
 from diffprompt.dg.trainer import Trainer
@@ -44,6 +46,7 @@ __all__ = [
     "PROMPT_MODES",
     "CheckpointError",
     "ConfigMismatchError",
+    "PresetChoice",
     "TrainConfig",
     "Trainer",
     "apply_preset",
@@ -56,4 +59,5 @@ __all__ = [
     "load_dg_model",
     "read_checkpoint",
     "train_dg",
+    "with_preset",
 ]

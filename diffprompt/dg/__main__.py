@@ -3,9 +3,10 @@
     python -m diffprompt.dg [KEY=VALUE ...] [--preset paper] [--results DIR] [--retrain]
     accelerate launch --num_processes 8 -m diffprompt.dg --preset paper data_root=/datasets
 
-KEY=VALUE pairs set TrainConfig fields (see diffprompt.dg.config). A finished run of the
-same configuration is reused (its folder: results/runs/dg/<source>-<mode>-<hash>/), an
-interrupted one resumed.
+KEY=VALUE pairs set TrainConfig fields (see diffprompt.dg.config); with a preset they win
+over its values (the run prints the preset's fields it kept and those overridden). A
+finished run of the same configuration is reused (its folder:
+results/runs/dg/<source>-<mode>-<hash>/), an interrupted one resumed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from diffprompt.dg.config import TrainConfig, apply_preset, check_config, parse_overrides
+from diffprompt.dg.config import TrainConfig, check_config, parse_overrides, with_preset
 from diffprompt.dg.runs import train_dg
 
 
@@ -41,10 +42,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--retrain", action="store_true", help="start over even if finished")
     a = p.parse_args(argv)
     try:
-        cfg = apply_preset(TrainConfig(**parse_overrides(a.overrides)), a.preset)
+        given = parse_overrides(a.overrides)
+        cfg, preset = with_preset(TrainConfig(**given), a.preset, given)  # KEY=VALUE wins
         check_config(cfg)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
+    if a.preset:
+        print(preset, flush=True)
     try:
         trainer = train_dg(cfg, a.results or None, retrain=a.retrain)
         sets = trainer.eval_sets()

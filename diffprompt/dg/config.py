@@ -21,14 +21,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from diffprompt.benchmarks import TARGETS
 from diffprompt.data import DATASETS, DEFAULT_SPLIT, SPLITS
 from diffprompt.io import did_you_mean
-from diffprompt.preflight import check_fields, parse_assignments
+from diffprompt.preflight import check_values, parse_assignments
 from diffprompt.prompts import DEFAULT_SCENE_TEXT
 from diffprompt.runtime import resolve_device
 
@@ -118,6 +118,44 @@ class TrainConfig:
     ckpt_every: int = 100  # checkpoint every N steps (0 = only at the end)
     progress: str = "auto"  # "auto" | "bar" (tqdm) | "log"
 
+    #: The documented range of every numeric field (of each value of a tuple), checked by
+    #: :func:`check_config` (:func:`diffprompt.preflight.check_values`); a new numeric field
+    #: needs its line here (a test walks every field).
+    RANGES: ClassVar[dict[str, str]] = {
+        "train_size": ">= 1",
+        "crop": ">= 1",
+        "scale_range": "> 0",
+        "max_train_images": ">= 0",
+        "max_eval_images": ">= 0",
+        "blocks": ">= 0",
+        "timesteps": "[0, 1000)",
+        "unet_lr_mult": ">= 0",
+        "num_prompts": ">= 1",
+        "consistency_weight": ">= 0",
+        "vocabulary_size": ">= 0",
+        "prompt_pool": ">= 0",
+        "pool_seed": ">= 0",
+        "num_templates": ">= 1",
+        "fpn_width": ">= 1",
+        "head_width": ">= 1",
+        "dropout": "[0, 1)",
+        "steps": ">= 1",
+        "batch_size": ">= 1",
+        "grad_accum": ">= 1",
+        "lr": "> 0",
+        "weight_decay": ">= 0",
+        "warmup": ">= 0",
+        "poly_power": ">= 0",
+        "eval_crop": ">= 1",
+        "eval_stride": ">= 1",
+        "eval_batch": ">= 1",
+        "seed": ">= 0",
+        "log_every": ">= 0",
+        "ckpt_every": ">= 0",
+        "eval_every": ">= 0",
+        "curve_images": ">= 0",
+    }
+
     def __post_init__(self):
         tuple_fields = (
             "targets",
@@ -191,28 +229,77 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def apply_preset(cfg: TrainConfig, preset: str) -> TrainConfig:
-    """Return ``cfg`` with the fields of ``PRESETS[preset]`` ("" = unchanged).
+@dataclass
+class PresetChoice:
+    """What a preset did to a configuration: the preset's fields it set (``kept``) and those
+    an explicit value overrode (``overridden``: field -> {"preset": its value, "user": the
+    value given}). ``str()`` is the log line; :meth:`record` the manifest's entry."""
+
+    preset: str = ""
+    kept: list[str] = dataclasses.field(default_factory=list)
+    overridden: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """Return {"preset", "kept", "overridden"} as JSON-able data."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def __str__(self) -> str:
+        if not self.preset:
+            return "no preset: every field as given"
+        over = ", ".join(
+            f"{k}={v['user']!r} (preset: {v['preset']!r})" for k, v in self.overridden.items()
+        )
+        return (
+            f"preset {self.preset!r} sets {', '.join(self.kept) or 'nothing'}; "
+            f"explicit settings override {over or 'none of its fields'}"
+        )
+
+
+def with_preset(
+    cfg: TrainConfig, preset: str, explicit: Iterable[str] = ()
+) -> tuple[TrainConfig, PresetChoice]:
+    """Return ``cfg`` with the fields of ``PRESETS[preset]`` ("" = unchanged) except those in
+    ``explicit`` (the fields the user set: a KEY=VALUE on the command line, a notebook
+    parameter that differs from its default), which keep their values: explicit settings win
+    over the preset. Also returns the :class:`PresetChoice` (kept and overridden fields).
 
     The preset's ``model`` applies only while ``cfg.model`` is the embedded default
-    ``"toy-sd"``, so a local SD folder passed with the preset is kept.
+    ``"toy-sd"``, so a local SD folder passed with the preset is kept (explicit or not).
     """
     if not preset:
-        return cfg
+        return cfg, PresetChoice()
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)} or ''")
-    over = dict(PRESETS[preset])
-    if cfg.model != "toy-sd":
-        over.pop("model")
-    return dataclasses.replace(cfg, **over)
+    values = PRESETS[preset]
+    explicit = set(explicit) | ({"model"} if cfg.model != "toy-sd" else set())
+    kept = {k: v for k, v in values.items() if k not in explicit}
+    overridden = {
+        k: {"preset": v, "user": getattr(cfg, k)} for k, v in values.items() if k in explicit
+    }
+    return dataclasses.replace(cfg, **kept), PresetChoice(preset, list(kept), overridden)
 
 
-def config_from(params: Mapping[str, Any], preset: str = "") -> TrainConfig:
-    """Return a TrainConfig from a dict that may hold other keys (e.g. notebook parameters);
-    unknown keys are ignored, then the preset is applied."""
+def apply_preset(cfg: TrainConfig, preset: str, explicit: Iterable[str] = ()) -> TrainConfig:
+    """Return ``cfg`` with the preset's fields but the ``explicit`` ones (:func:`with_preset`)."""
+    return with_preset(cfg, preset, explicit)[0]
+
+
+def preset_config(
+    params: Mapping[str, Any], preset: str = "", explicit: Iterable[str] = ()
+) -> tuple[TrainConfig, PresetChoice]:
+    """Return a TrainConfig from a dict that may hold other keys (e.g. notebook parameters;
+    unknown keys are ignored), the preset applied under the ``explicit`` fields
+    (:func:`with_preset`), and the :class:`PresetChoice`."""
     names = {f.name for f in fields(TrainConfig)}
     known = {k: v for k, v in params.items() if k in names}
-    return apply_preset(TrainConfig(**known), preset)
+    return with_preset(TrainConfig(**known), preset, explicit)
+
+
+def config_from(
+    params: Mapping[str, Any], preset: str = "", explicit: Iterable[str] = ()
+) -> TrainConfig:
+    """Return the TrainConfig of :func:`preset_config`."""
+    return preset_config(params, preset, explicit)[0]
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -254,7 +341,9 @@ def effective_prompts(cfg: TrainConfig) -> tuple[int, float]:
 
 def check_config(cfg: TrainConfig) -> None:
     """Raise a ValueError naming the problem and the fix for an invalid config, before
-    any work starts."""
+    any work starts: first every field's type and range (:data:`TrainConfig.RANGES`), then
+    the names and the fields that depend on each other."""
+    check_values(cfg)
     for name in (cfg.source, *cfg.targets):
         if name not in DATASETS:
             raise ValueError(
@@ -270,29 +359,12 @@ def check_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value not in allowed:
             raise ValueError(f"unknown {name} {value!r}; choose one of {allowed}")
-    check_fields(
-        cfg,
-        positive_int=("steps", "batch_size", "grad_accum", "num_prompts", "eval_batch"),
-        nonneg_int=(
-            "max_train_images",
-            "max_eval_images",
-            "vocabulary_size",
-            "prompt_pool",
-            "warmup",
-            "log_every",
-            "ckpt_every",
-            "eval_every",
-            "curve_images",
-        ),
-    )
     if cfg.batch_size % cfg.grad_accum:
         raise ValueError(
             f"batch_size {cfg.batch_size} is not a multiple of grad_accum {cfg.grad_accum}: "
             "use a batch_size that grad_accum divides (each micro-batch is batch_size / "
             "grad_accum images)"
         )
-    if not cfg.lr > 0 or cfg.weight_decay < 0 or cfg.consistency_weight < 0:
-        raise ValueError("lr must be > 0, weight_decay and consistency_weight >= 0")
     if cfg.inference not in INFERENCE:
         raise ValueError(f"inference must be 'whole' or 'slide', got {cfg.inference!r}")
     if cfg.mixed_precision not in ("no", "bf16", "fp16"):
@@ -315,10 +387,8 @@ def check_config(cfg: TrainConfig) -> None:
         )
     if cfg.prompt_mode == "random_consistency" and cfg.num_prompts < 2:
         raise ValueError("the consistency loss compares K >= 2 predictions: set num_prompts >= 2")
-    if cfg.crop is not None and min(cfg.crop) < 1:
-        raise ValueError(f"crop must be positive, got {cfg.crop}")
     low, high = cfg.scale_range
-    if not 0 < low <= high:
+    if not low <= high:
         raise ValueError(f"scale_range must satisfy 0 < low <= high, got {cfg.scale_range}")
 
 

@@ -37,10 +37,9 @@ def config_of(cls: type[T], params: Mapping[str, Any], **values: Any) -> T:
     return cls(**{**{k: v for k, v in params.items() if k in names}, **values})
 
 
-def notebook_defaults(name: str, folder: str | Path = NOTEBOOKS) -> dict[str, Any]:
-    """Return the parameters of notebook ``name`` (e.g. "02_dg_training") with their default
-    values, read from the parameters cell of its py:percent twin (literals only), so that
-    code that follows a notebook's defaults (the benchmark) never copies them."""
+def notebook_parameters(name: str, folder: str | Path = NOTEBOOKS) -> dict[str, tuple[str, Any]]:
+    """Return {parameter: (its declared type's name, its default)} of notebook ``name`` (e.g.
+    "02_dg_training"), read from the parameters cell of its py:percent twin (literals only)."""
     path = Path(folder) / f"{name}.py"
     text = path.read_text()
     marker = '# %% tags=["parameters"]'
@@ -50,5 +49,23 @@ def notebook_defaults(name: str, folder: str | Path = NOTEBOOKS) -> dict[str, An
     out = {}
     for node in ast.parse(cell).body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            out[node.target.id] = ast.literal_eval(node.value)
+            out[node.target.id] = (ast.unparse(node.annotation), ast.literal_eval(node.value))
     return out
+
+
+def notebook_defaults(name: str, folder: str | Path = NOTEBOOKS) -> dict[str, Any]:
+    """Return the parameters of notebook ``name`` (e.g. "02_dg_training") with their default
+    values, read from the parameters cell of its py:percent twin (literals only), so that
+    code that follows a notebook's defaults (the benchmark, the presets' explicit values)
+    never copies them."""
+    return {k: v for k, (_, v) in notebook_parameters(name, folder).items()}
+
+
+def explicit_parameters(
+    params: Mapping[str, Any], name: str, folder: str | Path = NOTEBOOKS
+) -> set[str]:
+    """Return the parameters of ``params`` (notebook ``name``'s, as checked) that the user
+    set: those whose value differs from the default written in the notebook's parameters
+    cell (a value passed equal to its default is not told apart from it)."""
+    defaults = notebook_defaults(name, folder)
+    return {k for k, v in params.items() if k not in defaults or v != defaults[k]}

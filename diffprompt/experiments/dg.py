@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -10,16 +10,23 @@ import pandas as pd
 import torch
 
 from diffprompt.benchmarks import eval_classes
-from diffprompt.dg.config import TrainConfig, config_from
+from diffprompt.dg.config import PresetChoice, TrainConfig, preset_config
 from diffprompt.dg.trainer import Trainer
 from diffprompt.evaluate import ConfusionMatrix
+from diffprompt.experiments import explicit_parameters
 from diffprompt.labels import CLASSES
 
 
-def dg_config(params: Mapping[str, Any]) -> TrainConfig:
-    """Return the TrainConfig of notebook 02's parameters: every parameter named like a
-    TrainConfig field sets it (others are ignored), then the ``preset`` (if any) applies."""
-    return config_from(params, params.get("preset", ""))
+def dg_config(
+    params: Mapping[str, Any], explicit: Iterable[str] | None = None
+) -> tuple[TrainConfig, PresetChoice]:
+    """Return the TrainConfig of notebook 02's parameters and what its preset did: every
+    parameter named like a TrainConfig field sets it (others are ignored), then the
+    ``preset`` (if any) applies to every field but the explicit ones, those the user passed
+    (``explicit``; None: the parameters whose values differ from the notebook's defaults)."""
+    if explicit is None:
+        explicit = explicit_parameters(params, "02_dg_training")
+    return preset_config(params, params.get("preset", ""), explicit)
 
 
 def miou_table(trainer: Trainer, cms: Mapping[str, ConfusionMatrix], sets) -> pd.DataFrame:

@@ -9,7 +9,7 @@ parsed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,17 @@ from diffprompt.benchmarks import TARGET_PROMPTS, resolve_targets
 from diffprompt.cache import FeatureCache
 from diffprompt.data.roots import resolve_data_root
 from diffprompt.dg.checkpoint import CHECKPOINT, load_dg_model
-from diffprompt.dg.config import RANDOM_MODES, TrainConfig, check_config, config_from, config_hash
+from diffprompt.dg.config import (
+    RANDOM_MODES,
+    PresetChoice,
+    TrainConfig,
+    check_config,
+    config_hash,
+    preset_config,
+)
 from diffprompt.dg.data import image_transform
 from diffprompt.dg.runs import dg_run_dir, train_dg
-from diffprompt.experiments import config_of
+from diffprompt.experiments import config_of, explicit_parameters
 from diffprompt.model import SegModel
 from diffprompt.paths import cache_dir, results_root
 from diffprompt.preflight import check_files, check_writable
@@ -56,26 +63,35 @@ TABLE_LABEL, SUMMARY_LABEL, SHORT_LABEL, PAPER_SETTING = range(4)
 # ---------------------------------------------------------------------------------------
 
 
-def tta_dg_config(params: Mapping[str, Any]) -> TrainConfig:
-    """Return the TrainConfig of the DG model notebook 03 adapts: its ``source``, data,
-    model, prompt parameters and seed, ``dg_steps`` / ``dg_batch_size`` /
-    ``dg_max_train_images`` as notebook 02's ``steps`` / ``batch_size`` /
-    ``max_train_images``, no targets, then the ``preset``."""
-    p = params
-    fields = {
-        "source": p["source"],
-        "data_root": p["data_root"],
-        "model": p["model"],
-        "prompt_mode": p["prompt_mode"],
-        "scene_text": p["scene_text"],
-        "steps": p["dg_steps"],
-        "batch_size": p["dg_batch_size"],
-        "max_train_images": p["dg_max_train_images"],
-        "device": p["device"],
-        "seed": p["seed"],
-        "targets": (),
-    }
-    return config_from(fields, p.get("preset", ""))
+#: The DG fields notebook 03 sets, by the parameter that sets each.
+DG_PARAMETERS = {
+    "source": "source",
+    "data_root": "data_root",
+    "model": "model",
+    "prompt_mode": "prompt_mode",
+    "scene_text": "scene_text",
+    "steps": "dg_steps",
+    "batch_size": "dg_batch_size",
+    "max_train_images": "dg_max_train_images",
+    "device": "device",
+    "seed": "seed",
+}
+
+
+def tta_dg_config(
+    params: Mapping[str, Any], explicit: Iterable[str] | None = None
+) -> tuple[TrainConfig, PresetChoice]:
+    """Return the TrainConfig of the DG model notebook 03 adapts and what its preset did:
+    its ``source``, data, model, prompt parameters and seed, ``dg_steps`` / ``dg_batch_size``
+    / ``dg_max_train_images`` as notebook 02's ``steps`` / ``batch_size`` /
+    ``max_train_images`` (:data:`DG_PARAMETERS`), no targets, then the ``preset`` on every
+    field but those the user passed (``explicit``: parameter names; None: the parameters
+    whose values differ from the notebook's defaults)."""
+    if explicit is None:
+        explicit = explicit_parameters(params, "03_tta")
+    fields = {name: params[param] for name, param in DG_PARAMETERS.items()}
+    given = [name for name, param in DG_PARAMETERS.items() if param in set(explicit)]
+    return preset_config({**fields, "targets": ()}, params.get("preset", ""), given)
 
 
 def tta_configs(params: Mapping[str, Any]) -> dict[str, TTAConfig]:
