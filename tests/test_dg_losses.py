@@ -90,3 +90,67 @@ def test_entropy_of_known_distributions():
     # from log-probabilities (exact) or from probabilities (clamped log): the same value
     logp = torch.randn(4, 7).log_softmax(1)
     torch.testing.assert_close(entropy(logp.exp(), 1, logp), entropy(logp.exp(), 1))
+
+
+# ---------------------------------------------------------------------------------------
+# loss resolution
+# ---------------------------------------------------------------------------------------
+
+
+def _labels_and_logits(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 19, (3, 32, 64), generator=g)
+    y[0, :5] = 255  # ignored pixels
+    y[2] = 255  # an image without labels
+    return y, torch.randn(3, 19, 8, 16, generator=g)
+
+
+def test_class_counts_equal_the_pooled_one_hot():
+    from diffprompt.dg.losses import class_counts
+
+    y, _ = _labels_and_logits()
+    counts = class_counts(y, (8, 16), 19)
+    onehot = F.one_hot(torch.where(y == 255, 0, y), 19).float() * (y != 255)[..., None]
+    ref = onehot.view(3, 8, 4, 16, 4, 19).sum((2, 4)).permute(0, 3, 1, 2)
+    assert torch.equal(counts, ref)
+    assert counts.sum() == (y != 255).sum()
+
+
+def test_area_loss_is_the_cross_entropy_of_nearest_upsampled_logits():
+    from diffprompt.dg.losses import cross_entropy
+
+    y, logits = _labels_and_logits()
+    up = F.interpolate(logits, size=(32, 64), mode="nearest")
+    ref = F.cross_entropy(up, y, ignore_index=255)
+    assert torch.allclose(cross_entropy(logits, y, "area"), ref, rtol=1e-5)
+    w = torch.rand(19) + 0.5  # class weights: the weighted mean, as F.cross_entropy
+    ref_w = F.cross_entropy(up, y, weight=w, ignore_index=255)
+    assert torch.allclose(cross_entropy(logits, y, "area", class_weight=w), ref_w, rtol=1e-5)
+    # with a denominator: the sum over labeled pixels divided by it
+    ref_sum = F.cross_entropy(up, y, ignore_index=255, reduction="sum") / 7.0
+    assert torch.allclose(cross_entropy(logits, y, "area", denominator=7.0), ref_sum, rtol=1e-5)
+
+
+def test_nearest_loss_reads_the_centre_label_of_each_cell():
+    from diffprompt.dg.losses import cross_entropy, nearest_labels
+
+    y, logits = _labels_and_logits()
+    centre = nearest_labels(y, (8, 16))
+    assert centre.shape == (3, 8, 16)
+    assert torch.equal(centre[1, 2, 3], y[1, 2 * 4 + 2, 3 * 4 + 2])
+    ref = F.cross_entropy(logits, centre, ignore_index=255)
+    assert torch.allclose(cross_entropy(logits, y, "nearest"), ref)
+
+
+def test_labels_resolution_upsamples_bilinearly_and_dg_loss_takes_the_choice():
+    y, logits = _labels_and_logits()
+    up = F.interpolate(logits, size=(32, 64), mode="bilinear", align_corners=False)
+    ref = F.cross_entropy(up, y, ignore_index=255)
+    k2 = torch.stack([logits, logits])
+    assert torch.allclose(dg_loss(k2, y)["ce"], ref, rtol=1e-5)  # "labels" is the default
+    area = dg_loss(k2, y, resolution="area")["ce"]
+    assert not torch.allclose(area, ref)
+    with pytest.raises(ValueError, match="loss_resolution"):
+        dg_loss(k2, y, resolution="bicubic")
+    with pytest.raises(ValueError, match="whole multiple"):
+        dg_loss(k2[..., :7, :], y, resolution="area")

@@ -90,12 +90,16 @@ def class_counts(target: Tensor, out: tuple[int, int], num_classes: int) -> Tens
     """Return (B, C, h, w) float counts of each class's labeled pixels in each cell of a
     (h, w) grid over ``target`` (B, H, W) trainIds (ignored pixels counted nowhere)."""
     ch, cw = _cell(tuple(target.shape[-2:]), out)
+    b, h, w = target.shape
+    oh, ow = out
+    rows = torch.arange(h, device=target.device) // ch
+    cols = torch.arange(w, device=target.device) // cw
+    cell = (rows[:, None] * ow + cols[None, :]).expand(b, h, w)  # (B, H, W) cell id
+    image = torch.arange(b, device=target.device)[:, None, None] * (num_classes * oh * ow)
     valid = target != IGNORE_INDEX
-    onehot = F.one_hot(torch.where(valid, target, 0), num_classes).to(torch.float32)
-    onehot = onehot * valid[..., None]  # (B, H, W, C)
-    b, h, w, c = onehot.shape
-    counts = onehot.reshape(b, h // ch, ch, w // cw, cw, c).sum((2, 4))  # (B, h, w, C)
-    return counts.permute(0, 3, 1, 2)
+    index = image + target.long().clamp(0, num_classes - 1) * (oh * ow) + cell
+    counts = torch.bincount(index[valid], minlength=b * num_classes * oh * ow)
+    return counts.view(b, num_classes, oh, ow).to(torch.float32)
 
 
 def nearest_labels(target: Tensor, out: tuple[int, int]) -> Tensor:
@@ -110,6 +114,7 @@ def cross_entropy(
     resolution: str = "labels",
     class_weight: Tensor | None = None,
     denominator: Tensor | float | None = None,
+    counts: Tensor | None = None,
 ) -> Tensor:
     """Return the cross-entropy of ``logits`` (B, C, h, w) against ``target`` (B, H, W) at
     ``resolution`` (:data:`LOSS_RESOLUTIONS`): the mean over labeled pixels (in "area",
@@ -123,7 +128,8 @@ def cross_entropy(
     size = tuple(target.shape[-2:])
     same = tuple(logits.shape[-2:]) == size
     if resolution == "area" and not same:
-        counts = class_counts(target, tuple(logits.shape[-2:]), logits.shape[1])
+        if counts is None:
+            counts = class_counts(target, tuple(logits.shape[-2:]), logits.shape[1])
         if class_weight is not None:
             counts = counts * class_weight.view(1, -1, 1, 1)
         total = -(counts * logits.log_softmax(1)).sum()
@@ -163,9 +169,12 @@ def dg_loss(
     holding the whole batch).
     """
     k = logits.shape[0]
+    counts = None  # the K predictions share one target: its cell counts are computed once
+    if resolution == "area" and tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
+        counts = class_counts(target, tuple(logits.shape[-2:]), logits.shape[2])
     ce = torch.stack(
         [
-            cross_entropy(logits[i], target, resolution, class_weight, ce_denominator)
+            cross_entropy(logits[i], target, resolution, class_weight, ce_denominator, counts)
             for i in range(k)
         ]
     ).mean()
