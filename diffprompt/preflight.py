@@ -320,6 +320,12 @@ PARAMETER_RANGES: dict[str, str] = {
     "dg_steps": ">= 1",
     "dg_batch_size": ">= 1",
     "dg_max_train_images": ">= 0",
+    "dg_lr": "> 0",
+    "dg_eval_every": ">= 0",
+    "budget_steps": ">= 0",
+    "budget_every": ">= 1",
+    "budget_lrs": "float > 0",
+    "budget_eval_images": ">= 0",
     # 04_prompt_ablations
     "ks": "int >= 1",
     "lambdas": "float >= 0",

@@ -312,8 +312,9 @@ class PromptTTA:
         return model.decode(self._features(model, z), size).argmax(1).cpu()
 
     def evaluate(self, model: SegModel, dataset, indices: Sequence[int]) -> ConfusionMatrix:
-        """Dataset-level confusion matrix of ``model`` over ``indices`` of a labeled set."""
-        cm = ConfusionMatrix()
+        """Dataset-level confusion matrix of ``model`` over ``indices`` of a labeled set
+        (each image's matrix kept, for the bootstrap)."""
+        cm = ConfusionMatrix(per_image=True)
         b = self.cfg.batch_size * 2
         for s in range(0, len(indices), b):
             idx = list(indices[s : s + b])
@@ -339,14 +340,14 @@ class PromptTTA:
         """Learn the prompt on ``fit_idx`` of the unlabeled set for ``cfg.steps`` steps, then
         evaluate on ``eval_idx``. ``start``: the confusion matrix of the unadapted model (the
         curve's step 0; computed when not given). Returns (confusion matrix, curve rows:
-        step, mIoU, losses)."""
+        step, mIoU, losses, the prompt's :meth:`movement`)."""
         cfg = self.cfg
         self.reset()
         self._enable_checkpointing()
         opt = torch.optim.Adam([self.words], lr=cfg.lr)
         g = torch.Generator().manual_seed(cfg.seed)
         cm = start if start is not None else self.evaluate(self.tta_model, eval_set, eval_idx)
-        curve = [{"step": 0, "mIoU": self.miou(cm, eval_set)}]
+        curve = [{"step": 0, "mIoU": self.miou(cm, eval_set), **self.movement()}]
         t0 = time.time()
         order = [fit_idx[i] for i in torch.randperm(len(fit_idx), generator=g).tolist()]
         for step, batch in _batches(order, cfg.batch_size, cfg.steps):
@@ -354,7 +355,7 @@ class PromptTTA:
             if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                 cm = self.evaluate(self.tta_model, eval_set, eval_idx)
                 miou = self.miou(cm, eval_set)
-                curve.append({"step": step, "mIoU": miou, **losses})
+                curve.append({"step": step, "mIoU": miou, **losses, **self.movement()})
                 self.log(
                     f"TTA {objective} step {step}/{cfg.steps}: loss {losses['loss']:.4f}, "
                     f"mIoU {miou:.2f} ({time.time() - t0:.0f}s)"
@@ -370,7 +371,7 @@ class PromptTTA:
         self._enable_checkpointing()
         opt = torch.optim.Adam([self.words], lr=cfg.lr)
         g = torch.Generator().manual_seed(cfg.seed)
-        cm = ConfusionMatrix()
+        cm = ConfusionMatrix(per_image=True)
         for s in range(0, len(eval_idx), cfg.batch_size):
             idx = list(eval_idx[s : s + cfg.batch_size])
             for _ in range(cfg.online_steps):
@@ -378,6 +379,16 @@ class PromptTTA:
             self.tta_model.eval()
             cm.update(self.predict(self.tta_model, eval_set, idx), eval_set.masks(idx))
         return cm
+
+    def movement(self) -> dict[str, Any]:
+        """Return how far the learned prompt is from its init: "relative change" (the mean
+        over word positions of the relative L2 change) and "nearest" (the nearest
+        vocabulary word of each position, joined by spaces)."""
+        words = self.nearest_words(1)
+        return {
+            "relative change": sum(w["relative change"] for w in words) / max(1, len(words)),
+            "nearest": " ".join(w["nearest"] for w in words),
+        }
 
     def nearest_words(self, k: int = 3) -> list[dict[str, Any]]:
         """Per learned word position: the init word, the k nearest vocabulary tokens and how

@@ -54,13 +54,18 @@ steps: int = 120  # optimizer steps
 batch_size: int = 8  # images per step
 lr: float = 0.01  # AdamW learning rate of the head
 max_train_images: int = 64  # first N source images (0: all)
-max_eval_images: int = 20  # first N images of each target (0: all)
+max_eval_images: int = 0  # first N images of each target (0: all)
+loss_resolution: str = "area"  # cross-entropy at the head's resolution ("area", "nearest") or upsampled ("labels": VPD)
+eval_every: int = 50  # the training curve: source-val mIoU every N steps (0: none)
 cache_features: bool = True  # cache the frozen features (False: online, with random crops)
 mixed_precision: str = "no"  # "no", "bf16" or "fp16" (CUDA only)
 device: str = "auto"  # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", ...
 num_processes: int = 1  # above 1: train with accelerate's notebook launcher on N processes
 retrain: bool = False  # train again even if a finished run of this configuration exists
-seed: int = 0  # seeds the head, the batch order and the flips
+seeds: list = [0, 1, 2]  # one run per seed (the head's init, the batch order, flips, prompts)
+baseline_mode: str = (
+    "fixed"  # trained at every seed too: the difference column's baseline ("": none)
+)
 explore: bool = False  # show the ipywidgets explorer at the end (JupyterLab)
 results_dir: str = ""  # results folder ("": results/ of the repository)
 
@@ -70,62 +75,86 @@ from diffprompt.preflight import check_parameters
 params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 
 # %%
-from diffprompt.dg import config_dict, dg_run_dir, launch, train_dg
-from diffprompt.experiments.dg import describe_run, dg_config, miou_table, per_class_table
+from diffprompt.dg import dg_run_dir, launch
+from diffprompt.experiments.dg import (
+    curve_table,
+    describe_run,
+    dg_config,
+    dg_display,
+    dg_statistics,
+    evaluate_seeds,
+    per_class_mean,
+    runs_table,
+    seed_configs,
+    train_seeds,
+)
 from diffprompt.results import Run
-from diffprompt.viz import dg_loss_figure, dg_prediction_figure
+from diffprompt.viz import dg_curve_figure, dg_loss_figure, dg_prediction_figure
 
 cfg, preset_choice = dg_config(params)  # the parameters you passed win over the preset
+cfgs = seed_configs(cfg, seeds, baseline_mode)  # {(prompt mode, seed): config}
 tag = f"{cfg.source}_{cfg.prompt_mode}"
-run = Run(f"02_dg_training_{tag}", params, seed=seed, root=results_dir or None)
+run = Run(f"02_dg_training_{tag}", params, seed=seeds[0], root=results_dir or None)
 print(preset_choice)
 print(cfg)
 
 # %% [markdown]
-# ## Train on the source
+# ## Train on the source, once per seed (and the baseline mode)
 # A finished run of the same configuration (same hash) is reused; `retrain = True` starts
-# over. Interrupted runs resume from their last checkpoint.
+# over. Interrupted runs resume from their last checkpoint. With `eval_every`, each run
+# logs the mIoU of the source's val split (of held-out source images for SYNTHIA, which has
+# none) along the way: the curve shows whether the head has reached its plateau.
 
 # %%
 if num_processes > 1:
-    launch(cfg, num_processes, results_dir or None, retrain=retrain)
-trainer = train_dg(cfg, results_dir or None, retrain=retrain and num_processes == 1)
+    for c in cfgs.values():
+        launch(c, num_processes, results_dir or None, retrain=retrain)
+trainers = train_seeds(cfgs, results_dir or None, retrain=retrain and num_processes == 1)
+trainer = trainers[(cfg.prompt_mode, seeds[0])]
 print(describe_run(trainer))
 
 # %%
+curve = curve_table(trainers)
+run.table(curve.set_index(["method", "seed", "step"]), f"dg_{tag}_curve")
+if len(curve):
+    run.figure(dg_curve_figure(curve), f"dg_{tag}_curve", formats=("png",))
 fig = dg_loss_figure(trainer.state.log, trainer.cfg.consistency)
 run.figure(fig, f"dg_{tag}_loss", formats=("png",))
 
 # %% [markdown]
 # ## Evaluate on every target
-# Dataset-level mIoU (one confusion matrix per target); the source's own val split is the
-# in-domain reference.
+# Dataset-level mIoU (one confusion matrix per target and run) on every image of each set
+# (`max_eval_images = 0`), mean ± std over the seeds, its 95% bootstrap interval over the
+# images (seeds pooled) and the paired difference against the baseline mode
+# (docs/METHOD.md, "Statistics"); the source's own val split is the in-domain reference.
 
 # %%
-sets = trainer.eval_sets()
-cms = trainer.evaluate(sets)
-miou = miou_table(trainer, cms, sets)
+rows, sets = evaluate_seeds(trainers)
+run.table(runs_table(rows), f"dg_{tag}_runs")
+stats = dg_statistics(rows, cfg.source, sets, baseline_mode)
+run.table(stats, f"dg_{tag}_stats")
+miou = dg_display(stats, baseline_mode)
 run.table(miou, f"dg_{tag}_miou")
 miou
 
 # %%
-per_class = per_class_table(trainer, cms, sets)
+per_class = per_class_mean(rows, cfg.source, sets, cfg.prompt_mode)
 run.table(per_class.round(2), f"dg_{tag}_per_class", float_format="%.1f")
 per_class.round(1)
 
 # %% [markdown]
 # ## Predictions
-# One image per evaluated set: the image, its labels and the prediction.
+# One image per evaluated set: the image, its labels and the prediction (first seed).
 
 # %%
 fig = dg_prediction_figure(trainer, sets)
 run.figure(fig, f"dg_{tag}_predictions", formats=("png",), dpi=90)
 run.finish(
-    config=config_dict(trainer.cfg),
+    configs={f"{m} seed {s}": c.seed for (m, s), c in cfgs.items()},
+    config_hashes={f"{m} seed {s}": t.hash for (m, s), t in trainers.items()},
     preset=preset_choice.record(),
-    config_hash=trainer.hash,
-    checkpoint=dg_run_dir(cfg, results_dir or None).name,
-    training_seconds=round(trainer.state.seconds, 1),
+    checkpoints=[dg_run_dir(c, results_dir or None).name for c in cfgs.values()],
+    training_seconds={f"{m} seed {s}": round(t.state.seconds, 1) for (m, s), t in trainers.items()},
 )
 
 # %% [markdown]

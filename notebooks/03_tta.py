@@ -33,7 +33,7 @@ steps: int = 6  # TTA optimisation steps
 lr: float = 0.001  # Adam learning rate of the scene prompt's word embeddings
 fit_images: int = 12  # unlabeled target images to fit on (0: all)
 batch_size: int = 2  # target images per TTA step
-eval_images: int = 16  # labeled target images to evaluate on (0: all)
+eval_images: int = 0  # labeled target images to evaluate on (0: all)
 eval_every: int = 0  # mIoU every N steps for the curve (0: before and after only)
 entropy_weight: float = 1.0  # weight of the entropy term in "both"
 tent: bool = True  # run the TENT baseline
@@ -47,11 +47,18 @@ scene_text: str = "a photo of an urban street scene"  # the scene prompt TTA sta
 dg_steps: int = 120  # DG training steps (as notebook 02's steps)
 dg_batch_size: int = 8  # DG images per step (as notebook 02's batch_size)
 dg_max_train_images: int = 64  # DG: first N source images (as notebook 02's; 0: all)
+dg_lr: float = 0.01  # DG: the head's learning rate (as notebook 02's lr)
+dg_eval_every: int = 50  # DG: source-val mIoU every N steps, the training curve (0: none)
 dg_missing: str = "train"  # no trained DG model in results/: "train" it or raise an "error"
 dg_checkpoint: str = ""  # a DG checkpoint file to use instead of the one in results/
 gradient_checkpointing: bool = False  # recompute UNet activations (memory for full-size SD)
 device: str = "auto"  # "auto", "cpu", "cuda", ...
-seed: int = 0  # seeds TTA's batches and noise (and the DG run)
+seeds: list = [0, 1, 2]  # one DG model and one TTA run per seed (head, batches, noise)
+budget_steps: int = 0  # the budget study: TTA steps of each curve (0: no study)
+budget_every: int = 50  # its mIoU every N steps
+budget_lrs: list = [0.001, 0.01]  # its learning rates
+budget_targets: list = ["acdc_night", "darkzurich"]  # its targets
+budget_eval_images: int = 40  # labeled images per target evaluated along its curves (0: all)
 results_dir: str = ""  # results folder ("": results/ of the repository)
 
 # %%
@@ -61,54 +68,124 @@ params = check_parameters(globals())  # a wrong type or an unknown parameter sto
 
 # %%
 from diffprompt.dg import config_dict
+from diffprompt.experiments.stats import format_ci
 from diffprompt.experiments.tta import (
+    best_budget,
+    budget_configs,
+    budget_study,
+    budget_table,
     check_targets,
-    dg_model,
+    dg_curves,
+    dg_models,
     record_target,
     run_target,
-    summary_table,
+    seed_rows,
+    seed_summary,
     tta_configs,
     tta_dg_config,
+    tta_seed_config,
+    tta_statistics,
 )
 from diffprompt.results import Run
+from diffprompt.viz import dg_curve_figure, tta_budget_figure
 
-dg_cfg, dg_preset = tta_dg_config(params)  # the parameters you passed win over the preset
-print(dg_preset)
+dg_cfg, preset_choice = tta_dg_config(params)  # the parameters you passed win over the preset
+print(preset_choice)
 tta_cfgs = tta_configs(params)
 targets = list(tta_cfgs)
 check_targets(tta_cfgs, objectives, settings, dg_cfg, dg_missing, dg_checkpoint, results_dir)
 
 # %% [markdown]
-# ## The DG model (from results/, or trained now)
+# ## The DG models, one per seed (from results/, or trained now)
+# The curve: the source-val mIoU along each run's training (`dg_eval_every`).
 
 # %%
-dg = dg_model(dg_cfg, results_dir or None, dg_missing, dg_checkpoint)
-print("DG run", dg.hash, "step", dg.step, "of", dg_cfg.steps)
+dgs = dg_models(dg_cfg, seeds, results_dir or None, dg_missing, dg_checkpoint)
+for s, dg in dgs.items():
+    print("DG run", dg.hash, "seed", s, "step", dg.step, "of", dg_cfg.steps)
+run = Run("03_tta_dg", params, seed=seeds[0], root=results_dir or None)
+dg_curve = dg_curves(dgs)
+run.table(dg_curve.set_index(["method", "seed", "step"]), f"dg_{dg_cfg.source}_curve")
+if len(dg_curve):
+    run.figure(dg_curve_figure(dg_curve), f"dg_{dg_cfg.source}_curve", formats=("png",))
+run.finish(
+    dg_config=config_dict(dg_cfg),
+    dg_preset=preset_choice.record(),
+    dg_config_hashes={s: dg.hash for s, dg in dgs.items()},
+)
 
 # %% [markdown]
-# ## Adapt to each target
-# Every row of a target's table is computed on the same labeled images; results are written
-# per target (`tables/tta_<target>.*`, `manifests/03_tta_<target>.json`).
+# ## Adapt to each target, at every seed
+# Every row of a target's table is computed on the same labeled images (all of them with
+# `eval_images = 0`); seed s adapts the DG model of seed s with TTA seed s. Results are
+# written per target (`tables/tta_<target>.*`, `manifests/03_tta_<target>.json`): mean ±
+# std over seeds, the 95% bootstrap CI over images (seeds pooled) and the paired difference
+# against no adaptation (docs/METHOD.md, "Statistics").
 
 # %%
-tables, results = {}, {}
+results = {
+    s: {
+        t: run_target(
+            dgs[s], tta_seed_config(tta_cfgs[t], s), objectives, settings, tent, zero_shot
+        )
+        for t in targets
+    }
+    for s in seeds
+}
+stats = tta_statistics(seed_rows(results), dg_cfg.source)
+tables = {}
 for t in targets:
-    run = Run(f"03_tta_{t}", params | {"target": t}, seed=seed, root=results_dir or None)
-    results[t] = run_target(dg, tta_cfgs[t], objectives, settings, tent, zero_shot)
-    tables[t] = record_target(results[t], t, run)
+    first = results[seeds[0]][t]
+    run = Run(f"03_tta_{t}", params | {"target": t}, seed=seeds[0], root=results_dir or None)
+    tables[t] = record_target(first, t, run, stats)
     run.finish(
         dg_config=config_dict(dg_cfg),
-        dg_preset=dg_preset.record(),
-        dg_config_hash=dg.hash,
-        fit_split=results[t]["fit_split"],
-        tta_seconds=round(results[t]["seconds"], 1),
+        dg_preset=preset_choice.record(),
+        dg_config_hashes={s: dg.hash for s, dg in dgs.items()},
+        fit_split=first["fit_split"],
+        tta_seconds={s: round(results[s][t]["seconds"], 1) for s in seeds},
     )
-summary = summary_table(results)
-if len(targets) > 1:  # every target at once: one summary table beside the per-target ones
-    run = Run("03_tta_all", params, seed=seed, root=results_dir or None)
-    run.table(summary, "tta_summary", caption="mIoU (%) per TTA method and target.")
-    run.finish(targets=targets, dg_config_hash=dg.hash)
+summary = seed_summary(stats)
+if len(targets) > 1:  # every target at once: the summary tables beside the per-target ones
+    run = Run("03_tta_all", params, seed=seeds[0], root=results_dir or None)
+    run.table(
+        summary, "tta_summary", caption="mIoU (%) per TTA method and target, mean over seeds."
+    )
+    run.table(stats, "tta_stats")
+    run.table(format_ci(stats, ["method", "target"], "no adaptation"), "tta_ci")
+    run.finish(targets=targets, dg_config_hashes={s: dg.hash for s, dg in dgs.items()})
 summary.round(2)
 
 # %%
 tables[targets[0]]
+
+# %% [markdown]
+# ## The TTA budget (with `budget_steps > 0`)
+# mIoU against TTA steps for every objective and learning rate of `budget_lrs`, at every
+# seed, on `budget_targets`, with how far the learned prompt moved (relative change of its
+# word embeddings, nearest vocabulary words) along the way: does a longer or faster
+# adaptation change the conclusion of the table above?
+
+# %%
+if budget_steps:
+    curves = budget_study(
+        dgs,
+        budget_configs(params),
+        objectives,
+        budget_lrs,
+        budget_steps,
+        budget_every,
+        budget_eval_images,
+    )
+    run = Run("03_tta_budget", params, seed=seeds[0], root=results_dir or None)
+    run.table(
+        curves.set_index(["target", "objective", "lr", "seed", "step"]),
+        "tta_budget_runs",
+        float_format="%.4f",
+    )
+    budget = budget_table(curves)
+    run.table(budget, "tta_budget", float_format="%.3f")
+    run.figure(tta_budget_figure(curves), "tta_budget")
+    best = best_budget(curves)
+    run.finish(best=best, best_within_default=best_budget(curves, max_steps=steps))
+    print("best budget:", best)

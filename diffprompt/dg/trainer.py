@@ -342,14 +342,16 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, sets: Mapping[str, Any] | None = None) -> dict[str, ConfusionMatrix]:
-        """Return {name: ConfusionMatrix} over the eval sets (dataset level); logs each
-        mIoU (over :func:`diffprompt.benchmarks.eval_classes`)."""
+        """Return {name: ConfusionMatrix} over the eval sets (dataset level, keeping each
+        image's matrix for the bootstrap: ``per_image_matrices()``); logs each mIoU (over :func:`diffprompt.benchmarks.eval_classes`)."""
         sets = self.eval_sets() if sets is None else sets
         self.ddp_model.eval()
         out = {}
         for name, ds in sets.items():
             n = self.eval_count(ds)
-            out[name] = evaluate_predictions(self.predictor(ds), ds, range(n), self.cfg.eval_batch)
+            out[name] = evaluate_predictions(
+                self.predictor(ds), ds, range(n), self.cfg.eval_batch, per_image=True
+            )
             if self.acc.is_main_process:
                 row = self.miou_rows({name: out[name]}, {name: ds})[0]
                 self.log(f"{name}: mIoU {row['mIoU']:.2f} ({n} images)")

@@ -136,28 +136,43 @@ def ci_table(
     confidence: float = 0.95,
     **kwargs,
 ) -> pd.DataFrame:
-    """Return the table of :func:`ci_rows`, indexed by ``by``, with text columns "mIoU"
-    ("mean ± std" over seeds), "95% CI" ("[low, high]"), "Δ vs <baseline_name>" (mIoU
-    points, signed), "Δ 95% CI", "excludes 0" ("yes"/"no"; "--" on the baseline rows),
-    "seeds" and "images". ``baseline_name``: default the baseline's values joined by " / ".
-    ``kwargs``: those of :func:`ci_rows` (``classes``, ``cms``, ``n_resamples``, ``seed``).
-    """
+    """Return the table of :func:`ci_rows`, indexed by ``by``, as text (:func:`format_ci`).
+    ``baseline_name``: default the baseline's values joined by " / ". ``kwargs``: those of
+    :func:`ci_rows` (``classes``, ``cms``, ``n_resamples``, ``seed``)."""
     name = baseline_name or " / ".join(str(v) for v in baseline.values())
-    level = f"{100 * confidence:g}% CI"
     numeric = ci_rows(rows, by, baseline, confidence=confidence, **kwargs)
+    return format_ci(numeric, by, name, confidence)
+
+
+def format_ci(
+    numeric: Sequence[Mapping[str, Any]] | pd.DataFrame,
+    by: Sequence[str],
+    baseline_name: str,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Return rows of :func:`ci_rows` (or a DataFrame of them, ``by`` in the index or the
+    columns) as text, indexed by ``by``: "mIoU" ("mean ± std" over seeds), "95% CI"
+    ("[low, high]"), "Δ vs <baseline_name>" (mIoU points, signed), "Δ 95% CI", "excludes 0"
+    ("yes"/"no"; "--" on the baseline rows), "seeds" and "images". Rows without difference
+    columns (no baseline) get only the first two and the counts."""
+    if isinstance(numeric, pd.DataFrame):
+        numeric = numeric.reset_index().to_dict("records")
+    level = f"{100 * confidence:g}% CI"
     table = []
     for r in numeric:
-        base = r["excludes_zero"] is None
-        table.append(
-            {
-                **{k: r[k] for k in by},
-                "mIoU": format_mean_std(r["mIoU"], r["std"]),
-                level: _interval(r["low"], r["high"]),
-                f"Δ vs {name}": "--" if base or math.isnan(r["delta"]) else f"{r['delta']:+.2f}",
-                f"Δ {level}": "--" if base else _interval(r["delta_low"], r["delta_high"]),
-                "excludes 0": "--" if base else ("yes" if r["excludes_zero"] else "no"),
-                "seeds": r["seeds"],
-                "images": r["images"],
-            }
-        )
+        row = {
+            **{k: r[k] for k in by},
+            "mIoU": format_mean_std(r["mIoU"], r["std"]),
+            level: _interval(r["low"], r["high"]),
+        }
+        if "delta" in r:
+            ez = r["excludes_zero"]
+            base = ez is None or (isinstance(ez, float) and math.isnan(ez))
+            delta = r["delta"]
+            row[f"Δ vs {baseline_name}"] = "--" if base or math.isnan(delta) else f"{delta:+.2f}"
+            row[f"Δ {level}"] = "--" if base else _interval(r["delta_low"], r["delta_high"])
+            row["excludes 0"] = "--" if base else ("yes" if ez else "no")
+        row["seeds"] = r["seeds"]
+        row["images"] = r["images"]
+        table.append(row)
     return pd.DataFrame(table).set_index(list(by))

@@ -8,6 +8,8 @@ parsed.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,10 +18,10 @@ from typing import Any
 
 import pandas as pd
 
-from diffprompt.benchmarks import TARGET_PROMPTS, resolve_targets
+from diffprompt.benchmarks import TARGET_PROMPTS, eval_classes, resolve_targets
 from diffprompt.cache import FeatureCache
 from diffprompt.data.roots import resolve_data_root
-from diffprompt.dg.checkpoint import CHECKPOINT, load_dg_model
+from diffprompt.dg.checkpoint import CHECKPOINT, load_dg_model, read_checkpoint
 from diffprompt.dg.config import (
     RANDOM_MODES,
     PresetChoice,
@@ -31,6 +33,7 @@ from diffprompt.dg.config import (
 from diffprompt.dg.data import image_transform
 from diffprompt.dg.runs import dg_run_dir, train_dg
 from diffprompt.experiments import config_of, explicit_parameters
+from diffprompt.experiments.stats import ci_rows, format_ci
 from diffprompt.model import SegModel
 from diffprompt.paths import cache_dir, results_root
 from diffprompt.preflight import check_files, check_writable
@@ -73,8 +76,9 @@ DG_PARAMETERS = {
     "steps": "dg_steps",
     "batch_size": "dg_batch_size",
     "max_train_images": "dg_max_train_images",
+    "lr": "dg_lr",
+    "eval_every": "dg_eval_every",
     "device": "device",
-    "seed": "seed",
 }
 
 
@@ -84,7 +88,8 @@ def tta_dg_config(
     """Return the TrainConfig of the DG model notebook 03 adapts and what its preset did:
     its ``source``, data, model, prompt parameters and seed, ``dg_steps`` / ``dg_batch_size``
     / ``dg_max_train_images`` as notebook 02's ``steps`` / ``batch_size`` /
-    ``max_train_images`` (:data:`DG_PARAMETERS`), no targets, then the ``preset`` on every
+    ``max_train_images`` (:data:`DG_PARAMETERS`; the seed is set per run), no targets, then
+    the ``preset`` on every
     field but those the user passed (``explicit``: parameter names; None: the parameters
     whose values differ from the notebook's defaults)."""
     if explicit is None:
@@ -100,6 +105,17 @@ def tta_configs(params: Mapping[str, Any]) -> dict[str, TTAConfig]:
     "adverse", or "all")."""
     targets = resolve_targets(params["target"])
     return {t: config_of(TTAConfig, params, target=t) for t in targets}
+
+
+def tta_seed_config(cfg: TTAConfig, seed: int) -> TTAConfig:
+    """Return ``cfg`` with TTA seed ``seed`` (its batches and noise)."""
+    return dataclasses.replace(cfg, seed=int(seed))
+
+
+def budget_configs(params: Mapping[str, Any]) -> dict[str, TTAConfig]:
+    """Return {target: TTAConfig} of the budget study's ``budget_targets`` (notebook 03's
+    other TTA parameters; steps, lr, seed and evaluation set by :func:`budget_study`)."""
+    return {t: config_of(TTAConfig, params, target=t) for t in params["budget_targets"]}
 
 
 def check_targets(
@@ -158,6 +174,7 @@ class DGModel:
     cache: FeatureCache | None  # the run's feature cache (its VAE latents are reused)
     transform: Any  # what the run's evaluation images get
     step: int  # the step its checkpoint reached
+    log: list = dataclasses.field(default_factory=list)  # its training log (the curve)
 
     @property
     def hash(self) -> str:
@@ -190,12 +207,54 @@ def dg_model(
         )
     if not path.is_file():
         trainer = train_dg(cfg, results_dir, log=log)
-        return DGModel(trainer.model, cfg, root, trainer.cache, transform, trainer.state.step)
+        state = trainer.state
+        return DGModel(trainer.model, cfg, root, trainer.cache, transform, state.step, state.log)
     model = load_dg_model(cfg, path, resolve_device(cfg.device))
+    state = json.loads(read_checkpoint(path)["state"])
     cache = None
     if cfg.cache_features:
         cache = FeatureCache(model, cache_dir(results_dir), batch_size=cfg.eval_batch)
-    return DGModel(model, cfg, root, cache, transform, cfg.steps)
+    return DGModel(model, cfg, root, cache, transform, state["step"], state["log"])
+
+
+def dg_models(
+    cfg: TrainConfig,
+    seeds: Sequence[int],
+    results_dir=None,
+    missing: str = "train",
+    checkpoint: str = "",
+    log: Callable[[str], None] = print,
+) -> dict[int, DGModel]:
+    """Return {seed: :func:`dg_model` of ``cfg`` at that seed} (``checkpoint``: one file,
+    only with a single seed)."""
+    if checkpoint and len(seeds) != 1:
+        raise ValueError(
+            "dg_checkpoint is one DG model: pass it with a single seed (-y 'seeds: [0]')"
+        )
+    return {
+        int(s): dg_model(
+            dataclasses.replace(cfg, seed=int(s)), results_dir, missing, checkpoint, log
+        )
+        for s in seeds
+    }
+
+
+def dg_curves(dgs: Mapping[int, DGModel]) -> pd.DataFrame:
+    """Return the DG runs' training curves (as :func:`diffprompt.experiments.dg.curve_table`)."""
+    rows = [
+        {
+            "method": dg.cfg.prompt_mode,
+            "seed": seed,
+            "step": e["step"],
+            "set": f"{dg.cfg.source} val",
+            "mIoU": e["curve_mIoU"],
+            "loss": e["loss"],
+        }
+        for seed, dg in dgs.items()
+        for e in dg.log
+        if "curve_mIoU" in e
+    ]
+    return pd.DataFrame(rows, columns=["method", "seed", "step", "set", "mIoU", "loss"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -236,6 +295,7 @@ def run_target(
                 "setting": setting,
                 "mIoU": tta.miou(cm, eval_set),
                 "fit images": fitted[setting],
+                "cms": cm.per_image_matrices(),
             }
         )
         examples.append((method, setting, tta.predict(model, eval_set, [shown])[0]))
@@ -275,18 +335,28 @@ def run_target(
 def target_table(result: Mapping[str, Any]) -> pd.DataFrame:
     """Return a target's table: mIoU per method (index: its label) with its setting, the
     images fitted on and the split they came from."""
-    table = pd.DataFrame(result["rows"]).drop(columns="id").set_index("method")
+    table = pd.DataFrame(result["rows"]).drop(columns=["id", "cms"]).set_index("method")
     table["fit split"] = [result["fit_split"] if s != "-" else "-" for s in table["setting"]]
     return table
 
 
-def record_target(result: Mapping[str, Any], target: str, run) -> pd.DataFrame:
+def record_target(
+    result: Mapping[str, Any], target: str, run, stats: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Write one target's outputs through ``run`` (a :class:`diffprompt.results.Run`):
-    tables tta_<target> (every row), tta_<target>_curve (mIoU against steps) and
-    tta_<target>_nearest (nearest tokens of each learned word), figures tta_<target>_curve
-    and tta_<target>_predictions. Returns the main table."""
+    tables tta_<target> (every row: with ``stats``, :func:`tta_statistics` of every seed,
+    as text with the CIs and the difference against no adaptation; else ``result``'s
+    mIoU), tta_<target>_curve (mIoU against steps) and tta_<target>_nearest (nearest
+    tokens of each learned word), figures tta_<target>_curve and tta_<target>_predictions
+    (of ``result``, one seed). Returns the main table."""
     table = target_table(result)
     caption = f"{target}: mIoU (%) on its labeled split; fitted on {result['fit_split']}."
+    if stats is not None:
+        part = stats.xs(target, level="target")
+        shown = format_ci(part, ["method"], METHODS["none"][SUMMARY_LABEL])
+        shown.insert(0, "setting", part["setting"].to_numpy())
+        table = shown
+        caption += " Mean ± std over seeds, 95% bootstrap CIs over images (seeds pooled)."
     run.table(table, f"tta_{target}", caption=caption)
     if result["curves"]:
         curve = pd.DataFrame(result["curves"]).set_index(["objective", "step"])
@@ -330,3 +400,164 @@ def summary_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
 def paper_setting(method_id: str) -> str:
     """Return the setting of a method in the paper's T4: "DG" (no adaptation) or "TTA"."""
     return METHODS[method_id][PAPER_SETTING]
+
+
+# ---------------------------------------------------------------------------------------
+# Seeds: every method of every target at every seed, and their statistics
+# ---------------------------------------------------------------------------------------
+
+
+def seed_rows(results: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Return one row per (seed, target, method) of ``results`` ({seed: {target:
+    :func:`run_target` result}}): its summary label ("method"), id, setting, target, seed,
+    mIoU and per-image matrices ("cms")."""
+    rows = []
+    for seed, per_target in results.items():
+        for target, result in per_target.items():
+            for r in result["rows"]:
+                label = METHODS[r["id"]][SUMMARY_LABEL]
+                method = f"{label} (online)" if r["setting"] == "online" else label
+                rows.append(
+                    {
+                        "method": method,
+                        "id": r["id"],
+                        "setting": r["setting"],
+                        "target": target,
+                        "seed": seed,
+                        "mIoU": r["mIoU"],
+                        "cms": r["cms"],
+                    }
+                )
+    return rows
+
+
+def tta_statistics(rows: Sequence[Mapping[str, Any]], source: str) -> pd.DataFrame:
+    """Return per (method, target): mIoU mean and std over seeds, the 95% bootstrap CI
+    (images resampled, seeds pooled) and the paired difference against "no adaptation" of
+    the same seed's DG model, with whether its CI excludes 0
+    (:func:`diffprompt.experiments.stats.ci_rows`); columns "id" and "setting": the
+    method's id and setting."""
+    out = ci_rows(
+        rows,
+        ["method", "target"],
+        {"method": METHODS["none"][SUMMARY_LABEL]},
+        classes=lambda keys: eval_classes(source, keys["target"]),
+    )
+    ids = {r["method"]: (r["id"], r["setting"]) for r in rows}
+    df = pd.DataFrame(out)
+    df.insert(1, "id", [ids[m][0] for m in df["method"]])
+    df.insert(2, "setting", [ids[m][1] for m in df["method"]])
+    return df.set_index(["method", "target"])
+
+
+def seed_summary(stats: pd.DataFrame) -> pd.DataFrame:
+    """Return the summary of :func:`tta_statistics`: mean mIoU over seeds per method (rows,
+    id in column "id") and target (columns), then their mean when there are several."""
+    out = stats["mIoU"].unstack("target")
+    out = out.reindex(list(dict.fromkeys(stats.index.get_level_values("method"))))
+    if len(out.columns) > 1:
+        out["mean"] = out.mean(axis=1)
+    ids = stats["id"].groupby(level="method").first()
+    out.insert(0, "id", [ids[m] for m in out.index])
+    out.columns.name = None
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The TTA budget: mIoU against steps, learning rates and objectives
+# ---------------------------------------------------------------------------------------
+
+
+def budget_study(
+    dgs: Mapping[int, DGModel],
+    cfgs: Mapping[str, TTAConfig],
+    objectives: Sequence[str],
+    lrs: Sequence[float],
+    steps: int,
+    every: int,
+    eval_images: int = 0,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Return the curves of offline prompt TTA run ``steps`` steps, evaluated every
+    ``every`` steps on ``eval_images`` labeled images (0 = all): one row per (target,
+    objective, lr, seed, step) with the mIoU, its change from step 0 (the DG model), the
+    losses and the prompt's movement (relative change, nearest words). ``dgs``: {seed: the
+    DG model of that seed}; TTA's own seed (batches, noise) is the same seed."""
+    rows = []
+    for target, base_cfg in cfgs.items():
+        for seed, dg in dgs.items():
+            for lr in lrs:
+                cfg = dataclasses.replace(
+                    base_cfg,
+                    steps=steps,
+                    lr=float(lr),
+                    eval_every=every,
+                    seed=int(seed),
+                    eval_images=eval_images,
+                )
+                tta = PromptTTA(dg.model, cfg, dg.cache, dg.transform, log=lambda m: None)
+                sets = tta.target_sets(dg.root, dg.cfg.target_split)
+                fit_idx, eval_idx = list(range(sets.n_fit)), list(range(sets.n_eval))
+                base = tta.evaluate(tta.dg, sets.evaluation, eval_idx)
+                for objective in objectives:
+                    t0 = time.time()
+                    _, curve = tta.fit_offline(
+                        objective, sets.fit, fit_idx, sets.evaluation, eval_idx, base
+                    )
+                    start = curve[0]["mIoU"]
+                    for c in curve:
+                        rows.append(
+                            {
+                                "target": target,
+                                "objective": objective,
+                                "lr": float(lr),
+                                "seed": int(seed),
+                                **c,
+                                "change": c["mIoU"] - start,
+                                "images": len(eval_idx),
+                            }
+                        )
+                    log(
+                        f"budget {target} {objective} lr {lr:g} seed {seed}: "
+                        f"{start:.2f} -> {curve[-1]['mIoU']:.2f} mIoU in {steps} steps "
+                        f"({time.time() - t0:.0f}s)"
+                    )
+    return pd.DataFrame(rows)
+
+
+def budget_table(curves: pd.DataFrame) -> pd.DataFrame:
+    """Return the budget study per (target, objective, lr, step): the change of mIoU from
+    no adaptation and the prompt's relative change, mean and std over seeds, the seeds'
+    count, and the nearest words of the first seed."""
+    keys = ["target", "objective", "lr", "step"]
+    g = curves.groupby(keys, sort=False)
+    out = pd.DataFrame(
+        {
+            "mIoU": g["mIoU"].mean(),
+            "change mean": g["change"].mean(),
+            "change std": g["change"].std(ddof=1),
+            "relative change": g["relative change"].mean(),
+            "seeds": g.size(),
+            "nearest (first seed)": g["nearest"].first(),
+        }
+    )
+    return out
+
+
+def best_budget(curves: pd.DataFrame, max_steps: int | None = None) -> dict[str, Any]:
+    """Return the (objective, lr, steps) whose mean change of mIoU over targets and seeds is
+    largest among budgets of at most ``max_steps`` steps (None: any), with that change:
+    {"objective", "lr", "steps", "change"}."""
+    df = curves[curves["step"] > 0]
+    if max_steps is not None:
+        df = df[df["step"] <= max_steps]
+    if df.empty:
+        raise ValueError("no TTA budget to choose from: run the study with steps >= its every")
+    means = df.groupby(["objective", "lr", "step"])["change"].mean()
+    objective, lr, step = means.idxmax()
+    return {
+        "objective": objective,
+        "lr": float(lr),
+        "steps": int(step),
+        "change": float(means.max()),
+    }

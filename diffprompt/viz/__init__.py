@@ -21,12 +21,14 @@ from diffprompt.viz.images import (
 from diffprompt.viz.plots import (
     ablation_plot,
     class_frequency_plot,
+    dg_curve_figure,
     dg_loss_figure,
     dg_prediction_figure,
     gap_scatter,
     paper_summary_figure,
     pca_figure,
     sweep_figure,
+    tta_budget_figure,
     tta_curve_figure,
     tta_prediction_figure,
 )
@@ -35,6 +37,7 @@ __all__ = [
     "Explorer",
     "ablation_plot",
     "class_frequency_plot",
+    "dg_curve_figure",
     "dg_loss_figure",
     "dg_prediction_figure",
     "explorer_view",
@@ -47,6 +50,7 @@ __all__ = [
     "sample_grid",
     "sweep_figure",
     "to_uint8_image",
+    "tta_budget_figure",
     "tta_curve_figure",
     "tta_prediction_figure",
 ]

@@ -62,6 +62,37 @@ def dg_loss_figure(log: Sequence[dict], consistency: str):
     return fig
 
 
+def dg_curve_figure(curve: pd.DataFrame, reference: float | None = None, label: str = ""):
+    """Return a figure of DG training curves (:func:`diffprompt.experiments.dg.curve_table`):
+    the curve set's mIoU against the step, one line per (method, seed); ``reference``: a
+    horizontal line (e.g. the linear probe's mIoU on the same set), named ``label``."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    methods = list(dict.fromkeys(curve["method"]))
+    for i, method in enumerate(methods):
+        part = curve[curve["method"] == method]
+        for j, (_seed, run) in enumerate(part.groupby("seed", sort=True)):
+            ax.plot(
+                run["step"],
+                run["mIoU"],
+                color=f"C{i}",
+                lw=1.2,
+                alpha=0.9,
+                marker="o",
+                ms=3,
+                label=method if j == 0 else None,
+            )
+    if reference is not None:
+        ax.axhline(reference, color="0.3", ls="--", lw=1, label=label or "reference")
+    name = curve["set"].iloc[0] if len(curve) else ""
+    ax.set(xlabel="step", ylabel=f"mIoU (%), {name}", title="DG training curve (each seed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def dg_prediction_figure(trainer, sets: Mapping[str, object], index: int = 0):
     """Return a figure: per evaluated set, image ``index``, its labels and the prediction of
     a DG run (``trainer``: a :class:`diffprompt.dg.Trainer`)."""
@@ -110,6 +141,39 @@ def tta_curve_figure(curves: Sequence[dict], target: str):
         ax.plot(part["step"], part["mIoU"], marker="o", ms=3, label=obj)
     ax.set(xlabel="TTA step", ylabel="mIoU (%)", title=f"{target}: mIoU against TTA steps")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def tta_budget_figure(curves: pd.DataFrame):
+    """Return the TTA budget study (:func:`diffprompt.experiments.tta.budget_study`): per
+    target (columns), the change of mIoU from no adaptation (top) and the prompt's relative
+    change (bottom) against TTA steps, one line per (objective, lr), mean ± std over seeds."""
+    import matplotlib.pyplot as plt
+
+    targets = list(dict.fromkeys(curves["target"]))
+    fig, axes = plt.subplots(2, len(targets), figsize=(4.6 * len(targets), 6), squeeze=False)
+    combos = list(dict.fromkeys(zip(curves["objective"], curves["lr"], strict=True)))
+    for j, target in enumerate(targets):
+        part = curves[curves["target"] == target]
+        for i, (objective, lr) in enumerate(combos):
+            run = part[(part["objective"] == objective) & (part["lr"] == lr)]
+            g = run.groupby("step")
+            style = dict(color=f"C{i}", marker="o", ms=3, label=f"{objective}, lr {lr:g}")
+            for row, column in enumerate(("change", "relative change")):
+                mean, std = g[column].mean(), g[column].std(ddof=1).fillna(0)
+                ax = axes[row, j]
+                ax.plot(mean.index, mean.values, **style)
+                ax.fill_between(mean.index, mean - std, mean + std, color=f"C{i}", alpha=0.15)
+        axes[0, j].axhline(0, color="0.3", lw=0.8)
+        n = part["images"].iloc[0] if len(part) else 0
+        axes[0, j].set(title=f"{target} ({n} images)", ylabel="Δ mIoU vs no adaptation")
+        axes[1, j].set(xlabel="TTA step", ylabel="prompt's relative change")
+        for ax in axes[:, j]:
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    seeds = curves["seed"].nunique()
+    fig.suptitle(f"TTA budget: mean ± std over {seeds} seeds", fontsize=10)
     fig.tight_layout()
     return fig
 
