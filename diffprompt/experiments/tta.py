@@ -178,7 +178,7 @@ def dg_model(
     model = load_dg_model(cfg, path, resolve_device(cfg.device))
     cache = None
     if cfg.cache_features:
-        cache = FeatureCache(model, cache_dir(results_dir), batch_size=cfg.eval_batch)
+        cache = FeatureCache(model, cache_dir(results_dir))
     return DGModel(model, cfg, root, cache, transform, cfg.steps)
 
 
