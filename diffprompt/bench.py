@@ -288,7 +288,7 @@ def _feature_speed(model, images: torch.Tensor, name: str, batch: int, reps: int
         ref[:] = [naive_features(model, images[c]) for c in chunks]
 
     MEMORY.clear()
-    cache = FeatureCache(model, None, batch_size=batch)
+    cache = FeatureCache(model, None)
     t0 = time.perf_counter()
     first = [fast_features(cache, ds, c) for c in chunks]
     fast_first = time.perf_counter() - t0

@@ -11,6 +11,14 @@ keyed by
 - the image: data set class, split, root, file name, file size and modification time, and
   the transform applied to it.
 
+Every entry is computed from its image alone (a batch of one), never in a batch with other
+images: batched kernels round differently with the batch size (an image's VAE latents and
+UNet maps computed in a batch of 8 differ in their last bits from those computed alone or in
+a batch of 3, and fp16 storage keeps part of that), so what a run read from the cache would
+otherwise depend on which run, with which batches, filled it first. The key also names where the maps were computed
+(:func:`compute_identity`: device, CPU threads, torch version), which change the rounding too,
+so a run reads exactly what it would compute itself.
+
 Any change of one of them gives a new key, so a stale entry is never read. Entries are
 safetensors files written atomically under ``folder/<backbone>/<context>/<image>.safetensors``
 (``folder/<vae>/latents/...`` for latents) and kept in memory for the session.
@@ -54,6 +62,24 @@ def image_identity(dataset, index: int) -> dict:
 #: Version of :func:`noise_seed`'s scheme (part of every cache key: entries noised under an
 #: older scheme are never read).
 NOISE_SEED_VERSION = 2
+
+
+#: Version of how entries are computed (part of every key): 2 = each image alone, on the
+#: device and threads of :func:`compute_identity` (1, unversioned: images in batches, whose
+#: entries depended on their batch and are never read).
+COMPUTE_VERSION = 2
+
+
+def compute_identity(device: torch.device | str) -> dict:
+    """Return what, besides the inputs, decides a map's rounding: the device (its name on
+    CUDA), the CPU's thread count (GEMMs split their sums over threads) and torch's version."""
+    dev = torch.device(device)
+    ident = {"scheme": COMPUTE_VERSION, "device": dev.type, "torch": torch.__version__}
+    if dev.type == "cuda":
+        ident["name"] = torch.cuda.get_device_name(dev)
+    elif dev.type == "cpu":
+        ident["threads"] = torch.get_num_threads()
+    return ident
 
 
 def noise_seed(dataset, index: int, seed: int = 0) -> int:
@@ -115,6 +141,9 @@ class FeatureCache:
     whose prompts are fixed (nothing before the backbone is trained), else the cache
     refuses it: cached maps would go stale as the model learns. ``folder=None`` keeps the
     cache in memory only. Maps are stored in ``dtype`` (fp16 halves memory and disk).
+
+    Missing entries are computed one image at a time, so that an image's maps do not depend
+    on which other images were asked for with it (see the module's docstring).
     """
 
     def __init__(
@@ -122,14 +151,13 @@ class FeatureCache:
         model: nn.Module,
         folder: str | os.PathLike | None = None,
         dtype: torch.dtype = torch.float16,
-        batch_size: int = 8,
     ) -> None:
         if getattr(model, "needs_backbone_grad", False):
             raise ValueError(
                 "features cannot be cached while the backbone or a prompt part before it "
                 "(TextAdapter, learnable scene prompt) is trained; turn caching off or freeze them"
             )
-        self.model, self.dtype, self.batch_size = model, dtype, batch_size
+        self.model, self.dtype = model, dtype
         self.folder = Path(folder) if folder is not None else None
         bb = model.backbone
         desc = bb.describe() if hasattr(bb, "describe") else {"repr": repr(bb)}
@@ -144,7 +172,13 @@ class FeatureCache:
         vae = getattr(bb, "vae", None)
         self.latent_key = None
         if vae is not None:
-            self.latent_key = digest({"vae": module_checksum(vae), "scale": bb.cfg.scale_latents})
+            self.latent_key = digest(
+                {
+                    "vae": module_checksum(vae),
+                    "scale": bb.cfg.scale_latents,
+                    "dtype": str(vae.dtype),
+                }
+            )
         self._ctx: dict[str, tuple[str, Tensor | None]] = {}
         # image keys per data set object (held weakly: a new data set never inherits them)
         self._image_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -161,6 +195,12 @@ class FeatureCache:
             key = "none" if ctx is None else tensor_checksum(ctx.float())
             self._ctx[name] = (key, ctx)
         return self._ctx[name]
+
+    def _group(self, key: str, module: nn.Module) -> str:
+        """Return the folder of entries computed by ``module`` under key ``key``: the key and
+        :func:`compute_identity` of the module's device, as the process stands now."""
+        dev = next(module.parameters(), torch.empty(0)).device
+        return digest({"key": key, "compute": compute_identity(dev)})
 
     def image_key(self, dataset, index: int) -> str:
         """Return the cache key of image ``index`` of ``dataset`` (:func:`image_identity`),
@@ -194,24 +234,19 @@ class FeatureCache:
 
     # ------------------------------------------------------------------ access
     def latents(self, dataset, indices: Sequence[int]) -> Tensor:
-        """Return VAE latents (B, c, h, w) of images ``indices`` (computed once each)."""
+        """Return VAE latents (B, c, h, w) of images ``indices`` (computed once each, each
+        image alone)."""
         bb = self.model.backbone
+        group = self._group(self.latent_key, bb.vae)
         keys = [self.image_key(dataset, i) for i in indices]
         out: dict[int, Tensor] = {}
-        todo = []
         for j, k in enumerate(keys):
-            e = self._lookup(self.latent_key, "latents", k)
+            e = self._lookup(group, "latents", k)
             if e is None:
-                todo.append(j)
-            else:
-                out[j] = e["z"]
-        for s in range(0, len(todo), self.batch_size):
-            part = todo[s : s + self.batch_size]
-            x = torch.stack([dataset[indices[j]]["image"] for j in part])
-            z = bb.encode(x).float().cpu()
-            for j, zj in zip(part, z, strict=True):
-                self._store(self.latent_key, "latents", keys[j], {"z": zj.clone()})
-                out[j] = zj
+                z = bb.encode(dataset[indices[j]]["image"][None]).float().cpu()
+                e = {"z": z[0].clone()}
+                self._store(group, "latents", k, e)
+            out[j] = e["z"]
         return torch.stack([out[j] for j in range(len(keys))])
 
     def get(
@@ -224,7 +259,8 @@ class FeatureCache:
         """Return the backbone's maps {name: (B, C, h, w)} of images ``indices`` of
         ``dataset`` under ``scene_text`` (None: the default prompt), float32 on ``device``."""
         ctx_key, ctx = self.context(scene_text)
-        group = self.backbone_key
+        bb = self.model.backbone
+        group = self._group(self.backbone_key, bb)
         keys = [self.image_key(dataset, i) for i in indices]
         entries: dict[int, dict[str, Tensor]] = {}
         todo = []
@@ -236,29 +272,24 @@ class FeatureCache:
                 entries[j] = e
         self.hits += len(keys) - len(todo)
         self.misses += len(todo)
-        bb = self.model.backbone
         noise = bool(getattr(getattr(bb, "cfg", None), "noise", False))
-        step = 1 if noise else self.batch_size  # noise per image, seeded by noise_seed
-        for s in range(0, len(todo), step):
-            part = todo[s : s + step]
-            idx = [indices[j] for j in part]
+        for j in todo:  # one image at a time: its maps never depend on other images
+            i = indices[j]
             with torch.no_grad():
                 if ctx is None:
-                    x = torch.stack([dataset[i]["image"] for i in idx])
-                    f = bb(x)
+                    f = bb(dataset[i]["image"][None])
                 else:
-                    z = self.latents(dataset, idx) if self.latent_key else None
+                    z = None
+                    if self.latent_key:
+                        z = self.latents(dataset, [i]).to(bb.unet.device)
                     gen = None
-                    if noise:
-                        gen = torch.Generator().manual_seed(
-                            noise_seed(dataset, idx[0], bb.cfg.seed)
-                        )
-                    x = None if z is not None else torch.stack([dataset[i]["image"] for i in idx])
-                    f = bb(x, ctx.expand(len(idx), -1, -1), generator=gen, latents=z)
-            for n, j in enumerate(part):
-                e = {name: m[n].to(self.dtype).cpu().clone() for name, m in f.items()}
-                self._store(group, ctx_key, keys[j], e)
-                entries[j] = e
+                    if noise:  # noise per image, seeded by what names the image
+                        gen = torch.Generator().manual_seed(noise_seed(dataset, i, bb.cfg.seed))
+                    x = None if z is not None else dataset[i]["image"][None]
+                    f = bb(x, ctx, generator=gen, latents=z)
+            e = {name: m[0].to(self.dtype).cpu().clone() for name, m in f.items()}
+            self._store(group, ctx_key, keys[j], e)
+            entries[j] = e
         names = sorted(entries[0]) if entries else []
         out = {}
         for name in names:

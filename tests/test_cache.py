@@ -23,7 +23,7 @@ def test_feature_cache_equals_direct_features_and_reads_disk(tiny_sd, mini_root,
     m = build_model(TrainConfig(model=str(tiny_sd), prompt_mode="fixed"))
     ds = build_dataset("gta5", "train", mini_root)
     C.FeatureCache(m).get(ds, [0])  # in memory only: a later cache with a folder persists it
-    fc = C.FeatureCache(m, tmp_path / "cache", batch_size=2)
+    fc = C.FeatureCache(m, tmp_path / "cache")
     got = fc.get(ds, [0, 1, 2])
     with torch.no_grad():
         ref = m.features(torch.stack([ds[i]["image"] for i in (0, 1, 2)]))
@@ -81,7 +81,7 @@ def test_latents_are_cached_once_per_image(tiny_sd, mini_root):
     m = build_model(TrainConfig(model=str(tiny_sd), prompt_mode="fixed"))
     ds = build_dataset("gta5", "train", mini_root)
     C.MEMORY.clear()
-    fc = C.FeatureCache(m, None, batch_size=2)
+    fc = C.FeatureCache(m, None)
     calls = []
     handle = m.backbone.vae.register_forward_pre_hook(lambda *a: calls.append(1))
     first = fc.latents(ds, [0, 1, 2])

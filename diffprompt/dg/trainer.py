@@ -136,7 +136,7 @@ class Trainer:
         self.vocab = vocabulary(cfg.vocabulary_size)
         self.cache = None
         if cfg.cache_features:
-            self.cache = FeatureCache(self.model, cache_dir, batch_size=cfg.eval_batch)
+            self.cache = FeatureCache(self.model, cache_dir)
         groups = self.model.param_groups(cfg.lr, cfg.unet_lr_mult)
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = poly_lambda(cfg.warmup, cfg.steps, cfg.poly_power)

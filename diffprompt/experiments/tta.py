@@ -213,7 +213,7 @@ def dg_model(
     state = json.loads(read_checkpoint(path)["state"])
     cache = None
     if cfg.cache_features:
-        cache = FeatureCache(model, cache_dir(results_dir), batch_size=cfg.eval_batch)
+        cache = FeatureCache(model, cache_dir(results_dir))
     return DGModel(model, cfg, root, cache, transform, state["step"], state["log"])
 
 
