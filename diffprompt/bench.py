@@ -14,6 +14,8 @@ path of :mod:`diffprompt.fastpath` where it has one:
   of their maps; at full size also the UNet forward's FLOPs (torch's FLOP counter), its
   achieved FLOP/s and the measured fp32 GEMM peak. Targets: fast >= 2x naive at full size;
   UNet forward >= 50% of the GEMM peak.
+- ``loss_resolution_miniature``: the DG step at each loss resolution (notebook 02's
+  defaults): seconds per step and the source-val mIoU reached at equal steps;
 - ``dg_step_miniature``: a DG training step of notebook 02's defaults, on cached features
   (fast) against recomputing the features of the batch under each prompt (naive).
 - ``bf16_miniature``: the change in mIoU (and speed) when the backbone runs under bf16
@@ -41,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -52,7 +55,7 @@ from diffprompt.build import build_model
 from diffprompt.cache import MEMORY, FeatureCache
 from diffprompt.data import build_dataset
 from diffprompt.data.roots import resolve_data_root
-from diffprompt.dg.config import TrainConfig
+from diffprompt.dg.config import LOSS_RESOLUTIONS, TrainConfig
 from diffprompt.dg.losses import mean_entropy
 from diffprompt.dg.runs import train_dg
 from diffprompt.evaluate import ConfusionMatrix
@@ -428,6 +431,34 @@ def child_dg_step_miniature() -> dict:
     }
 
 
+def child_loss_resolution_miniature() -> dict:
+    """The DG step at each loss resolution (``TrainConfig.loss_resolution``) with notebook
+    02's defaults on warm cached features, one seed: seconds per step (a second run, every
+    feature cached) and the source-val mIoU reached at equal steps (the curve every
+    ``eval_every`` steps and at the end)."""
+    nb02 = dg_config(notebook_defaults("02_dg_training"))[0]
+    out: dict[str, Any] = {"steps": nb02.steps, "batch": nb02.batch_size, "K": nb02.num_prompts}
+    with tempfile.TemporaryDirectory() as tmp:
+        MEMORY.clear()
+        for res in LOSS_RESOLUTIONS:
+            cfg = dataclasses.replace(
+                nb02, loss_resolution=res, targets=(), log_every=10**6, ckpt_every=0
+            )
+            # the curve (its features cached on the way, kept in memory for the next run)
+            curve = train_dg(cfg, Path(tmp) / "curve", log=quiet, retrain=True)
+            plain = dataclasses.replace(cfg, eval_every=0)  # every feature cached, no curve
+            timed = train_dg(plain, Path(tmp) / "timed", log=quiet, retrain=True)
+            out[f"{res}_step_s"] = timed.state.seconds / cfg.steps
+            points = [(e["step"], e["curve_mIoU"]) for e in curve.state.log if "curve_mIoU" in e]
+            out[f"{res}_val_miou"] = points[-1][1]
+            out[f"{res}_curve"] = " ".join(f"{s}:{m:.2f}" for s, m in points)
+    for res in LOSS_RESOLUTIONS:
+        out[f"labels_over_{res}_step"] = out["labels_step_s"] / out[f"{res}_step_s"]
+        out[f"{res}_minus_labels_miou"] = out[f"{res}_val_miou"] - out["labels_val_miou"]
+    out["peak_rss_gb"] = peak_rss_gb()
+    return out
+
+
 def child_bf16_miniature() -> dict:
     """The change in mIoU and speed when the backbone runs under bf16 autocast: notebook
     03's DG model (from Cityscapes; trained first when missing), on ACDC night, with fp32 and
@@ -460,6 +491,7 @@ CHILDREN: dict[str, Callable[[], dict]] = {
     "features_miniature": child_features_miniature,
     "features_fullsize": child_features_fullsize,
     "dg_step_miniature": child_dg_step_miniature,
+    "loss_resolution_miniature": child_loss_resolution_miniature,
     "tta_miniature": child_tta_miniature,
     "bf16_miniature": child_bf16_miniature,  # after tta_miniature: reuses its DG model
     "tta_step_miniature": lambda: child_tta_fullsize(checkpointing=False, steps=3, miniature=True),
@@ -495,6 +527,20 @@ LIMITS = [
         "full-size SD 1.5 TTA step, 512x512, batch 1, checkpointing: peak RSS (GB)",
     ),
     ("tta_miniature", "tta_s", 60.0, "max", "TTA of one miniature target, notebook 03 (s)"),
+    (
+        "loss_resolution_miniature",
+        "labels_over_area_step",
+        1.3,
+        "min",
+        "DG step, notebook 02: loss at the labels' resolution / at the head's (area) (x)",
+    ),
+    (
+        "loss_resolution_miniature",
+        "area_minus_labels_miou",
+        -1.0,
+        "min",
+        "DG, notebook 02, equal steps: source-val mIoU with the area loss - with labels (points)",
+    ),
 ]
 
 

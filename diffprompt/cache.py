@@ -11,13 +11,17 @@ keyed by
 - the image: data set class, split, root, file name, file size and modification time, and
   the transform applied to it.
 
-Every entry is computed from its image alone (a batch of one), never in a batch with other
-images: batched kernels round differently with the batch size (an image's VAE latents and
-UNet maps computed in a batch of 8 differ in their last bits from those computed alone or in
-a batch of 3, and fp16 storage keeps part of that), so what a run read from the cache would
-otherwise depend on which run, with which batches, filled it first. The key also names where the maps were computed
-(:func:`compute_identity`: device, CPU threads, torch version), which change the rounding too,
-so a run reads exactly what it would compute itself.
+Every entry is computed in a fixed chunk of its data set (:data:`CHUNK` images: image i
+with images i // CHUNK * CHUNK, ... of the same data set, at the same position), never in
+the batch a caller happened to ask for: batched kernels round differently with the batch
+(an image's VAE latents and UNet maps computed in a batch of 8 differ in their last bits
+from those computed alone or in a batch of 3, and fp16 storage keeps part of that), so what
+a run read from the cache would otherwise depend on which run, with which batches, filled
+it first. A fixed chunk computes the same inputs with the same shapes every time, at the
+speed of a batch (a batch of one, the other batch-invariant scheme, was 1.6x slower on the
+miniature). The key also names where the maps were computed (:func:`compute_identity`:
+device, CPU threads, torch version) and the chunk size, which change the rounding too, so a
+run reads exactly what it would compute itself.
 
 Any change of one of them gives a new key, so a stale entry is never read. Entries are
 safetensors files written atomically under ``folder/<backbone>/<context>/<image>.safetensors``
@@ -64,10 +68,18 @@ def image_identity(dataset, index: int) -> dict:
 NOISE_SEED_VERSION = 2
 
 
-#: Version of how entries are computed (part of every key): 2 = each image alone, on the
-#: device and threads of :func:`compute_identity` (1, unversioned: images in batches, whose
-#: entries depended on their batch and are never read).
-COMPUTE_VERSION = 2
+#: Version of how entries are computed (part of every key): 3 = in fixed chunks of a data
+#: set (:data:`CHUNK`), on the device and threads of :func:`compute_identity` (2: each image
+#: alone; 1, unversioned: images in the batches they were asked for, whose entries depended
+#: on their batch and are never read).
+COMPUTE_VERSION = 3
+
+#: Missing entries are computed in fixed chunks of a data set: image i always in one batch
+#: with images [i // CHUNK * CHUNK, ... + CHUNK) of its data set, at the same position, so
+#: its maps never depend on which images a caller asked for, nor on which run asked first
+#: (batched kernels round differently for other batch sizes; for a fixed batch they compute
+#: the same). Noised maps are computed one image at a time (each draws its own noise).
+CHUNK = 8
 
 
 def compute_identity(device: torch.device | str) -> dict:
@@ -142,8 +154,8 @@ class FeatureCache:
     refuses it: cached maps would go stale as the model learns. ``folder=None`` keeps the
     cache in memory only. Maps are stored in ``dtype`` (fp16 halves memory and disk).
 
-    Missing entries are computed one image at a time, so that an image's maps do not depend
-    on which other images were asked for with it (see the module's docstring).
+    Missing entries are computed in fixed chunks of their data set (:data:`CHUNK`), so that
+    an image's maps do not depend on which other images were asked for with it.
     """
 
     def __init__(
@@ -200,7 +212,7 @@ class FeatureCache:
         """Return the folder of entries computed by ``module`` under key ``key``: the key and
         :func:`compute_identity` of the module's device, as the process stands now."""
         dev = next(module.parameters(), torch.empty(0)).device
-        return digest({"key": key, "compute": compute_identity(dev)})
+        return digest({"key": key, "compute": compute_identity(dev), "chunk": CHUNK})
 
     def image_key(self, dataset, index: int) -> str:
         """Return the cache key of image ``index`` of ``dataset`` (:func:`image_identity`),
@@ -233,21 +245,49 @@ class FeatureCache:
             save_tensors(entry, path)
 
     # ------------------------------------------------------------------ access
+    @staticmethod
+    def chunks(dataset, indices: Sequence[int]) -> list[list[int]]:
+        """Return the fixed chunks (:data:`CHUNK`) of ``dataset`` that hold ``indices``, in
+        order of first appearance: each the whole run of indices it covers."""
+        n = len(dataset)
+        starts = dict.fromkeys(int(i) // CHUNK * CHUNK for i in indices)
+        return [list(range(s, min(s + CHUNK, n))) for s in starts]
+
     def latents(self, dataset, indices: Sequence[int]) -> Tensor:
-        """Return VAE latents (B, c, h, w) of images ``indices`` (computed once each, each
-        image alone)."""
+        """Return VAE latents (B, c, h, w) of images ``indices`` (computed once each, in the
+        data set's fixed chunks)."""
         bb = self.model.backbone
         group = self._group(self.latent_key, bb.vae)
-        keys = [self.image_key(dataset, i) for i in indices]
         out: dict[int, Tensor] = {}
-        for j, k in enumerate(keys):
-            e = self._lookup(group, "latents", k)
+        todo = []
+        for i in dict.fromkeys(int(i) for i in indices):
+            e = self._lookup(group, "latents", self.image_key(dataset, i))
             if e is None:
-                z = bb.encode(dataset[indices[j]]["image"][None]).float().cpu()
-                e = {"z": z[0].clone()}
-                self._store(group, "latents", k, e)
-            out[j] = e["z"]
-        return torch.stack([out[j] for j in range(len(keys))])
+                todo.append(i)
+            else:
+                out[i] = e["z"]
+        for chunk in self.chunks(dataset, todo):
+            z = bb.encode(torch.stack([dataset[i]["image"] for i in chunk])).float().cpu()
+            for i, zi in zip(chunk, z, strict=True):
+                if i not in out:
+                    out[i] = zi.clone()
+                    self._store(group, "latents", self.image_key(dataset, i), {"z": out[i]})
+        return torch.stack([out[int(i)] for i in indices])
+
+    def _compute(self, dataset, idx: list[int], ctx: Tensor | None, noise: bool) -> dict:
+        """Return the backbone's maps of images ``idx`` computed together (no autograd)."""
+        bb = self.model.backbone
+        with torch.no_grad():
+            if ctx is None:
+                return bb(torch.stack([dataset[i]["image"] for i in idx]))
+            z = None
+            if self.latent_key:
+                z = self.latents(dataset, idx).to(bb.unet.device)
+            gen = None
+            if noise:  # one image: its noise seeded by what names the image
+                gen = torch.Generator().manual_seed(noise_seed(dataset, idx[0], bb.cfg.seed))
+            x = None if z is not None else torch.stack([dataset[i]["image"] for i in idx])
+            return bb(x, ctx.expand(len(idx), -1, -1), generator=gen, latents=z)
 
     def get(
         self,
@@ -261,38 +301,28 @@ class FeatureCache:
         ctx_key, ctx = self.context(scene_text)
         bb = self.model.backbone
         group = self._group(self.backbone_key, bb)
-        keys = [self.image_key(dataset, i) for i in indices]
         entries: dict[int, dict[str, Tensor]] = {}
         todo = []
-        for j, k in enumerate(keys):
-            e = self._lookup(group, ctx_key, k)
+        for i in dict.fromkeys(int(i) for i in indices):
+            e = self._lookup(group, ctx_key, self.image_key(dataset, i))
             if e is None:
-                todo.append(j)
+                todo.append(i)
             else:
-                entries[j] = e
-        self.hits += len(keys) - len(todo)
+                entries[i] = e
+        self.hits += len(indices) - len(todo)
         self.misses += len(todo)
         noise = bool(getattr(getattr(bb, "cfg", None), "noise", False))
-        for j in todo:  # one image at a time: its maps never depend on other images
-            i = indices[j]
-            with torch.no_grad():
-                if ctx is None:
-                    f = bb(dataset[i]["image"][None])
-                else:
-                    z = None
-                    if self.latent_key:
-                        z = self.latents(dataset, [i]).to(bb.unet.device)
-                    gen = None
-                    if noise:  # noise per image, seeded by what names the image
-                        gen = torch.Generator().manual_seed(noise_seed(dataset, i, bb.cfg.seed))
-                    x = None if z is not None else dataset[i]["image"][None]
-                    f = bb(x, ctx, generator=gen, latents=z)
-            e = {name: m[0].to(self.dtype).cpu().clone() for name, m in f.items()}
-            self._store(group, ctx_key, keys[j], e)
-            entries[j] = e
-        names = sorted(entries[0]) if entries else []
+        groups = [[i] for i in todo] if noise else self.chunks(dataset, todo)
+        for chunk in groups:
+            f = self._compute(dataset, chunk, ctx, noise)
+            for n, i in enumerate(chunk):
+                if i not in entries:
+                    e = {name: m[n].to(self.dtype).cpu().clone() for name, m in f.items()}
+                    self._store(group, ctx_key, self.image_key(dataset, i), e)
+                    entries[i] = e
+        names = sorted(entries[int(indices[0])]) if len(indices) else []
         out = {}
         for name in names:
-            stacked = torch.stack([entries[j][name] for j in range(len(keys))])
+            stacked = torch.stack([entries[int(i)][name] for i in indices])
             out[name] = stacked.to(device, torch.float32)
         return out

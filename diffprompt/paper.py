@@ -1,11 +1,15 @@
 """The paper's tables, assembled from the tables the notebooks wrote (notebook 05).
 
 - **T1**, backbone comparison: notebook 01's linear probes (``probe_backbones``).
-- **T2**, domain generalization: notebook 02's method run from GTA5 (to Cityscapes, BDD100K,
-  Mapillary) and from SYNTHIA (to Cityscapes, 16 classes) (``dg_<source>_<mode>_miou``).
-- **T3**, prompt ablation: notebook 04's grid (``ablation_summary``).
+- **T2**, domain generalization: notebook 02's method runs from GTA5 (to Cityscapes, BDD100K,
+  Mapillary) and from SYNTHIA (to Cityscapes, 16 classes), every seed, with the baseline
+  prompt mode's runs (``dg_<source>_<mode>_stats``).
+- **T3**, prompt ablation: notebook 04's grid (``ablation_summary``, ``ablation_stats``).
 - **T4**, test-time adaptation on ACDC fog/night/rain/snow and Dark Zurich: notebook 03
-  (``tta_summary``).
+  (``tta_stats``).
+
+Each has a companion ``T*_ci`` table: the 95% bootstrap CI of every measured mIoU and the
+paired difference against the table's baseline row, with whether its CI excludes 0.
 
 Published numbers (the project's reference list, shared/PAPER.md, with the citation of each) sit in
 their own rows, labelled ``published``; measured rows are labelled with the data root and the
@@ -18,10 +22,10 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from diffprompt.benchmarks import BENCHMARKS, GROUPS
+from diffprompt.experiments.stats import format_ci
 from diffprompt.experiments.tta import paper_setting
 from diffprompt.io import atomic_write_text
 from diffprompt.paths import REPO_ROOT, results_root
@@ -108,7 +112,9 @@ NOTE_NONE_PUBLISHED = (
 SOURCES = {
     "probe_backbones": "notebooks/01_feature_probing",
     "ablation_summary": "notebooks/04_prompt_ablations",
+    "ablation_stats": "notebooks/04_prompt_ablations",
     "tta_summary": "notebooks/03_tta (target 'adverse' or 'all')",
+    "tta_stats": "notebooks/03_tta (target 'adverse' or 'all')",
 }
 
 
@@ -159,8 +165,16 @@ def t1_backbones(
 # ---------------------------------------------------------------------------------------
 
 
-def _dg_miou(results_dir, source: str, mode: str) -> pd.Series:
-    return read_table(f"dg_{source}_{mode}_miou", results_dir).set_index("target")["mIoU"]
+def _dg_stats(results_dir, source: str, mode: str) -> pd.DataFrame:
+    """Notebook 02's statistics of ``source``'s run (index: method, target)."""
+    return read_table(f"dg_{source}_{mode}_stats", results_dir, index_col=[0, 1])
+
+
+def _cell(stats: pd.DataFrame, key: tuple) -> str:
+    if key not in stats.index:
+        return "--"
+    r = stats.loc[key]
+    return format_mean_std(float(r["mIoU"]), float(r["std"]))
 
 
 def t2_dg(
@@ -169,31 +183,61 @@ def t2_dg(
     data_root: str = "miniature",
     model: str = "toy-sd",
 ) -> tuple[pd.DataFrame, str]:
-    """Return T2 (DG mIoU: GTA5 -> C/B/M, SYNTHIA -> C over 16 classes) and its note."""
+    """Return T2 (DG mIoU, mean ± std over seeds: GTA5 -> C/B/M, SYNTHIA -> C over 16
+    classes; the baseline prompt mode's row when notebook 02 trained one) and its note."""
     cols = ["GTA5→Cityscapes", "GTA5→BDD100K", "GTA5→Mapillary", "SYNTHIA→Cityscapes (16)"]
-    gta = _dg_miou(results_dir, "gta5", mode)
-    syn = _dg_miou(results_dir, "synthia", mode)
-    measured = [gta.get(t, np.nan) for t in BENCHMARKS["gta5"]] + [syn.get("cityscapes", np.nan)]
-    ours = {"method": f"ours: {mode}", "backbone": model, "rows": _label(data_root, model)}
-    rows = [{**ours, **dict(zip(cols, measured, strict=True))}]
+    gta = _dg_stats(results_dir, "gta5", mode)
+    syn = _dg_stats(results_dir, "synthia", mode)
+    modes = list(dict.fromkeys(gta.index.get_level_values("method")))
+    rows = []
+    for m in [mode] + [m for m in modes if m != mode]:
+        measured = [_cell(gta, (m, t)) for t in BENCHMARKS["gta5"]]
+        measured.append(_cell(syn, (m, "cityscapes")))
+        name = f"ours: {m}" if m == mode else f"baseline: {m} prompt"
+        seeds = int(gta.loc[(m, BENCHMARKS["gta5"][0]), "seeds"])
+        row = {"method": name, "backbone": model, "rows": _label(data_root, model)}
+        rows.append({**row, **dict(zip(cols, measured, strict=True)), "seeds": seeds})
     for method, backbone, cite, c, b, m in PUBLISHED_DG:
         rows.append(
             {
                 "method": method,
                 "backbone": backbone,
                 "rows": f"published: {cite}",
-                cols[0]: c,
-                cols[1]: b,
-                cols[2]: m,
-                cols[3]: np.nan,
+                cols[0]: f"{c:.2f}",
+                cols[1]: f"{b:.2f}",
+                cols[2]: f"{m:.2f}",
+                cols[3]: "--",
+                "seeds": 1,
             }
         )
     df = pd.DataFrame(rows).set_index("method")
     note = _note(
-        "T2. Single-source domain generalization, mIoU (%) over the whole target split; "
-        "SYNTHIA→Cityscapes over SYNTHIA's 16 classes. The paper's own T2 numbers are not "
-        "available.",
+        "T2. Single-source domain generalization, mIoU (%) over the whole target split, mean ± "
+        "std over seeds (measured rows; T2_dg_ci gives the 95% bootstrap CIs and the paired "
+        "difference against the baseline prompt mode); SYNTHIA→Cityscapes over SYNTHIA's 16 "
+        "classes. The paper's own T2 numbers are not available.",
         NOTE_PROTOCOLS,
+        NOTE_MINIATURE,
+    )
+    return df, note
+
+
+def t2_dg_ci(results_dir=None, mode: str = "random_consistency", **_) -> tuple[pd.DataFrame, str]:
+    """Return T2's intervals: per source, method and evaluated set, the mIoU's 95% bootstrap
+    CI and the paired difference against the baseline mode (when there is one)."""
+    parts = []
+    for source in ("gta5", "synthia"):
+        stats = _dg_stats(results_dir, source, mode)
+        modes = list(dict.fromkeys(stats.index.get_level_values("method")))
+        baseline = next((m for m in modes if m != mode), mode)
+        part = format_ci(stats, ["method", "target"], baseline).reset_index()
+        part.insert(0, "source", source)
+        parts.append(part)
+    df = pd.concat(parts).set_index(["source", "method", "target"])
+    note = _note(
+        "T2 intervals: mIoU (%) mean ± std over seeds, its 95% bootstrap CI over the evaluated "
+        "images (seeds pooled) and, where notebook 02 trained a baseline prompt mode, the "
+        "paired difference against it with whether its CI excludes 0.",
         NOTE_MINIATURE,
     )
     return df, note
@@ -242,6 +286,27 @@ def t3_ablation(
     return out, note
 
 
+def t3_ablation_ci(results_dir=None, **_) -> tuple[pd.DataFrame, str]:
+    """Return T3's intervals: per cell and target, the mIoU's 95% bootstrap CI and the
+    paired difference against the null prompt."""
+    stats = read_table(
+        "ablation_stats",
+        results_dir,
+        index_col=[0, 1, 2],
+        keep_default_na=False,
+        na_values=[""],
+        dtype={"group": str, "setting": str},
+    )
+    df = format_ci(stats, ["group", "setting", "target"], "null")
+    note = _note(
+        "T3 intervals: mIoU (%) mean ± std over seeds, its 95% bootstrap CI over the target's "
+        "images (seeds pooled), and the paired difference against the null prompt (the same "
+        "resampled images) with whether its CI excludes 0.",
+        NOTE_MINIATURE,
+    )
+    return df, note
+
+
 # ---------------------------------------------------------------------------------------
 # T4: test-time adaptation
 # ---------------------------------------------------------------------------------------
@@ -255,25 +320,29 @@ def t4_tta(
 ) -> tuple[pd.DataFrame, str]:
     """Return T4 (TTA from Cityscapes on ACDC fog/night/rain/snow and Dark Zurich, with the
     no-adaptation and baseline rows) and its note."""
-    summary = read_table("tta_summary", results_dir, index_col=0)
-    missing = [t for t in targets if t not in summary.columns]
-    if missing:
+    stats = read_table("tta_stats", results_dir, index_col=[0, 1])
+    measured_targets = list(dict.fromkeys(stats.index.get_level_values("target")))
+    missing = [t for t in targets if t not in measured_targets]
+    if len(missing) == len(targets):
         raise ValueError(
-            f"tables/tta_summary.csv has no column for {missing}: run "
+            f"tables/tta_stats.csv has no column for {missing}: run "
             "notebooks/03_tta with -p target adverse"
         )
+    targets = [t for t in targets if t in measured_targets]
     cols = list(targets) + ["acdc (all)"]
     rows = []
-    for method, r in summary.iterrows():
-        values = {t: r[t] for t in targets}
+    for method in dict.fromkeys(stats.index.get_level_values("method")):
+        part = stats.xs(method, level="method")
+        values = {t: _cell(stats, (method, t)) for t in targets}
         rows.append(
             {
                 "method": method,
                 "rows": _label(data_root, model),
-                "setting": paper_setting(r["id"]),
+                "setting": paper_setting(part["id"].iloc[0]),
                 **values,
-                "acdc (all)": np.nan,
-                "mean": float(np.mean(list(values.values()))),
+                "acdc (all)": "--",
+                "mean": f"{float(part.loc[targets, 'mIoU'].mean()):.2f}",
+                "seeds": int(part["seeds"].iloc[0]),
             }
         )
     for method, backbone, cite, setting, column, value in PUBLISHED_ADVERSE:
@@ -281,18 +350,35 @@ def t4_tta(
             "method": f"{method}, {backbone}",
             "rows": f"published: {cite}",
             "setting": setting,
-            **dict.fromkeys(cols, np.nan),
-            "mean": np.nan,
+            **dict.fromkeys(cols, "--"),
+            "mean": "--",
+            "seeds": 1,
         }
-        row[column] = value
+        row[column] = f"{value:.2f}"
         rows.append(row)
     df = pd.DataFrame(rows).set_index("method")
     note = _note(
         "T4. Cityscapes as the source; test-time adaptation learns the scene prompt on "
         "unlabeled target images (denoise: diffusion loss; entropy: prediction entropy; both), "
-        "then predicts with it; TENT and a hand-written target prompt are baselines. mIoU (%); "
-        "'mean' is over the measured targets.",
+        "then predicts with it; TENT and a hand-written target prompt are baselines. mIoU (%), "
+        "mean ± std over seeds (each seed: its own DG model and TTA run); 'mean' is over the "
+        "measured targets; T4_tta_ci gives the 95% bootstrap CIs and the paired difference "
+        "against no adaptation.",
         NOTE_PROTOCOLS,
+        NOTE_MINIATURE,
+    )
+    return df, note
+
+
+def t4_tta_ci(results_dir=None, **_) -> tuple[pd.DataFrame, str]:
+    """Return T4's intervals: per method and target, the mIoU's 95% bootstrap CI and the
+    paired difference against no adaptation."""
+    stats = read_table("tta_stats", results_dir, index_col=[0, 1])
+    df = format_ci(stats, ["method", "target"], "no adaptation")
+    note = _note(
+        "T4 intervals: mIoU (%) mean ± std over seeds, its 95% bootstrap CI over the target's "
+        "labeled images (seeds pooled), and the paired difference against no adaptation (the "
+        "same seed's DG model, the same resampled images) with whether its CI excludes 0.",
         NOTE_MINIATURE,
     )
     return df, note
@@ -310,8 +396,11 @@ def paper_tables(
     return {
         "T1_backbones": t1_backbones(results_dir, **label),
         "T2_dg": t2_dg(results_dir, mode, **label),
+        "T2_dg_ci": t2_dg_ci(results_dir, mode),
         "T3_ablation": t3_ablation(results_dir, **label),
+        "T3_ablation_ci": t3_ablation_ci(results_dir),
         "T4_tta": t4_tta(results_dir, **label),
+        "T4_tta_ci": t4_tta_ci(results_dir),
     }
 
 

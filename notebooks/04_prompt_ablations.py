@@ -39,7 +39,7 @@ modes: list = ["null", "category", "fixed", "random", "random_consistency"]  # p
 ks: list = [2, 4]  # K values for the method (the first is the base of every other cell)
 lambdas: list = [1.0, 10.0]  # consistency weights for the method (first: the base)
 vocab_sizes: list = [0, 1]  # descriptors per vocabulary key (0: all; first: the base)
-seeds: list = [0, 1]  # one run per seed and cell (at least 2 for mean and std)
+seeds: list = [0, 1, 2]  # one run per seed and cell (at least 2 for mean and std)
 steps: int = 60  # optimizer steps per run
 batch_size: int = 4  # images per step
 lr: float = 0.01  # AdamW learning rate of the head
@@ -48,7 +48,7 @@ fpn_width: int = 32  # Semantic FPN channels (lighter than notebook 02)
 head_width: int = 32  # semantic-branch channels
 prompt_pool: int = 4  # prompts drawn once to randomize over
 max_train_images: int = 64  # first N source images
-max_eval_images: int = 20  # first N images of each target
+max_eval_images: int = 0  # first N images of each target (0: all)
 device: str = "auto"  # "auto", "cpu", "cuda", ...
 results_dir: str = ""  # results folder ("": results/ of the repository)
 
@@ -62,10 +62,12 @@ from diffprompt.experiments.ablation import (
     ablation_base,
     ablation_cells,
     ablation_display,
+    ablation_statistics,
     ablation_summary,
     prompt_sensitivity,
     run_ablation,
 )
+from diffprompt.experiments.stats import format_ci
 from diffprompt.results import Run
 from diffprompt.viz import ablation_plot
 
@@ -79,7 +81,7 @@ print(len(cells), "cells x", len(seeds), "seeds:", [(g, s) for g, s, _ in cells]
 # A run of a configuration that already finished (same hash) is reused.
 
 # %%
-runs = run_ablation(base, cells, seeds, results_dir or None)
+runs, cm_rows = run_ablation(base, cells, seeds, results_dir or None)
 run.table(runs.set_index(["group", "setting", "seed"]), "ablation_runs")
 runs
 
@@ -93,6 +95,19 @@ shown = ablation_display(summary, [*targets, "target mean"])
 caption = f"mIoU (%), mean ± std over seeds {seeds}; source {source}."
 run.table(shown, "ablation", caption=caption)
 shown
+
+# %% [markdown]
+# ## Intervals and differences against the null prompt
+# Per cell and target: the 95% bootstrap CI of the mIoU over the target's images (seeds
+# pooled) and the paired difference against the `null` prompt on the same resampled images,
+# with whether its CI excludes 0 (docs/METHOD.md, "Statistics").
+
+# %%
+stats = ablation_statistics(cm_rows, source)
+run.table(stats, "ablation_stats")
+shown_ci = format_ci(stats, ["group", "setting", "target"], "null")
+run.table(shown_ci, "ablation_ci")
+shown_ci
 
 # %%
 fig = ablation_plot(summary)

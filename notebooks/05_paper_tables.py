@@ -62,6 +62,6 @@ for name, (table, note) in tables.items():
 # %%
 fig = paper_figure(tables)
 run.figure(fig, "paper_summary")
-inputs = ["probe_backbones", f"dg_gta5_{mode}_miou", f"dg_synthia_{mode}_miou"]
-inputs += ["ablation_summary", "tta_summary"]
+inputs = ["probe_backbones", f"dg_gta5_{mode}_stats", f"dg_synthia_{mode}_stats"]
+inputs += ["ablation_summary", "ablation_stats", "tta_stats"]
 run.finish(inputs=[f"tables/{name}.csv" for name in inputs])

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from diffprompt.benchmarks import eval_classes
 from diffprompt.build import build_backbone, build_model
 from diffprompt.cache import FeatureCache
 from diffprompt.data import build_dataset
@@ -20,6 +21,7 @@ from diffprompt.dg.data import image_transform
 from diffprompt.dg.runs import train_dg
 from diffprompt.dg.sampling import prompt_pool
 from diffprompt.experiments import config_of
+from diffprompt.experiments.stats import ci_rows
 from diffprompt.paths import cache_dir
 from diffprompt.results import format_mean_std
 from diffprompt.runtime import resolve_device
@@ -83,25 +85,51 @@ def run_ablation(
     seeds: Sequence[int],
     results_dir: str | os.PathLike | None = None,
     log: Callable[[str], None] = print,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Train and evaluate every cell with every seed (a real run each; a finished run of the
-    same configuration is reused). Returns one row per (group, setting, seed) with the
-    mIoU of each evaluated set."""
+    same configuration is reused). Returns (one row per (group, setting, seed) with the
+    mIoU of each evaluated set, one row per (group, setting, target, seed) with the
+    per-image confusion matrices "cms" for :func:`ablation_statistics`)."""
     for _, _, over in cells:  # every cell's configuration before the backbone loads
         check_config(dataclasses.replace(base, **over))
     backbone = build_backbone(base, resolve_device(base.device))
-    rows = []
+    rows, cm_rows = [], []
     for group, setting, over in cells:
         for seed in seeds:
             cfg = dataclasses.replace(base, **over, seed=int(seed))
             log(f"--- {group} = {setting}, seed {seed}")
             trainer = train_dg(cfg, results_dir, log=log, backbone=backbone)
             sets = trainer.eval_sets()
-            mious = {
-                r["target"]: r["mIoU"] for r in trainer.miou_rows(trainer.evaluate(sets), sets)
-            }
+            cms = trainer.evaluate(sets)
+            mious = {r["target"]: r["mIoU"] for r in trainer.miou_rows(cms, sets)}
             rows.append({"group": group, "setting": setting, "seed": int(seed), **mious})
-    return pd.DataFrame(rows)
+            for target, cm in cms.items():
+                cm_rows.append(
+                    {
+                        "group": group,
+                        "setting": setting,
+                        "target": target,
+                        "seed": int(seed),
+                        "cms": cm.per_image_matrices(),
+                    }
+                )
+    return pd.DataFrame(rows), cm_rows
+
+
+def ablation_statistics(
+    cm_rows: Sequence[Mapping[str, Any]], source: str, baseline: str = "null"
+) -> pd.DataFrame:
+    """Return per (group, setting, target): mIoU mean and std over seeds, its 95% bootstrap
+    CI (images resampled, seeds pooled) and the paired difference against the prompt mode
+    ``baseline`` (T3's: the null prompt), with whether its CI excludes 0
+    (:func:`diffprompt.experiments.stats.ci_rows`)."""
+    out = ci_rows(
+        cm_rows,
+        ["group", "setting", "target"],
+        {"group": "mode", "setting": baseline},
+        classes=lambda keys: eval_classes(source, keys["target"]),
+    )
+    return pd.DataFrame(out).set_index(["group", "setting", "target"])
 
 
 def ablation_summary(runs: pd.DataFrame, targets: Sequence[str]) -> pd.DataFrame:

@@ -315,13 +315,17 @@ def paper_summary_figure(t1: pd.DataFrame, t3: pd.DataFrame, t4: pd.DataFrame):
 
     measured = t4[t4["rows"].str.startswith("measured")]
     targets = [c for c in GROUPS["adverse"] if c in measured.columns]
-    base = measured.iloc[0][targets].astype(float)
+
+    def means(row) -> np.ndarray:
+        return np.array([parse_mean_std(str(row[t]))[0] for t in targets])
+
+    base = means(measured.iloc[0])
     ax = axes[2]
     others = measured.iloc[1:]
     width = 0.8 / max(1, len(others))
     for j, (name, r) in enumerate(others.iterrows()):
         offsets = np.arange(len(targets)) + j * width - 0.4 + width / 2
-        ax.bar(offsets, r[targets].astype(float) - base, width, label=name)
+        ax.bar(offsets, means(r) - base, width, label=name)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(targets)), [t.replace("acdc_", "") for t in targets], fontsize=8)
     ax.set_ylabel(f"mIoU change vs '{measured.index[0]}'")
