@@ -17,7 +17,7 @@ RUNS := results/runs
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 
 .PHONY: setup main paper data test lint format notebooks clean clean-runs distclean \
-	embedded-model evidence bench
+	embedded-model evidence bench tta-budget
 .DELETE_ON_ERROR:
 
 $(VENV)/.installed: pyproject.toml
@@ -91,6 +91,14 @@ $(RUNS)/05_paper_tables.ipynb: notebooks/05_paper_tables.ipynb diffprompt/paper.
 # the benchmark (results/bench/)
 bench: setup data
 	$(PY) -m diffprompt.bench
+
+# the TTA budget study (notebook 03 with budget_steps: mIoU against 200 TTA steps, two
+# learning rates, both objectives, three seeds, ACDC night and Dark Zurich; about 20 min on
+# 2 cores): tables/tta_budget*, figures/tta_budget
+tta-budget: setup data
+	@mkdir -p $(RUNS)
+	$(PAPERMILL) notebooks/03_tta.ipynb $(RUNS)/03_tta_budget.ipynb $(WITH_MODEL) \
+		-p preset "$(PRESET)" -p source cityscapes -p target acdc_night -p budget_steps 200
 
 # regenerate the embedded model into diffprompt/assets/toy-sd (about 25 min on one H100,
 # hours on a CPU; resumable from results/runs/toy_sd), then measure it and rewrite its card

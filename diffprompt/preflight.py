@@ -291,6 +291,7 @@ PARAMETER_RANGES: dict[str, str] = {
     "max_train_images": ">= 0",
     "max_eval_images": ">= 0",
     "prompt_pool": ">= 0",
+    "curve_images": ">= 0",
     # 00_data
     "samples_per_domain": ">= 1",
     "freq_images": ">= 0",
