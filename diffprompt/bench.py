@@ -502,6 +502,8 @@ CHILDREN: dict[str, Callable[[], dict]] = {
 #: gradient checkpointing), sized to finish within 10 minutes on 2 CPU cores.
 DEFAULT = [n for n in CHILDREN if n != "tta_fullsize_no_ckpt"]
 
+LOSS_STEP = "DG step, notebook 02: loss at the labels' resolution / at the head's, area (x)"
+LOSS_MIOU = "DG, notebook 02, equal steps: source-val mIoU, area loss - labels loss (points)"
 #: Limits checked in the benchmark: (measurement, its key, limit, "min" (at least) or "max"
 #: (at most), what it is).
 LIMITS = [
@@ -527,20 +529,10 @@ LIMITS = [
         "full-size SD 1.5 TTA step, 512x512, batch 1, checkpointing: peak RSS (GB)",
     ),
     ("tta_miniature", "tta_s", 60.0, "max", "TTA of one miniature target, notebook 03 (s)"),
-    (
-        "loss_resolution_miniature",
-        "labels_over_area_step",
-        1.3,
-        "min",
-        "DG step, notebook 02: loss at the labels' resolution / at the head's (area) (x)",
-    ),
-    (
-        "loss_resolution_miniature",
-        "area_minus_labels_miou",
-        -1.0,
-        "min",
-        "DG, notebook 02, equal steps: source-val mIoU with the area loss - with labels (points)",
-    ),
+    # the DG step at the labels' resolution / at the head's (area), notebook 02 (x)
+    ("loss_resolution_miniature", "labels_over_area_step", 1.3, "min", LOSS_STEP),
+    # equal steps: source-val mIoU with the area loss - with the labels' (points)
+    ("loss_resolution_miniature", "area_minus_labels_miou", -1.0, "min", LOSS_MIOU),
 ]
 
 

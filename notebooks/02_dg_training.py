@@ -55,18 +55,16 @@ batch_size: int = 4  # images per step
 lr: float = 0.03  # AdamW learning rate of the head
 max_train_images: int = 64  # first N source images (0: all)
 max_eval_images: int = 0  # first N images of each target (0: all)
-loss_resolution: str = "area"  # cross-entropy at the head's resolution ("area", "nearest") or upsampled ("labels": VPD)
+loss_resolution: str = "area"  # the loss at the head resolution (area, nearest) or labels (VPD)
 eval_every: int = 50  # the training curve: source-val mIoU every N steps (0: none)
-curve_images: int = 40  # images of the curve's set (source val, or held-out source images; 0: all)
+curve_images: int = 40  # images of the curve set, source val or held-out images (0: all)
 cache_features: bool = True  # cache the frozen features (False: online, with random crops)
 mixed_precision: str = "no"  # "no", "bf16" or "fp16" (CUDA only)
 device: str = "auto"  # "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", ...
 num_processes: int = 1  # above 1: train with accelerate's notebook launcher on N processes
 retrain: bool = False  # train again even if a finished run of this configuration exists
 seeds: list = [0, 1, 2]  # one run per seed (the head's init, the batch order, flips, prompts)
-baseline_mode: str = (
-    "fixed"  # trained at every seed too: the difference column's baseline ("": none)
-)
+baseline_mode: str = ""  # also trained at every seed: the difference baseline (e.g. fixed)
 explore: bool = False  # show the ipywidgets explorer at the end (JupyterLab)
 results_dir: str = ""  # results folder ("": results/ of the repository)
 
@@ -76,7 +74,7 @@ from diffprompt.preflight import check_parameters
 params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 
 # %%
-from diffprompt.dg import dg_run_dir, launch
+from diffprompt.dg import config_dict, dg_run_dir, launch
 from diffprompt.experiments.dg import (
     curve_table,
     describe_run,
@@ -151,10 +149,9 @@ per_class.round(1)
 fig = dg_prediction_figure(trainer, sets)
 run.figure(fig, f"dg_{tag}_predictions", formats=("png",), dpi=90)
 run.finish(
-    configs={f"{m} seed {s}": c.seed for (m, s), c in cfgs.items()},
-    config_hashes={f"{m} seed {s}": t.hash for (m, s), t in trainers.items()},
+    config=config_dict(cfg),  # of every run, but for its prompt mode and seed
+    runs={f"{m} seed {s}": dg_run_dir(c, results_dir or None).name for (m, s), c in cfgs.items()},
     preset=preset_choice.record(),
-    checkpoints=[dg_run_dir(c, results_dir or None).name for c in cfgs.values()],
     training_seconds={f"{m} seed {s}": round(t.state.seconds, 1) for (m, s), t in trainers.items()},
 )
 

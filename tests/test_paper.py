@@ -31,15 +31,34 @@ def inputs(tmp_path) -> Path:
             "seeds": [3, 3, 3],
         }
     ).to_csv(t / "probe_backbones.csv", index=False)
-    pd.DataFrame(
-        {
-            "target": ["gta5 (source val)", "cityscapes", "bdd100k", "mapillary"],
-            "mIoU": [41.0, 39.5, 34.25, 32.0],
-        }
-    ).to_csv(t / "dg_gta5_random_consistency_miou.csv", index=False)
-    pd.DataFrame({"target": ["synthia (source val)", "cityscapes"], "mIoU": [50.0, 27.5]}).to_csv(
-        t / "dg_synthia_random_consistency_miou.csv", index=False
-    )
+
+    def stats(keys: dict, values: list[tuple], deltas: bool = True) -> pd.DataFrame:
+        """Rows of the notebooks' *_stats tables: (mIoU, std, delta or None) per row."""
+        rows = []
+        for i, (m, sd, d) in enumerate(values):
+            row = {k: v[i] for k, v in keys.items()}
+            row.update(mIoU=m, std=sd, seeds=3, images=60, low=m - 1.0, high=m + 1.0)
+            if deltas:
+                row.update(
+                    delta=d,
+                    delta_low=None if d is None else d - 0.5,
+                    delta_high=None if d is None else d + 0.5,
+                    excludes_zero=None if d is None else abs(d) > 0.5,
+                )
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    gta_targets = ["gta5 (source val)", "cityscapes", "bdd100k", "mapillary"]
+    stats(
+        {"method": ["random_consistency"] * 4, "target": gta_targets},
+        [(41.0, 1.0, None), (39.5, 1.0, None), (34.25, 0.5, None), (32.0, 0.25, None)],
+        deltas=False,
+    ).to_csv(t / "dg_gta5_random_consistency_stats.csv", index=False)
+    stats(
+        {"method": ["random_consistency"] * 2, "target": ["synthia held-out", "cityscapes"]},
+        [(50.0, 2.0, None), (27.5, 0.5, None)],
+        deltas=False,
+    ).to_csv(t / "dg_synthia_random_consistency_stats.csv", index=False)
     pd.DataFrame(
         {
             "group": ["mode", "mode", "K"],
@@ -51,20 +70,40 @@ def inputs(tmp_path) -> Path:
             "seeds": [3, 3, 1],
         }
     ).to_csv(t / "ablation_summary.csv", index=False)
-    summary = pd.DataFrame(
-        [[30.0, 20.0, 25.0, 15.0, 22.0], [31.0, 21.0, 25.0, 16.0, 23.0]],
-        index=["no adaptation", "TTA prompt: denoise"],
-        columns=list(TTA_TARGETS),
+    stats(
+        {
+            "group": ["mode", "mode", "K"],
+            "setting": ["null", "random_consistency", "4"],
+            "target": ["cityscapes"] * 3,
+        },
+        [(31.5, 1.5, None), (30.25, 1.0, -1.25), (30.0, 0.0, -1.5)],
+    ).to_csv(t / "ablation_stats.csv", index=False)
+    methods = ["no adaptation"] * 5 + ["TTA prompt: denoise"] * 5
+    tta = stats(
+        {"method": methods, "target": list(TTA_TARGETS) * 2},
+        [(v, 0.5, None) for v in (30.0, 20.0, 25.0, 15.0, 22.0)]
+        + [
+            (v, 0.5, d)
+            for v, d in zip((31.0, 21.0, 25.0, 16.0, 23.0), (1, 1, 0, 1, 1), strict=True)
+        ],
     )
-    summary["mean"] = summary.mean(axis=1)
-    summary.insert(0, "id", ["none", "prompt_denoise"])
-    summary.to_csv(t / "tta_summary.csv")
+    tta.insert(2, "id", ["none"] * 5 + ["prompt_denoise"] * 5)
+    tta.insert(3, "setting", ["-"] * 5 + ["offline"] * 5)
+    tta.to_csv(t / "tta_stats.csv", index=False)
     return tmp_path / "results"
 
 
 def test_tables_take_the_measured_numbers_and_label_published_rows(inputs):
     tables = paper_tables(inputs)
-    assert list(tables) == ["T1_backbones", "T2_dg", "T3_ablation", "T4_tta"]
+    assert list(tables) == [
+        "T1_backbones",
+        "T2_dg",
+        "T2_dg_ci",
+        "T3_ablation",
+        "T3_ablation_ci",
+        "T4_tta",
+        "T4_tta_ci",
+    ]
     t2, note = tables["T2_dg"]
     ours = t2.iloc[0]
     assert ours["rows"].startswith("measured (miniature, toy-sd)")
@@ -73,22 +112,34 @@ def test_tables_take_the_measured_numbers_and_label_published_rows(inputs):
         ours["GTA5→BDD100K"],
         ours["GTA5→Mapillary"],
         ours["SYNTHIA→Cityscapes (16)"],
-    ] == [39.5, 34.25, 32.0, 27.5]
+    ] == ["39.50 ± 1.00", "34.25 ± 0.50", "32.00 ± 0.25", "27.50 ± 0.50"]
+    assert ours["seeds"] == 3
     published = t2[t2["rows"].str.startswith("published: ")]
     assert len(published) == len(PUBLISHED_DG)
-    assert published.loc["Rein", "GTA5→BDD100K"] == 60.4
+    assert published.loc["Rein", "GTA5→BDD100K"] == "60.40"
     assert "not comparable" in note and "protocols differ" in note
     t3, _ = tables["T3_ablation"]
     assert t3.loc["null", "target mean"] == "24.00 ± 0.50"
     assert t3.loc["K = 4", "cityscapes"] == "30.00"  # one seed: no std
     t4, note4 = tables["T4_tta"]
     measured = t4[t4["rows"].str.startswith("measured")]
-    assert measured.loc["TTA prompt: denoise", "mean"] == pytest.approx(23.2)
+    assert measured.loc["TTA prompt: denoise", "mean"] == "23.20"
+    assert measured.loc["TTA prompt: denoise", "acdc_fog"] == "31.00 ± 0.50"
     assert measured.loc["no adaptation", "setting"] == "DG"
     assert measured.loc["TTA prompt: denoise", "setting"] == "TTA"  # from the id, not the label
     assert len(t4) == 2 + len(PUBLISHED_ADVERSE)
-    assert t4.loc["this paper (DG), SD", "darkzurich"] == 37.0
+    assert t4.loc["this paper (DG), SD", "darkzurich"] == "37.00"
     assert "not comparable" in note4
+    ci4, _ = tables["T4_tta_ci"]
+    row = ci4.loc[("TTA prompt: denoise", "acdc_fog")]
+    assert row["95% CI"] == "[30.00, 32.00]" and row["Δ vs no adaptation"] == "+1.00"
+    assert row["Δ 95% CI"] == "[0.50, 1.50]" and row["excludes 0"] == "yes"
+    assert ci4.loc[("TTA prompt: denoise", "acdc_rain"), "excludes 0"] == "no"
+    assert ci4.loc[("no adaptation", "acdc_fog"), "excludes 0"] == "--"
+    ci3, _ = tables["T3_ablation_ci"]
+    assert ci3.loc[("mode", "random_consistency", "cityscapes"), "Δ vs null"] == "-1.25"
+    ci2, _ = tables["T2_dg_ci"]
+    assert ci2.loc[("gta5", "random_consistency", "cityscapes"), "95% CI"] == "[38.50, 40.50]"
     t1, note1 = tables["T1_backbones"]
     assert t1.loc["supervised", "target mean"] == "20.00 ± 0.50" and "no published" in note1
 
@@ -97,14 +148,15 @@ def test_a_missing_input_names_the_notebook_to_run(inputs):
     (inputs / "tables" / "ablation_summary.csv").unlink()
     with pytest.raises(FileNotFoundError, match="04_prompt_ablations"):
         paper_tables(inputs)
-    (inputs / "tables" / "dg_synthia_random_consistency_miou.csv").unlink()
+    (inputs / "tables" / "dg_synthia_random_consistency_stats.csv").unlink()
     with pytest.raises(FileNotFoundError, match="02_dg_training"):
         paper_tables(inputs)
 
 
-def test_tta_summary_without_an_adverse_target_is_a_clear_error(inputs):
-    path = inputs / "tables" / "tta_summary.csv"
-    pd.read_csv(path, index_col=0).drop(columns="darkzurich").to_csv(path)
+def test_tta_stats_without_an_adverse_target_is_a_clear_error(inputs):
+    path = inputs / "tables" / "tta_stats.csv"
+    df = pd.read_csv(path)
+    df[df["target"] == "acdc_fog"].assign(target="cityscapes").to_csv(path, index=False)
     with pytest.raises(ValueError, match="target adverse"):
         paper_tables(inputs)
 
@@ -118,18 +170,19 @@ def test_paper_tables_notebook_writes_every_format_and_a_figure(inputs, tmp_path
         progress_bar=False,
     )
     manifest = json.loads((inputs / "manifests" / "05_paper_tables.json").read_text())
-    for name in ("T1_backbones", "T2_dg", "T3_ablation", "T4_tta"):
+    for name in ("T1_backbones", "T2_dg", "T3_ablation", "T4_tta", "T4_tta_ci"):
         for ext in ("csv", "md", "tex"):
             assert f"tables/paper_{name}.{ext}" in manifest["outputs"]
         md = (inputs / "tables" / f"paper_{name}.md").read_text()
         assert "not comparable" in md  # the note sits under the table
+        assert "nan" not in md.lower()  # missing cells show as --
         tex = (inputs / "tables" / f"paper_{name}.tex").read_text()
         assert "\\toprule" in tex and "\\caption{" in tex
         assert "nan" not in md  # missing cells show as --
     for ext in ("png", "pdf"):
         assert (inputs / "figures" / f"paper_summary.{ext}").stat().st_size > 1000
     t2 = pd.read_csv(inputs / "tables" / "paper_T2_dg.csv", index_col=0)
-    assert t2.loc["ours: random_consistency", "GTA5→Cityscapes"] == 39.5
+    assert t2.loc["ours: random_consistency", "GTA5→Cityscapes"] == "39.50 ± 1.00"
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diffprompt.bootstrap import N_RESAMPLES, miou_ci, paired_difference_ci
+from diffprompt.bootstrap import (
+    N_RESAMPLES,
+    Difference,
+    Interval,
+    miou_ci,
+    paired_difference_ci,
+)
 from diffprompt.evaluate import mean_iou
 from diffprompt.results import format_mean_std
 
@@ -33,6 +39,10 @@ def mean_std(rows: Sequence[dict] | pd.DataFrame, by: Sequence[str]) -> pd.DataF
 
 
 Classes = Sequence[int] | None | Callable[[dict[str, Any]], Sequence[int] | None]
+
+
+#: The interval of a group with a single image.
+NO_INTERVAL = Interval(math.nan, math.nan, math.nan)
 
 
 def _groups(rows: Sequence[Mapping[str, Any]], by: Sequence[str], cms: str) -> dict[tuple, dict]:
@@ -98,7 +108,8 @@ def ci_rows(
         if base_key not in groups:
             raise ValueError(f"no baseline row {base_keys} for {keys}: add its runs to rows")
         mious = [mean_iou(m.sum(0), cls) for m in g["cms"]]
-        ci = miou_ci(g["cms"], cls, n_resamples, confidence, seed)
+        few = g["cms"].shape[1] < 2  # one image: no bootstrap, the intervals are NaN
+        ci = NO_INTERVAL if few else miou_ci(g["cms"], cls, n_resamples, confidence, seed)
         row = {
             **keys,
             "mIoU": float(np.mean(mious)),
@@ -110,6 +121,9 @@ def ci_rows(
         }
         if base_key == key:
             row.update(delta=math.nan, delta_low=math.nan, delta_high=math.nan, excludes_zero=None)
+        elif few:
+            base = np.mean([mean_iou(m.sum(0), cls) for m in groups[base_key]["cms"]])
+            d = Difference(float(np.mean(mious) - base), math.nan, math.nan, False)
         else:
             d = paired_difference_ci(
                 g["cms"], groups[base_key]["cms"], cls, n_resamples, confidence, seed
