@@ -82,6 +82,7 @@ from diffprompt.experiments.dg import (
     dg_display,
     dg_statistics,
     evaluate_seeds,
+    miou_on_first,
     per_class_mean,
     runs_table,
     seed_configs,
@@ -134,6 +135,9 @@ stats = dg_statistics(rows, cfg.source, sets, baseline_mode)
 run.table(stats, f"dg_{tag}_stats")
 miou = dg_display(stats, baseline_mode)
 run.table(miou, f"dg_{tag}_miou")
+source_val = next(iter(sets))  # the source's val split (or the first target without one)
+probe_images = miou_on_first(rows, cfg.prompt_mode, source_val, 10, cfg.source, sets)
+print(f"{source_val}, first 10 images (T1's probe set):", probe_images)
 miou
 
 # %%
@@ -152,6 +156,7 @@ run.finish(
     config=config_dict(cfg),  # of every run, but for its prompt mode and seed
     runs={f"{m} seed {s}": dg_run_dir(c, results_dir or None).name for (m, s), c in cfgs.items()},
     preset=preset_choice.record(),
+    first_10_images={source_val: probe_images},
     training_seconds={f"{m} seed {s}": round(t.state.seconds, 1) for (m, s), t in trainers.items()},
 )
 

@@ -14,7 +14,7 @@ from diffprompt.benchmarks import eval_classes
 from diffprompt.dg.config import PresetChoice, TrainConfig, preset_config
 from diffprompt.dg.runs import train_dg
 from diffprompt.dg.trainer import Trainer
-from diffprompt.evaluate import ConfusionMatrix
+from diffprompt.evaluate import ConfusionMatrix, mean_iou
 from diffprompt.experiments import explicit_parameters
 from diffprompt.experiments.stats import ci_rows, format_ci
 from diffprompt.labels import CLASSES
@@ -186,3 +186,18 @@ def curve_table(trainers: Mapping[tuple[str, int], Trainer]) -> pd.DataFrame:
                     }
                 )
     return pd.DataFrame(rows, columns=["method", "seed", "step", "set", "mIoU", "loss"])
+
+
+def miou_on_first(
+    rows: Sequence[Mapping[str, Any]], method: str, target: str, n: int, source: str, sets
+) -> dict[str, float]:
+    """Return the mIoU (%) of ``method``'s runs on the first ``n`` images of ``target`` only
+    (from the per-image matrices): mean and std over seeds. For comparisons on the images
+    another table used (T1's probe scores the first ``n_eval`` images of each set)."""
+    classes = eval_classes(source, sets[target])
+    values = [
+        mean_iou(r["cms"][:n].sum(0), classes)
+        for r in rows
+        if r["method"] == method and r["target"] == target
+    ]
+    return {"images": n, "mIoU": float(np.mean(values)), "std": float(np.std(values, ddof=1))}
