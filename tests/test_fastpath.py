@@ -121,7 +121,7 @@ def test_notebook_defaults_are_read_from_the_parameters_cell(tmp_path):
     assert tta_dg_config(nb03)[0].max_train_images == nb03["dg_max_train_images"]
     assert tta_configs(nb03)["acdc_night"].steps == nb03["steps"]
     text = (
-        (NOTEBOOKS / "02_dg_training.py").read_text().replace("steps: int = 120", "steps: int = 7")
+        (NOTEBOOKS / "02_dg_training.py").read_text().replace("steps: int = 500", "steps: int = 7")
     )
     (tmp_path / "02_dg_training.py").write_text(text)
     assert dg_config(notebook_defaults("02_dg_training", tmp_path))[0].steps == 7

@@ -160,12 +160,26 @@ def test_dg_training_notebook_trains_evaluates_and_writes(mini_root, tiny_sd, tm
         f"figures/dg_{tag}_loss.png",
     ):
         assert rel in manifest["outputs"] and (out / rel).is_file()
-    assert (out / "runs" / "dg" / manifest["checkpoint"] / "checkpoint.pt").is_file()
+    assert len(manifest["runs"]) == 3  # one run per seed (seeds 0, 1, 2)
+    for run in manifest["runs"].values():
+        assert (out / "runs" / "dg" / run / "checkpoint.pt").is_file()
     import pandas as pd
 
-    miou = pd.read_csv(out / "tables" / f"dg_{tag}_miou.csv", index_col=0)
-    assert list(miou.index) == ["gta5 (source val)", "cityscapes", "acdc_night"]
-    assert miou["mIoU"].between(0, 100).all()
+    stats = pd.read_csv(out / "tables" / f"dg_{tag}_stats.csv", index_col=[0, 1])
+    targets = ["gta5 (source val)", "cityscapes", "acdc_night"]
+    assert list(stats.index) == [("random_consistency", t) for t in targets]
+    assert stats["mIoU"].between(0, 100).all() and (stats["seeds"] == 3).all()
+    known = stats.dropna(subset=["low"])  # 2 images: an interval where the bootstrap has one
+    assert len(known) and (known["low"] <= known["high"]).all()
+    runs = pd.read_csv(out / "tables" / f"dg_{tag}_runs.csv")
+    assert sorted(set(runs["seed"])) == [0, 1, 2] and len(runs) == 9
+    # the seeds' mean in the statistics is the mean of the runs' mIoU
+    mean = runs[runs["target"] == "cityscapes"]["mIoU"].mean()
+    assert stats.loc[("random_consistency", "cityscapes"), "mIoU"] == pytest.approx(mean)
+    miou = pd.read_csv(out / "tables" / f"dg_{tag}_miou.csv", index_col=[0, 1])
+    assert "95% CI" in miou.columns
+    curve = pd.read_csv(out / "tables" / f"dg_{tag}_curve.csv")
+    assert set(curve["step"]) <= {1, 2, 3} and 3 in set(curve["step"])
     per_class = pd.read_csv(out / "tables" / f"dg_{tag}_per_class.csv", index_col=0)
     assert per_class.shape == (3, 19)
 
@@ -223,6 +237,7 @@ def test_tta_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
             eval_every=1,
             dg_steps=2,
             dg_batch_size=2,
+            seeds=[0, 1],
             results_dir=str(out),
         ),
         kernel_name="python3",
@@ -241,11 +256,18 @@ def test_tta_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
     import pandas as pd
 
     table = pd.read_csv(out / "tables" / "tta_acdc_fog.csv", index_col=0)
-    assert len(table) == 6 and table["mIoU"].between(0, 100).all()
-    assert list(table.columns) == ["setting", "mIoU", "fit images", "fit split"]
-    # the DG model was trained once, in results/runs/dg; a second run on another target
-    # finds it (dg_missing="error" refuses to train) and leaves its checkpoint untouched
-    (run_dir,) = (out / "runs" / "dg").iterdir()
+    assert len(table) == 6 and (table["seeds"] == 2).all() and (table["images"] == 2).all()
+    means = table["mIoU"].map(lambda v: float(v.split("±")[0]))
+    assert means.between(0, 100).all()
+    assert list(table.columns[:2]) == ["setting", "mIoU"] and "excludes 0" in table.columns
+    assert table.loc["no adaptation", "excludes 0"] == "--"
+    # the DG models (one per seed) were trained once, in results/runs/dg; a second run on
+    # another target finds seed 0's (dg_missing="error" refuses to train) and leaves its
+    # checkpoint untouched
+    dg_manifest = json.loads((out / "manifests" / "03_tta_dg.json").read_text())
+    hashes = dg_manifest["dg_config_hashes"]
+    assert len(hashes) == 2 and len(list((out / "runs" / "dg").iterdir())) == 2
+    (run_dir,) = [d for d in (out / "runs" / "dg").iterdir() if d.name.endswith(hashes["0"])]
     checkpoint = run_dir / "checkpoint.pt"
     written = checkpoint.stat().st_mtime_ns
     second = pm.execute_notebook(
@@ -265,6 +287,7 @@ def test_tta_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
             dg_steps=2,
             dg_batch_size=2,
             dg_missing="error",
+            seeds=[0],
             results_dir=str(out),
         ),
         kernel_name="python3",
@@ -273,10 +296,10 @@ def test_tta_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
     printed = "".join(
         o.get("text", "") for c in second["cells"] if c["cell_type"] == "code" for o in c["outputs"]
     )
-    assert f"DG run {run_dir.name.rsplit('-', 1)[1]} step 2 of 2" in printed
-    assert checkpoint.stat().st_mtime_ns == written and len(list(run_dir.parent.iterdir())) == 1
+    assert f"DG run {run_dir.name.rsplit('-', 1)[1]} seed 0 step 2 of 2" in printed
+    assert checkpoint.stat().st_mtime_ns == written and len(list(run_dir.parent.iterdir())) == 2
     online = pd.read_csv(out / "tables" / "tta_acdc_night.csv", index_col=0)
-    assert online.loc["TTA prompt: entropy", "setting"] == "online"
+    assert online.loc["TTA prompt: entropy (online)", "setting"] == "online"
 
 
 def test_feature_probing_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):

@@ -121,8 +121,12 @@ def ablation_statistics(
 ) -> pd.DataFrame:
     """Return per (group, setting, target): mIoU mean and std over seeds, its 95% bootstrap
     CI (images resampled, seeds pooled) and the paired difference against the prompt mode
-    ``baseline`` (T3's: the null prompt), with whether its CI excludes 0
+    ``baseline`` (T3's: the null prompt; a grid without it: its first mode), with whether
+    its CI excludes 0
     (:func:`diffprompt.experiments.stats.ci_rows`)."""
+    cells = list(dict.fromkeys((r["group"], r["setting"]) for r in cm_rows))
+    if ("mode", baseline) not in cells:  # a grid without that mode: its first cell
+        baseline = cells[0][1] if cells and cells[0][0] == "mode" else baseline
     out = ci_rows(
         cm_rows,
         ["group", "setting", "target"],
