@@ -544,13 +544,15 @@ def budget_table(curves: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def best_budget(curves: pd.DataFrame, max_steps: int | None = None) -> dict[str, Any]:
+def best_budget(curves: pd.DataFrame, max_steps: int | None = None) -> dict[str, Any] | None:
     """Return the (objective, lr, steps) whose mean change of mIoU over targets and seeds is
     largest among budgets of at most ``max_steps`` steps (None: any), with that change:
-    {"objective", "lr", "steps", "change"}."""
+    {"objective", "lr", "steps", "change"}; None when no evaluated budget is that short."""
     df = curves[curves["step"] > 0]
     if max_steps is not None:
         df = df[df["step"] <= max_steps]
+    if df.empty and max_steps is not None:
+        return None  # no evaluated budget that short (e.g. the table's 6 steps, curves every 50)
     if df.empty:
         raise ValueError("no TTA budget to choose from: run the study with steps >= its every")
     means = df.groupby(["objective", "lr", "step"])["change"].mean()
