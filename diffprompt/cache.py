@@ -4,7 +4,8 @@ A frozen backbone under a fixed prompt maps an image to the same maps every time
 training a head, probing and evaluating several heads need them only once. The cache is
 keyed by
 
-- the backbone: its description (source, feature config, channels, strides), dtype and a
+- the backbone: its description (source, feature config, channels, strides; the feature
+  config's seed only where it noises the latents, :func:`backbone_identity`), dtype and a
   checksum of its weights;
 - the conditioning: a checksum of the context tensor itself (so any change of the prompt
   text, the templates, the adapter or the text encoder gives another key);
@@ -110,6 +111,18 @@ def noise_seed(dataset, index: int, seed: int = 0) -> int:
     return int(digest(ident)[:12], 16) ^ int(seed)
 
 
+def backbone_identity(backbone: nn.Module) -> dict:
+    """Return what of a backbone's description decides its maps (part of every key): its
+    :meth:`describe` (origin, feature config, channels, strides), without the feature
+    config's ``seed`` when it adds no noise: the seed draws the noise only, so without noise
+    the maps of every seed are the same and the runs of several seeds share them."""
+    desc = backbone.describe() if hasattr(backbone, "describe") else {"repr": repr(backbone)}
+    feats = desc.get("features")
+    if isinstance(feats, dict) and not feats.get("noise", False):
+        desc = {**desc, "features": {k: v for k, v in feats.items() if k != "seed"}}
+    return desc
+
+
 class _Memory:
     """A least-recently-used store of cache entries with a byte budget, shared by every
     FeatureCache of the process (so runs in one session reuse each other's maps)."""
@@ -172,10 +185,9 @@ class FeatureCache:
         self.model, self.dtype = model, dtype
         self.folder = Path(folder) if folder is not None else None
         bb = model.backbone
-        desc = bb.describe() if hasattr(bb, "describe") else {"repr": repr(bb)}
         self.backbone_key = digest(
             {
-                "backbone": desc,
+                "backbone": backbone_identity(bb),
                 "weights": module_checksum(bb),
                 "dtype": str(dtype),
                 "noise_seed": NOISE_SEED_VERSION,

@@ -38,10 +38,11 @@ from torch import nn
 
 from diffprompt.backbones.diffusion import DiffusionBackbone
 from diffprompt.benchmarks import GROUPS, TARGETS, eval_classes
+from diffprompt.cache import MEMORY
 from diffprompt.data import UNLABELED_SPLITS, SegDataset, available_splits, build_dataset
 from diffprompt.dg.losses import mean_entropy
 from diffprompt.evaluate import ConfusionMatrix
-from diffprompt.io import did_you_mean
+from diffprompt.io import did_you_mean, tensor_checksum
 from diffprompt.labels import CLASSES
 from diffprompt.model import SegModel
 from diffprompt.preflight import check_values
@@ -270,10 +271,33 @@ class PromptTTA:
         return self.dg.backbone.encode(x)
 
     @staticmethod
-    def _features(model: SegModel, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The backbone's maps of latents ``z`` under the model's current context."""
+    def _features(
+        model: SegModel, z: torch.Tensor, ctx: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The backbone's maps of latents ``z`` under ``ctx`` (None: the model's current
+        context)."""
         x = torch.zeros(len(z), 3, 1, 1)  # the latents stand for the images
-        return model.backbone(x, model.context(len(z)), latents=z)
+        ctx = model.context(len(z)) if ctx is None else ctx
+        return model.backbone(x, ctx, latents=z)
+
+    def _fixed_features(self, model: SegModel, dataset, idx: Sequence[int], z: torch.Tensor):
+        """The maps of a batch under a model whose context is fixed (no adaptation, a
+        hand-written prompt) on the DG model's backbone, kept for the session in
+        :data:`diffprompt.cache.MEMORY`: every seed's DG model shares its frozen backbone
+        and prompt, so "no adaptation" of seeds 1, 2, ... reads the maps of seed 0. The key
+        is the backbone's (:attr:`FeatureCache.backbone_key`), the context's checksum and
+        the batch's images in order: a batch is computed exactly as :meth:`_features` would,
+        so the maps are the same bytes either way."""
+        if self.cache is None or model.backbone is not self.dg.backbone:
+            return self._features(model, z)
+        ctx = model.context(len(z))
+        images = tuple(self.cache.image_key(dataset, int(i)) for i in idx)
+        key = ("tta-fixed", self.cache.backbone_key, tensor_checksum(ctx.float()), images)
+        entry = MEMORY.get(key)
+        if entry is None:
+            entry = {k: v.clone() for k, v in self._features(model, z, ctx).items()}
+            MEMORY.put(key, entry)
+        return entry
 
     def loss(self, objective: str, dataset, idx: Sequence[int], g: torch.Generator) -> dict:
         """Return {"loss", "denoise", "entropy"} of one batch of target images."""
@@ -304,21 +328,28 @@ class PromptTTA:
         return {k: float(v.detach()) for k, v in out.items()}
 
     @torch.no_grad()
-    def predict(self, model: SegModel, dataset, idx: Sequence[int]) -> torch.Tensor:
-        """Return class indices (b, H, W) of target images under ``model`` (latents cached)."""
+    def predict(
+        self, model: SegModel, dataset, idx: Sequence[int], fixed: bool = False
+    ) -> torch.Tensor:
+        """Return class indices (b, H, W) of target images under ``model`` (latents cached).
+        ``fixed``: the model's context does not change (no adaptation, a hand-written
+        prompt), so its maps are shared across seeds (:meth:`_fixed_features`)."""
         z = self.latents(dataset, idx)
         f = model.backbone.vae_factor
         size = (z.shape[-2] * f, z.shape[-1] * f)
-        return model.decode(self._features(model, z), size).argmax(1).cpu()
+        feats = self._fixed_features(model, dataset, idx, z) if fixed else self._features(model, z)
+        return model.decode(feats, size).argmax(1).cpu()
 
-    def evaluate(self, model: SegModel, dataset, indices: Sequence[int]) -> ConfusionMatrix:
+    def evaluate(
+        self, model: SegModel, dataset, indices: Sequence[int], fixed: bool = False
+    ) -> ConfusionMatrix:
         """Dataset-level confusion matrix of ``model`` over ``indices`` of a labeled set
-        (each image's matrix kept, for the bootstrap)."""
+        (each image's matrix kept, for the bootstrap); ``fixed`` as :meth:`predict`."""
         cm = ConfusionMatrix(per_image=True)
         b = self.cfg.batch_size * 2
         for s in range(0, len(indices), b):
             idx = list(indices[s : s + b])
-            cm.update(self.predict(model, dataset, idx), dataset.masks(idx))
+            cm.update(self.predict(model, dataset, idx, fixed), dataset.masks(idx))
         return cm
 
     def _enable_checkpointing(self) -> None:

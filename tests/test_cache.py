@@ -93,3 +93,22 @@ def test_latents_are_cached_once_per_image(tiny_sd, mini_root):
     with torch.no_grad():
         direct = m.backbone.encode(torch.stack([ds[i]["image"] for i in (0, 1, 2)]))
     torch.testing.assert_close(first, direct.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_seeds_share_maps_without_noise_and_not_with_it(tiny_sd):
+    """The feature config's seed draws the noise only: without noise, models of two seeds
+    share one key (their maps are the same); with noise they do not."""
+    keys = {}
+    for noise in (False, True):
+        for seed in (0, 1):
+            cfg = TrainConfig(model=str(tiny_sd), prompt_mode="fixed", seed=seed, noise=noise)
+            keys[noise, seed] = C.FeatureCache(build_model(cfg)).backbone_key
+    assert keys[False, 0] == keys[False, 1]
+    assert keys[True, 0] != keys[True, 1]
+    assert keys[False, 0] != keys[True, 0]
+    other = build_model(TrainConfig(model=str(tiny_sd), prompt_mode="fixed", seed=1))
+    ref = build_model(TrainConfig(model=str(tiny_sd), prompt_mode="fixed", seed=0))
+    x = torch.rand(2, 3, 32, 64)
+    with torch.no_grad():
+        a, b = ref.features(x), other.features(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the seed does not change the maps

@@ -7,7 +7,12 @@ import torch
 
 from diffprompt.build import build_model
 from diffprompt.data import build_dataset
-from diffprompt.dg.checkpoint import ConfigMismatchError, load_dg_model, save_checkpoint
+from diffprompt.dg.checkpoint import (
+    CHECKPOINT,
+    ConfigMismatchError,
+    load_dg_model,
+    save_checkpoint,
+)
 from diffprompt.dg.config import TrainConfig, config_hash
 from diffprompt.dg.runs import dg_run_dir, train_dg
 from diffprompt.experiments.tta import (
@@ -114,6 +119,37 @@ def test_the_tta_model_starts_as_the_dg_model(trained):
     assert zero_shot.prompts.cfg.scene_text == text
     torch.testing.assert_close(zero_shot.context(1)[:, :19], trained.model.context(1)[:, :19])
     assert not torch.allclose(zero_shot.context(1), trained.model.context(1))
+
+
+def test_fixed_prompt_maps_are_shared_across_seeds_and_equal_the_direct_ones(trained, results):
+    """No adaptation and the hand-written prompt read their maps from the session's memory:
+    another seed's DG model (the same frozen backbone, another head) computes no UNet pass
+    and gets exactly the matrices of the direct path."""
+    from diffprompt.cache import MEMORY, FeatureCache
+
+    MEMORY.clear()
+    cfg = TTAConfig(target="acdc_night", batch_size=1)
+    ds = build_dataset("acdc_night", "val", trained.root)
+    idx = [0, 1]
+    tta = PromptTTA(trained.model, cfg, trained.cache, log=quiet)
+    direct = tta.evaluate(tta.dg, ds, idx)
+    assert torch.equal(tta.evaluate(tta.dg, ds, idx, fixed=True).mat, direct.mat)
+    path = dg_run_dir(trained.cfg, results) / CHECKPOINT
+    other = load_dg_model(trained.cfg, path, "cpu")  # as seed 1: its own objects, same backbone
+    with torch.no_grad():
+        for p in other.head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    calls = []
+    other.backbone.register_forward_hook(lambda *a: calls.append(1))
+    tta1 = PromptTTA(other, cfg, FeatureCache(other, trained.cache.folder), log=quiet)
+    shared = tta1.evaluate(tta1.dg, ds, idx, fixed=True)
+    assert not calls  # read from memory
+    assert torch.equal(shared.mat, tta1.evaluate(tta1.dg, ds, idx).mat)
+    assert calls  # the direct path runs the UNet
+    assert not torch.equal(shared.mat, direct.mat)  # another head, other predictions
+    zero_shot = tta1.with_scene_text("a photo of an urban street scene at night")
+    z_shared = tta1.evaluate(zero_shot, ds, idx, fixed=True)
+    assert torch.equal(z_shared.mat, tta1.evaluate(zero_shot, ds, idx).mat)
 
 
 def test_run_target_writes_every_row(trained):

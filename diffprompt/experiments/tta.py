@@ -300,14 +300,14 @@ def run_target(
         )
         examples.append((method, setting, tta.predict(model, eval_set, [shown])[0]))
 
-    base = tta.evaluate(tta.dg, eval_set, eval_idx)
+    base = tta.evaluate(tta.dg, eval_set, eval_idx, fixed=True)  # maps shared across seeds
     add("none", "-", base, tta.dg)
     log(f"{cfg.target}: no adaptation {rows[-1]['mIoU']:.2f} mIoU ({sets.n_eval} images)")
     if zero_shot:
         text = TARGET_PROMPTS[cfg.target]
         zs = tta.with_scene_text(text)
         label = f'{METHODS["target_prompt"][TABLE_LABEL]} "{text}"'
-        add("target_prompt", "-", tta.evaluate(zs, eval_set, eval_idx), zs, label)
+        add("target_prompt", "-", tta.evaluate(zs, eval_set, eval_idx, fixed=True), zs, label)
     if tent:
         add("tent", "offline", *tta.tent(fit_set, fit_idx, eval_set, eval_idx))
     for objective in objectives:
@@ -498,7 +498,7 @@ def budget_study(
                 tta = PromptTTA(dg.model, cfg, dg.cache, dg.transform, log=lambda m: None)
                 sets = tta.target_sets(dg.root, dg.cfg.target_split)
                 fit_idx, eval_idx = list(range(sets.n_fit)), list(range(sets.n_eval))
-                base = tta.evaluate(tta.dg, sets.evaluation, eval_idx)
+                base = tta.evaluate(tta.dg, sets.evaluation, eval_idx, fixed=True)
                 for objective in objectives:
                     t0 = time.time()
                     _, curve = tta.fit_offline(
