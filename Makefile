@@ -17,7 +17,7 @@ RUNS := results/runs
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 
 .PHONY: setup main paper data test lint format notebooks clean clean-runs distclean \
-	embedded-model evidence bench tta-budget
+	embedded-model evidence bench tta-budget tta-budget-short
 .DELETE_ON_ERROR:
 
 $(VENV)/.installed: pyproject.toml
@@ -99,6 +99,14 @@ tta-budget: setup data
 	@mkdir -p $(RUNS)
 	$(PAPERMILL) notebooks/03_tta.ipynb $(RUNS)/03_tta_budget.ipynb $(WITH_MODEL) \
 		-p preset "$(PRESET)" -p source cityscapes -p target acdc_night -p budget_steps 200
+
+# the short budgets (about 8 min): the same study to 25 steps, evaluated at 2, 6, 12 and 25;
+# tables/tta_budget_short*, figures/tta_budget_short
+tta-budget-short: setup data
+	@mkdir -p $(RUNS)
+	$(PAPERMILL) notebooks/03_tta.ipynb $(RUNS)/03_tta_budget_short.ipynb $(WITH_MODEL) \
+		-p preset "$(PRESET)" -p source cityscapes -p target acdc_night -p budget_steps 25 \
+		-p budget_every 25 -p budget_name tta_budget_short
 
 # regenerate the embedded model into diffprompt/assets/toy-sd (about 25 min on one H100,
 # hours on a CPU; resumable from results/runs/toy_sd), then measure it and rewrite its card

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from diffprompt.benchmarks import GROUPS, eval_classes
 from diffprompt.data import DatasetError, build_dataset
-from diffprompt.evaluate import ConfusionMatrix
+from diffprompt.evaluate import ConfusionMatrix, predicted_classes
 from diffprompt.labels import IGNORE_INDEX, NUM_CLASSES
 from diffprompt.preflight import check_files, check_values
 from diffprompt.runtime import resolve_device
@@ -170,7 +170,7 @@ def evaluate_cnn(
     for batch in DataLoader(dataset, batch_size=16):
         x, y = _prepare(batch, cfg.input_scale, dev)
         logits = F.interpolate(model(x), size=y.shape[-2:], mode="bilinear")
-        cm.update(logits.argmax(1).cpu(), y.cpu())
+        cm.update(predicted_classes(logits).cpu(), y.cpu())
     return cm.miou(classes), cm.iou()
 
 

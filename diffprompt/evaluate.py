@@ -172,6 +172,14 @@ def mean_iou(conf: torch.Tensor | np.ndarray, classes: Sequence[int] | None = No
 # Inference: whole image or sliding window
 
 
+def predicted_classes(logits: torch.Tensor) -> torch.Tensor:
+    """Return the class of each pixel of logits (B, C, H, W): (B, H, W), the first of equal
+    maxima, exactly ``logits.argmax(1)``; ``max(1)`` computes it about 3x faster on the CPU
+    (argmax over a strided dimension of 19 classes at 128x256: 33 ms against 10 ms a batch
+    of 8)."""
+    return logits.max(1).indices
+
+
 def predict_whole(logits_fn, images: torch.Tensor, multiple: int = 1) -> torch.Tensor:
     """Return logits (B, C, H, W) of ``logits_fn`` on whole images (B, 3, H, W).
 
@@ -238,13 +246,24 @@ def evaluate_predictions(
     indices (B, H, W)`` over ``indices`` of a labeled data set (default: all).
 
     ``per_image=True``: the matrix also keeps one matrix per image, in the order of
-    ``indices`` (``cm.per_image_matrices()``, (N, C, C)), from the same single pass."""
+    ``indices`` (``cm.per_image_matrices()``, (N, C, C)), from the same single pass.
+
+    A ``predict_fn`` whose ``needs_images`` attribute is false (:func:`predictor` with a
+    feature cache: it reads the maps by index) gets ``None`` for the images and the masks'
+    size as ``size``; only the labels are read then (``dataset.masks``, kept in memory)."""
     indices = list(range(len(dataset))) if indices is None else list(indices)
     if not indices:
         raise ValueError(f"nothing to evaluate: {dataset!r} has no images")
+    labels_only = not getattr(predict_fn, "needs_images", True) and hasattr(dataset, "masks")
+    if labels_only and not getattr(dataset, "labeled", True):
+        raise ValueError(f"{dataset!r} has no labels: pick a labeled split to evaluate")
     cm = ConfusionMatrix(num_classes, per_image=per_image)
     for s in range(0, len(indices), batch_size):
         idx = indices[s : s + batch_size]
+        if labels_only:
+            y = dataset.masks(idx)
+            cm.update(predict_fn(None, idx, size=tuple(y.shape[-2:])).cpu(), y)
+            continue
         samples = [dataset[i] for i in idx]
         if "mask" not in samples[0]:
             raise ValueError(f"{dataset!r} has no labels: pick a labeled split to evaluate")
@@ -262,14 +281,15 @@ def predictor(
     scene_text: str | None = None,
     device: torch.device | str = "cpu",
 ) -> Callable[[torch.Tensor, Sequence[int]], torch.Tensor]:
-    """Return predict(images (B, 3, H, W), indices) -> class indices (B, H, W) of ``model``
-    (a SegModel) on images of ``dataset``.
+    """Return predict(images (B, 3, H, W), indices, size=None) -> class indices (B, H, W)
+    of ``model`` (a SegModel) on images of ``dataset``.
 
     With a feature cache (:class:`diffprompt.cache.FeatureCache`) the images' maps are read
     from (or written to) it; else the model runs on the images, whole (padded to the
     backbone's multiple) or by sliding window, as ``cfg`` (a TrainConfig: ``inference``,
     ``eval_crop``, ``eval_stride``) says. ``scene_text``: the scene prompt (None: the
-    model's own).
+    model's own). With a cache the images themselves are not needed: ``predict.needs_images``
+    is false, and ``predict(None, indices, size=(H, W))`` gives the same classes.
     """
     multiple = getattr(model.backbone, "multiple", 1)
     texts = None if scene_text is None else [scene_text]
@@ -277,17 +297,21 @@ def predictor(
     def logits_fn(x: torch.Tensor) -> torch.Tensor:
         return model(x.to(device), scene_texts=None if texts is None else texts * len(x))
 
-    def predict(images: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+    def predict(
+        images: torch.Tensor | None, indices: Sequence[int], size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
         if cache is not None:
             feats = cache.get(dataset, indices, scene_text, device)
-            return model(feats=feats, size=tuple(images.shape[-2:])).argmax(1)
+            size = tuple(images.shape[-2:]) if size is None else tuple(size)
+            return predicted_classes(model(feats=feats, size=size))
         if cfg.inference == "slide":
             logits = predict_slide(
                 logits_fn, images, cfg.eval_crop, cfg.eval_stride, NUM_CLASSES, multiple
             )
-            return logits.argmax(1)
-        return predict_whole(logits_fn, images, multiple).argmax(1)
+            return predicted_classes(logits)
+        return predicted_classes(predict_whole(logits_fn, images, multiple))
 
+    predict.needs_images = cache is None
     return predict
 
 

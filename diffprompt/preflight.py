@@ -325,6 +325,7 @@ PARAMETER_RANGES: dict[str, str] = {
     "dg_eval_every": ">= 0",
     "budget_steps": ">= 0",
     "budget_every": ">= 1",
+    "budget_points": "int >= 1",
     "budget_lrs": "float > 0",
     "budget_eval_images": ">= 0",
     # 04_prompt_ablations

@@ -31,7 +31,7 @@ from diffprompt.benchmarks import TARGETS, eval_classes
 from diffprompt.cache import FeatureCache
 from diffprompt.data import build_dataset
 from diffprompt.data.roots import resolve_data_root
-from diffprompt.evaluate import ConfusionMatrix
+from diffprompt.evaluate import ConfusionMatrix, predicted_classes
 from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from diffprompt.model import SegModel
 from diffprompt.preflight import check_files, check_values
@@ -235,7 +235,7 @@ def score_probe(
         idx = list(range(s, min(n, s + CHUNK)))
         x = stacked(features.get(dataset, idx), names, (h // stride, w // stride))
         logits = F.interpolate(probe(x), size=(h, w), mode="bilinear", align_corners=False)
-        cm.update(logits.argmax(1), dataset.masks(idx))
+        cm.update(predicted_classes(logits), dataset.masks(idx))
     return cm.miou(eval_classes(source, dataset))
 
 

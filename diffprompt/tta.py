@@ -28,7 +28,7 @@ import copy
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,7 +41,7 @@ from diffprompt.benchmarks import GROUPS, TARGETS, eval_classes
 from diffprompt.cache import MEMORY
 from diffprompt.data import UNLABELED_SPLITS, SegDataset, available_splits, build_dataset
 from diffprompt.dg.losses import mean_entropy
-from diffprompt.evaluate import ConfusionMatrix
+from diffprompt.evaluate import ConfusionMatrix, predicted_classes
 from diffprompt.io import did_you_mean, tensor_checksum
 from diffprompt.labels import CLASSES
 from diffprompt.model import SegModel
@@ -338,7 +338,7 @@ class PromptTTA:
         f = model.backbone.vae_factor
         size = (z.shape[-2] * f, z.shape[-1] * f)
         feats = self._fixed_features(model, dataset, idx, z) if fixed else self._features(model, z)
-        return model.decode(feats, size).argmax(1).cpu()
+        return predicted_classes(model.decode(feats, size)).cpu()
 
     def evaluate(
         self, model: SegModel, dataset, indices: Sequence[int], fixed: bool = False
@@ -367,11 +367,15 @@ class PromptTTA:
         eval_set,
         eval_idx: Sequence[int],
         start: ConfusionMatrix | None = None,
+        eval_at: Collection[int] = (),
     ) -> tuple[ConfusionMatrix, list[dict]]:
         """Learn the prompt on ``fit_idx`` of the unlabeled set for ``cfg.steps`` steps, then
         evaluate on ``eval_idx``. ``start``: the confusion matrix of the unadapted model (the
-        curve's step 0; computed when not given). Returns (confusion matrix, curve rows:
-        step, mIoU, losses, the prompt's :meth:`movement`)."""
+        curve's step 0; computed when not given). The curve is evaluated every
+        ``cfg.eval_every`` steps, at the steps of ``eval_at`` and at the end (evaluating
+        draws nothing from the generator: the fit is the same whatever is evaluated).
+        Returns (confusion matrix, curve rows: step, mIoU, losses, the prompt's
+        :meth:`movement`)."""
         cfg = self.cfg
         self.reset()
         self._enable_checkpointing()
@@ -383,7 +387,8 @@ class PromptTTA:
         order = [fit_idx[i] for i in torch.randperm(len(fit_idx), generator=g).tolist()]
         for step, batch in _batches(order, cfg.batch_size, cfg.steps):
             losses = self.step(opt, objective, fit_set, batch, g)
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+            every = cfg.eval_every and step % cfg.eval_every == 0
+            if every or step in eval_at or step == cfg.steps:
                 cm = self.evaluate(self.tta_model, eval_set, eval_idx)
                 miou = self.miou(cm, eval_set)
                 curve.append({"step": step, "mIoU": miou, **losses, **self.movement()})

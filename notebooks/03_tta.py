@@ -56,6 +56,8 @@ device: str = "auto"  # "auto", "cpu", "cuda", ...
 seeds: list = [0, 1, 2]  # one DG model and one TTA run per seed (head, batches, noise)
 budget_steps: int = 0  # the budget study: TTA steps of each curve (0: no study)
 budget_every: int = 50  # its mIoU every N steps
+budget_points: list = [2, 6, 12]  # its mIoU also at these steps (the short budgets)
+budget_name: str = "tta_budget"  # the name of its tables, figure and manifest
 budget_lrs: list = [0.001, 0.01]  # its learning rates
 budget_targets: list = ["acdc_night", "darkzurich"]  # its targets
 budget_eval_images: int = 40  # labeled images per target evaluated along its curves (0: all)
@@ -74,6 +76,7 @@ from diffprompt.experiments.tta import (
     budget_configs,
     budget_study,
     budget_table,
+    check_budget,
     check_targets,
     dg_curves,
     dg_models,
@@ -94,6 +97,7 @@ print(preset_choice)
 tta_cfgs = tta_configs(params)
 targets = list(tta_cfgs)
 check_targets(tta_cfgs, objectives, settings, dg_cfg, dg_missing, dg_checkpoint, results_dir)
+check_budget(params, objectives, dg_cfg, results_dir)  # the budget study's targets and name
 
 # %% [markdown]
 # ## The DG models, one per seed (from results/, or trained now)
@@ -176,16 +180,17 @@ if budget_steps:
         budget_steps,
         budget_every,
         budget_eval_images,
+        points=budget_points,
     )
-    run = Run("03_tta_budget", params, seed=seeds[0], root=results_dir or None)
+    run = Run(f"03_{budget_name}", params, seed=seeds[0], root=results_dir or None)
     run.table(
         curves.set_index(["target", "objective", "lr", "seed", "step"]),
-        "tta_budget_runs",
+        f"{budget_name}_runs",
         float_format="%.4f",
     )
     budget = budget_table(curves)
-    run.table(budget, "tta_budget", float_format="%.3f")
-    run.figure(tta_budget_figure(curves), "tta_budget")
+    run.table(budget, budget_name, float_format="%.3f")
+    run.figure(tta_budget_figure(curves), budget_name)
     best = best_budget(curves)
     run.finish(best=best, best_within_default=best_budget(curves, max_steps=steps))
     print("best budget:", best)

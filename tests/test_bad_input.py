@@ -36,7 +36,7 @@ from diffprompt.dg import CheckpointError, ConfigMismatchError, TrainConfig, Tra
 from diffprompt.dg.__main__ import main as dg_main
 from diffprompt.dg.runs import dg_run_dir, train_dg
 from diffprompt.domain_gap import GapConfig, run_domain_gap
-from diffprompt.experiments.tta import check_targets, dg_model
+from diffprompt.experiments.tta import check_budget, check_targets, dg_model
 from diffprompt.labels import CLASSES
 from diffprompt.paths import REPO_ROOT
 from diffprompt.preflight import NotWritableError, ParameterError
@@ -253,6 +253,13 @@ def _tta(
     dg_cfg = ctx.cfg(source="cityscapes", targets=(), prompt_mode=prompt_mode)
     check_targets(cfgs, ["denoise"], ["offline"], dg_cfg, missing, "", None)
     dg_model(dg_cfg, None, missing, log=quiet)
+
+
+def _budget(ctx: Ctx, **params) -> None:
+    """What notebook 03 checks of its budget study before any work."""
+    dg_cfg = ctx.cfg(source="cityscapes", targets=(), prompt_mode="random_consistency")
+    full = {"budget_steps": 25, "budget_targets": ["acdc_night"], **params}
+    check_budget(full, ["denoise"], dg_cfg)
 
 
 def _probe(ctx: Ctx, **over) -> None:
@@ -616,6 +623,24 @@ CASES = [
         lambda c: _cli(c, "steps=abc"),
         SystemExit,
         r"error: steps must be an integer, got 'abc'",
+    ),
+    Case(
+        "budget-name-with-a-path",
+        "A TTA budget study whose name is a path",
+        "`-p budget_steps 25 -p budget_name ../tta`",
+        "check_budget (notebook 03)",
+        lambda c: _budget(c, budget_name="../tta"),
+        ValueError,
+        r"budget_name '\.\./tta' names the study's files: use letters, digits and underscores",
+    ),
+    Case(
+        "budget-unknown-target",
+        "A TTA budget study on an unknown target",
+        '`-p budget_steps 25 -y "budget_targets: [acdc_nite]"`',
+        "check_budget (notebook 03)",
+        lambda c: _budget(c, budget_targets=["acdc_nite"]),
+        ValueError,
+        r"unknown target 'acdc_nite'; valid targets:.*Did you mean 'acdc_night'",
     ),
     Case(
         "cli-unknown-field",

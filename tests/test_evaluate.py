@@ -9,11 +9,13 @@ import torch
 from diffprompt.evaluate import (
     ConfusionMatrix,
     confusion_matrix,
+    evaluate_predictions,
     mean_iou,
     miou_rows,
     per_class_iou,
     predict_slide,
     predict_whole,
+    predicted_classes,
     window_starts,
 )
 from diffprompt.labels import SYNTHIA_EVAL_CLASSES
@@ -100,3 +102,52 @@ def test_miou_rows_average_over_the_source_protocol_classes():
     assert gta == {"target": "cityscapes", "mIoU": cm.miou(range(19)), "images": 1, "classes": 19}
     assert syn["classes"] == 16 and syn["mIoU"] == cm.miou(SYNTHIA_EVAL_CLASSES)
     assert syn["mIoU"] != gta["mIoU"]  # terrain counts only outside the SYNTHIA protocol
+
+
+def test_predicted_classes_is_argmax_with_its_ties():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 19, 16, 32, generator=g)
+    logits[:, 4] = logits[:, 11] = logits.max(1).values + 1  # tied maxima: the first wins
+    logits[0, :, 0, 0] = 0.0  # every class tied
+    up = torch.nn.functional.interpolate(logits, size=(64, 128), mode="bilinear")
+    for x in (logits, up):
+        assert torch.equal(predicted_classes(x), x.argmax(1))
+    assert (predicted_classes(logits)[1:] == 4).all() and predicted_classes(logits)[0, 0, 0] == 0
+
+
+def test_evaluation_from_cached_maps_reads_only_the_labels(mini_root):
+    """A predictor that reads maps by index (needs_images false) gets the masks' size and
+    no images; its matrices equal the path that loads every sample."""
+    from diffprompt.data import build_dataset
+
+    class Counting:
+        def __init__(self, ds):
+            self.ds, self.calls = ds, 0
+            self.labeled = ds.labeled
+
+        def __len__(self):
+            return len(self.ds)
+
+        def __getitem__(self, i):
+            self.calls += 1
+            return self.ds[i]
+
+        def masks(self, idx):
+            return self.ds.masks(idx)
+
+    def by_index(images, idx, size=None):
+        h, w = size if size is not None else images.shape[-2:]
+        return torch.stack([torch.full((h, w), i % 5) for i in idx])
+
+    ds = Counting(build_dataset("cityscapes", "val", mini_root))
+    loaded = evaluate_predictions(by_index, ds, batch_size=2, per_image=True)
+    assert ds.calls == len(ds)
+    by_index.needs_images = False
+    ds.calls = 0
+    labels = evaluate_predictions(by_index, ds, batch_size=2, per_image=True)
+    assert ds.calls == 0
+    assert torch.equal(labels.mat, loaded.mat)
+    assert np.array_equal(labels.per_image_matrices(), loaded.per_image_matrices())
+    unlabeled = Counting(build_dataset("acdc_night", "test", mini_root))
+    with pytest.raises(ValueError, match="no labels"):
+        evaluate_predictions(by_index, unlabeled)

@@ -288,6 +288,12 @@ def test_tta_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
             dg_batch_size=2,
             dg_missing="error",
             seeds=[0],
+            budget_steps=3,
+            budget_every=3,
+            budget_points=[1],
+            budget_lrs=[0.001],
+            budget_targets=["acdc_night"],
+            budget_eval_images=2,
             results_dir=str(out),
         ),
         kernel_name="python3",
@@ -300,6 +306,11 @@ def test_tta_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
     assert checkpoint.stat().st_mtime_ns == written and len(list(run_dir.parent.iterdir())) == 2
     online = pd.read_csv(out / "tables" / "tta_acdc_night.csv", index_col=0)
     assert online.loc["TTA prompt: entropy (online)", "setting"] == "online"
+    # the budget study: its curves at budget_points and every budget_every steps
+    budget = pd.read_csv(out / "tables" / "tta_budget_runs.csv")
+    assert sorted(set(budget["step"])) == [0, 1, 3] and set(budget["objective"]) == {"entropy"}
+    best = json.loads((out / "manifests" / "03_tta_budget.json").read_text())
+    assert best["best"]["steps"] in (1, 3) and best["best_within_default"]["steps"] == 1
 
 
 def test_feature_probing_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):

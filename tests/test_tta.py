@@ -245,3 +245,40 @@ def test_summary_table_keeps_the_row_order_and_joins_the_hand_written_prompts():
     assert list(out.columns) == ["id", "acdc_fog", "acdc_night", "mean"]
     assert out.loc["hand-written target prompt"].tolist() == ["target_prompt", 2.0, 5.0, 3.5]
     assert [paper_setting(i) for i in out["id"]] == ["DG", "DG", "TTA", "TTA"]
+
+
+def test_budget_study_curves_points_and_the_best_budget(trained):
+    """The budget study evaluates at its points and every ``every`` steps, without changing
+    the fit (evaluating draws nothing); its table and best budget follow the curves."""
+    import pandas as pd
+
+    from diffprompt.experiments.tta import best_budget, budget_study, budget_table
+
+    cfg = TTAConfig(target="acdc_night", batch_size=2, fit_images=2)
+    dgs = {0: trained, 1: trained}
+    curves = budget_study(dgs, {"acdc_night": cfg}, ["denoise"], [1e-2], 4, 2, 2, quiet, (1,))
+    assert list(curves["step"].unique()) == [0, 1, 2, 4] and len(curves) == 2 * 4
+    assert (curves[curves["step"] == 0]["change"] == 0).all()
+    assert (curves["images"] == 2).all() and curves["relative change"].iloc[-1] > 0
+    # the same fit without the extra points: its words and final mIoU are the same
+    tta = PromptTTA(
+        trained.model, dataclasses.replace(cfg, steps=4, lr=1e-2), trained.cache, log=quiet
+    )
+    sets = tta.target_sets(trained.root)
+    _, plain = tta.fit_offline("denoise", sets.fit, [0, 1], sets.evaluation, [0, 1])
+    last = curves[(curves["seed"] == 0) & (curves["step"] == 4)].iloc[0]
+    assert plain[-1]["mIoU"] == last["mIoU"]
+    assert plain[-1]["relative change"] == pytest.approx(last["relative change"], abs=0)
+    table = budget_table(curves)
+    assert table.loc[("acdc_night", "denoise", 0.01, 4), "seeds"] == 2
+    made = pd.DataFrame(
+        {
+            "objective": ["denoise"] * 3 + ["entropy"] * 3,
+            "lr": [1e-3] * 6,
+            "step": [0, 5, 50] * 2,
+            "change": [0.0, 0.3, 0.1, 0.0, -1.0, 0.5],
+        }
+    )
+    assert best_budget(made) == {"objective": "entropy", "lr": 1e-3, "steps": 50, "change": 0.5}
+    assert best_budget(made, max_steps=10)["objective"] == "denoise"
+    assert best_budget(made, max_steps=4) is None

@@ -41,7 +41,7 @@ from diffprompt.backbones.toy_sd_recipe import paired_losses
 from diffprompt.backbones.variants import random_unet
 from diffprompt.benchmarks import TARGETS, eval_classes
 from diffprompt.data import DEFAULT_SPLIT, build_dataset
-from diffprompt.evaluate import ConfusionMatrix
+from diffprompt.evaluate import ConfusionMatrix, predicted_classes
 from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, colorize
 from diffprompt.text import encode_texts, word_positions
 
@@ -205,7 +205,7 @@ def class_word_attention(
         for s in range(0, min(n_images, len(dataset)), batch):
             x, y, _ = _stack(dataset, min(batch, n_images - s), s)
             m = class_word_maps(bb, x, timestep=t, noise=t > 1, seed=seed)
-            cm.update(m.argmax(1), y)
+            cm.update(predicted_classes(m), y)
         iou = cm.iou() * 100
         per_class = {c: iou[i] for i, c in enumerate(CLASSES)}
         rows.append({"timestep": t, "mIoU": cm.miou(classes), **per_class})
@@ -297,7 +297,7 @@ def probe(
     with torch.no_grad():
         for s in range(0, len(fe), 16):
             logits = F.interpolate(head(fe[s : s + 16]), size=me.shape[-2:], mode="bilinear")
-            cm.update(logits.argmax(1), me[s : s + 16])
+            cm.update(predicted_classes(logits), me[s : s + 16])
     return cm.miou(eval_classes(source, eval_set))
 
 

@@ -58,6 +58,10 @@ from diffprompt.data.transforms import ToFloat, is_deterministic
 from diffprompt.io import did_you_mean
 from diffprompt.paths import DATASET_DIRS, MINIATURE
 
+#: Pairs :meth:`SegDataset.check` found sound in this process, by
+#: :meth:`SegDataset._check_key` (files, size, mtime): their image size and label counts.
+_CHECKED: dict[tuple, tuple[Any, np.ndarray | None]] = {}
+
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -476,7 +480,9 @@ class SegDataset(Dataset):
         DatasetError listing all problems.
 
         Problems: unreadable images or labels, a label of another size than its image,
-        label values outside the label space (only with ``strict_labels``).
+        label values outside the label space (only with ``strict_labels``). A pair found
+        sound is not read again in this process while its files keep their size and
+        modification time (:data:`_CHECKED`): runs of several seeds check the same files.
         """
         chosen = self.files if indices is None else [self.files[i] for i in indices]
         checked = len(chosen)
@@ -489,11 +495,22 @@ class SegDataset(Dataset):
         sizes: Counter = Counter()
         pixels = np.zeros(256, dtype=np.int64)
         for image_path, label_path in files:
-            size, trainids = self._check_pair(image_path, label_path, problems)
+            key = self._check_key(image_path, label_path)
+            hit = _CHECKED.get(key) if key is not None else None
+            if hit is None:
+                before = len(problems)
+                size, trainids = self._check_pair(image_path, label_path, problems)
+                counts = None
+                if trainids is not None:
+                    counts = np.bincount(trainids.ravel(), minlength=256)
+                if key is not None and len(problems) == before:  # only a sound pair is kept
+                    _CHECKED[key] = (size, counts)
+            else:
+                size, counts = hit
             if size is not None:
                 sizes[size] += 1
-            if trainids is not None:
-                pixels += np.bincount(trainids.ravel(), minlength=256)
+            if counts is not None:
+                pixels += counts
         if problems:
             listing = "".join(f"\n  - {p}" for p in problems)
             of = f"{checked} images"
@@ -515,6 +532,21 @@ class SegDataset(Dataset):
             class_pixels=pixels[: labels.NUM_CLASSES].tolist(),
             ignore_pixels=int(pixels[labels.NUM_CLASSES :].sum()),
         )
+
+    def _check_key(self, image_path: Path, label_path: Path | None) -> tuple | None:
+        """Return what decides :meth:`_check_pair`'s outcome for a pair: the data set's class,
+        name and ``strict_labels`` and each file's path, size and modification time (None
+        when a file cannot be stat'ed: it is read, and its problem reported)."""
+        try:
+            stats = [
+                (str(p), st.st_size, st.st_mtime_ns)
+                for p in (image_path, label_path)
+                if p is not None
+                for st in (os.stat(p),)
+            ]
+        except OSError:
+            return None
+        return (type(self).__qualname__, self.name, self.strict_labels, label_path is None, *stats)
 
     def _check_pair(
         self, image_path: Path, label_path: Path | None, problems: list[str]

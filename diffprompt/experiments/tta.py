@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -116,6 +117,23 @@ def budget_configs(params: Mapping[str, Any]) -> dict[str, TTAConfig]:
     """Return {target: TTAConfig} of the budget study's ``budget_targets`` (notebook 03's
     other TTA parameters; steps, lr, seed and evaluation set by :func:`budget_study`)."""
     return {t: config_of(TTAConfig, params, target=t) for t in params["budget_targets"]}
+
+
+def check_budget(
+    params: Mapping[str, Any], objectives: Sequence[str], dg_cfg: TrainConfig, results_dir=None
+) -> None:
+    """Check notebook 03's budget study before any work (when ``budget_steps`` asks for
+    one): its targets as :func:`check_targets` does, and ``budget_name``, which names files
+    (letters, digits and underscores only)."""
+    if not params.get("budget_steps"):
+        return
+    name = str(params.get("budget_name", "tta_budget"))
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise ValueError(
+            f"budget_name {name!r} names the study's files: use letters, digits and "
+            "underscores only (e.g. 'tta_budget_short')"
+        )
+    check_targets(budget_configs(params), objectives, ("offline",), dg_cfg, results_dir=results_dir)
 
 
 def check_targets(
@@ -477,9 +495,11 @@ def budget_study(
     every: int,
     eval_images: int = 0,
     log: Callable[[str], None] = print,
+    points: Sequence[int] = (),
 ) -> pd.DataFrame:
     """Return the curves of offline prompt TTA run ``steps`` steps, evaluated every
-    ``every`` steps on ``eval_images`` labeled images (0 = all): one row per (target,
+    ``every`` steps and at the steps of ``points`` (e.g. the short budgets below ``every``)
+    on ``eval_images`` labeled images (0 = all): one row per (target,
     objective, lr, seed, step) with the mIoU, its change from step 0 (the DG model), the
     losses and the prompt's movement (relative change, nearest words). ``dgs``: {seed: the
     DG model of that seed}; TTA's own seed (batches, noise) is the same seed."""
@@ -502,7 +522,7 @@ def budget_study(
                 for objective in objectives:
                     t0 = time.time()
                     _, curve = tta.fit_offline(
-                        objective, sets.fit, fit_idx, sets.evaluation, eval_idx, base
+                        objective, sets.fit, fit_idx, sets.evaluation, eval_idx, base, points
                     )
                     start = curve[0]["mIoU"]
                     for c in curve:
