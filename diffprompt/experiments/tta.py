@@ -288,11 +288,13 @@ def run_target(
     tent: bool = True,
     zero_shot: bool = True,
     log: Callable[[str], None] = print,
+    examples: bool = True,
 ) -> dict[str, Any]:
     """Run every row of one target's TTA table. Returns {"rows": [{"id", "method",
     "setting", "mIoU", "fit images"}], "curves": rows, "nearest": {objective: rows},
-    "fit_split": note, "examples": [(id, setting, prediction (H, W))], "example": (image,
-    mask), "seconds": wall time}."""
+    "fit_split": note, "examples": [(id, setting, prediction (H, W))] (empty with
+    ``examples=False``: the prediction figure shows one seed), "example": (image, mask),
+    "seconds": wall time}."""
     check_tta(cfg, objectives, settings)
     t0 = time.time()
     tta = PromptTTA(dg.model, cfg, dg.cache, dg.transform, log)
@@ -301,7 +303,7 @@ def run_target(
         raise ValueError(f"{cfg.target}: no images to fit on ({sets.note}) or to evaluate on")
     fit_set, eval_set = sets.fit, sets.evaluation
     fit_idx, eval_idx = list(range(sets.n_fit)), list(range(sets.n_eval))
-    rows, curves, nearest, examples = [], [], {}, []
+    rows, curves, nearest, shown_rows = [], [], {}, []
     shown = 0  # the evaluation image of the prediction figure
     fitted = {"-": 0, "offline": sets.n_fit, "online": sets.n_eval}
 
@@ -316,7 +318,8 @@ def run_target(
                 "cms": cm.per_image_matrices(),
             }
         )
-        examples.append((method, setting, tta.predict(model, eval_set, [shown])[0]))
+        if examples:
+            shown_rows.append((method, setting, tta.predict(model, eval_set, [shown])[0]))
 
     base = tta.evaluate(tta.dg, eval_set, eval_idx, fixed=True)  # maps shared across seeds
     add("none", "-", base, tta.dg)
@@ -344,7 +347,7 @@ def run_target(
         "curves": curves,
         "nearest": nearest,
         "fit_split": sets.note,
-        "examples": examples,
+        "examples": shown_rows,
         "example": (sample["image"], sample["mask"]),
         "seconds": time.time() - t0,
     }
