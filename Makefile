@@ -44,6 +44,14 @@ data: setup $(DATA)
 CORE := $(filter-out diffprompt/paper.py diffprompt/bench.py diffprompt/fastpath.py, \
 	$(wildcard diffprompt/*.py diffprompt/*/*.py diffprompt/*/*/*.py)) \
 	$(wildcard diffprompt/assets/toy-sd/*/*)
+# FULL=1: the embedded default's full protocol instead of the main job's cuts (every
+# evaluation image, T4 on 60 images per target, DG heads 500 steps; about 31 min on 2 cores;
+# after `make clean-runs`, since the executed notebooks are the targets)
+ifeq ($(FULL),1)
+FULL_02 := -p steps 500 -p max_eval_images 0
+FULL_03 := -p dg_steps 500 -p eval_images 60
+FULL_04 := -p max_eval_images 0
+endif
 COMMON := -p data_root $(DATA_ROOT) -p device $(DEVICE)
 WITH_MODEL := $(COMMON) -p model $(MODEL)
 EXEC := $(RUNS)/00_data.ipynb $(RUNS)/01_feature_probing.ipynb \
@@ -64,23 +72,23 @@ $(RUNS)/01_feature_probing.ipynb: notebooks/01_feature_probing.ipynb $(CORE) $(D
 
 $(RUNS)/02_dg_training_gta5.ipynb: notebooks/02_dg_training.ipynb $(CORE) $(DATA) | setup
 	@mkdir -p $(RUNS)
-	$(PAPERMILL) $< $@ $(WITH_MODEL) -p preset "$(PRESET)" -p source gta5
+	$(PAPERMILL) $< $@ $(WITH_MODEL) -p preset "$(PRESET)" -p source gta5 $(FULL_02)
 
 $(RUNS)/02_dg_training_synthia.ipynb: notebooks/02_dg_training.ipynb $(CORE) $(DATA) | setup
 	@mkdir -p $(RUNS)
 	$(PAPERMILL) $< $@ $(WITH_MODEL) -p preset "$(PRESET)" -p source synthia \
-		-y "targets: [cityscapes]"
+		-y "targets: [cityscapes]" $(FULL_02)
 
 $(RUNS)/03_tta.ipynb: notebooks/03_tta.ipynb $(CORE) $(DATA) | setup
 	@mkdir -p $(RUNS)
 	$(PAPERMILL) $< $@ $(WITH_MODEL) -p preset "$(PRESET)" -p source cityscapes \
-		-p target adverse
+		-p target adverse $(FULL_03)
 
 # after notebook 02 (order only): the ablation's method cells reuse its cached features
 $(RUNS)/04_prompt_ablations.ipynb: notebooks/04_prompt_ablations.ipynb $(CORE) $(DATA) \
 		| setup $(RUNS)/02_dg_training_gta5.ipynb
 	@mkdir -p $(RUNS)
-	$(PAPERMILL) $< $@ $(WITH_MODEL)
+	$(PAPERMILL) $< $@ $(WITH_MODEL) $(FULL_04)
 
 $(RUNS)/05_paper_tables.ipynb: notebooks/05_paper_tables.ipynb diffprompt/paper.py \
 		$(RUNS)/01_feature_probing.ipynb $(RUNS)/02_dg_training_gta5.ipynb \
@@ -100,7 +108,7 @@ tta-budget: setup data
 	$(PAPERMILL) notebooks/03_tta.ipynb $(RUNS)/03_tta_budget.ipynb $(WITH_MODEL) \
 		-p preset "$(PRESET)" -p source cityscapes -p target acdc_night -p budget_steps 200
 
-# the short budgets (about 8 min): the same study to 25 steps, evaluated at 2, 6, 12 and 25;
+# the short budgets (about 9 min): the same study to 25 steps, evaluated at 2, 6, 12 and 25;
 # tables/tta_budget_short*, figures/tta_budget_short
 tta-budget-short: setup data
 	@mkdir -p $(RUNS)
