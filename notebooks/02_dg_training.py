@@ -54,9 +54,7 @@ steps: int = 400  # optimizer steps (the curve plateaus by about 400 on the mini
 batch_size: int = 4  # images per step
 lr: float = 0.03  # AdamW learning rate of the head
 max_train_images: int = 64  # first N source images (0: all)
-max_eval_images: int = (
-    100  # first N images of each set (0: all; 100: all but Dark Zurich, 100 of 200)
-)
+max_eval_images: int = 100  # first N images of each set (0: all; 100: Dark Zurich 100 of 200)
 loss_resolution: str = "area"  # the loss at the head resolution (area, nearest) or labels (VPD)
 eval_every: int = 50  # the training curve: source-val mIoU every N steps (0: none)
 curve_images: int = 40  # images of the curve set, source val or held-out images (0: all)

@@ -48,9 +48,7 @@ fpn_width: int = 32  # Semantic FPN channels (lighter than notebook 02)
 head_width: int = 32  # semantic-branch channels
 prompt_pool: int = 4  # prompts drawn once to randomize over
 max_train_images: int = 64  # first N source images
-max_eval_images: int = (
-    100  # first N images of each set (0: all; 100: all but Dark Zurich, 100 of 200)
-)
+max_eval_images: int = 100  # first N images of each set (0: all; 100: Dark Zurich 100 of 200)
 device: str = "auto"  # "auto", "cpu", "cuda", ...
 results_dir: str = ""  # results folder ("": results/ of the repository)
 
