@@ -303,7 +303,7 @@ def run_target(
         raise ValueError(f"{cfg.target}: no images to fit on ({sets.note}) or to evaluate on")
     fit_set, eval_set = sets.fit, sets.evaluation
     fit_idx, eval_idx = list(range(sets.n_fit)), list(range(sets.n_eval))
-    rows, curves, nearest, shown_rows = [], [], {}, []
+    rows, curves, nearest, example_rows = [], [], {}, []
     shown = 0  # the evaluation image of the prediction figure
     fitted = {"-": 0, "offline": sets.n_fit, "online": sets.n_eval}
 
@@ -319,7 +319,7 @@ def run_target(
             }
         )
         if examples:
-            shown_rows.append((method, setting, tta.predict(model, eval_set, [shown])[0]))
+            example_rows.append((method, setting, tta.predict(model, eval_set, [shown])[0]))
 
     base = tta.evaluate(tta.dg, eval_set, eval_idx, fixed=True)  # maps shared across seeds
     add("none", "-", base, tta.dg)
@@ -347,7 +347,7 @@ def run_target(
         "curves": curves,
         "nearest": nearest,
         "fit_split": sets.note,
-        "examples": shown_rows,
+        "examples": example_rows,
         "example": (sample["image"], sample["mask"]),
         "seconds": time.time() - t0,
     }
