@@ -220,6 +220,9 @@ def _count_loads(ds) -> list:
 
 
 def test_masks_are_the_stacked_sample_masks_read_once(shared_root):
+    from diffprompt.data.files import MASKS
+
+    MASKS.clear()
     ds = build_dataset("cityscapes", "val", root=shared_root)
     expected = torch.stack([ds[i]["mask"] for i in (1, 0, 1)])
     loads = _count_loads(ds)
@@ -228,11 +231,46 @@ def test_masks_are_the_stacked_sample_masks_read_once(shared_root):
     assert torch.equal(masks, expected)
     assert torch.equal(masks[1], torch.from_numpy(stripes(CS_TRAIN)))
     assert torch.equal(ds.masks([0, 1]), expected[[1, 0]])
-    assert sorted(loads) == [0, 1]  # each label read once per data set object
-    other = build_dataset("cityscapes", "val", root=shared_root)  # its own cache
+    assert sorted(loads) == [0, 1]  # each label read once
+    other = build_dataset("cityscapes", "val", root=shared_root)  # another object: shared
     other_loads = _count_loads(other)
-    other.masks([0])
-    assert other_loads == [0]
+    assert torch.equal(other.masks([0, 1]), expected[[1, 0]])
+    assert other_loads == []
+    strict = build_dataset("cityscapes", "val", root=shared_root, strict_labels=False)
+    strict_loads = _count_loads(strict)
+    strict.masks([0])  # another strict_labels: its own entry
+    assert strict_loads == [0]
+
+
+@pytest.mark.sets("cityscapes")
+def test_masks_are_read_again_when_the_label_file_changes(fake_root):
+    import numpy as np
+    from PIL import Image
+
+    ds = build_dataset("cityscapes", "val", root=fake_root)
+    first = ds.masks([0])
+    assert (first != 255).any()
+    label = ds.files[0][1]
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(label)  # id 0: unlabeled everywhere
+    os.utime(label, ns=(0, 10**18))  # a new mtime, whatever the clock's resolution
+    other = build_dataset("cityscapes", "val", root=fake_root)
+    loads = _count_loads(other)
+    again = other.masks([0])
+    assert loads == [0] and (again == 255).all()
+
+
+def test_masks_of_a_transform_without_a_repr_are_read_every_time(shared_root):
+    class Same:
+        deterministic = True
+
+        def __call__(self, sample):
+            return ToFloat()(sample)
+
+    ds = build_dataset("cityscapes", "val", root=shared_root, transform=Same())
+    loads = _count_loads(ds)
+    ds.masks([0])
+    ds.masks([0])
+    assert loads == [0, 0]
 
 
 def test_masks_follow_a_deterministic_transform(shared_root):

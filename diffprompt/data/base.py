@@ -42,12 +42,14 @@ from torch.utils.data import Dataset
 from diffprompt import labels
 from diffprompt.data.files import (
     CAPTIONS_FILE,
+    MASKS,
     README,
     DatasetError,
     DatasetNotFoundError,
     env_var,
     find_data_root,
     find_dirs,
+    label_file_key,
     names_miniature,
     peek_files,
     read_captions,
@@ -139,8 +141,6 @@ class SegDataset(Dataset):
         self.files: list[tuple[Path, Path | None]] = self._collect_files()
         self._lut, self._valid = self._label_table()  # (N,) uint8 id->trainId, (N,) bool
         self._sidecar = read_captions(self.root / CAPTIONS_FILE)
-        self._mask_cache: dict[int, torch.Tensor] = {}  # index -> (H, W) uint8 trainIds
-        self._mask_cache_transform: Transform | None = transform
 
     def _configure(self, **options: Any) -> None:
         """Set ``name`` from the subclass's own constructor options (ACDC: ``conditions``)."""
@@ -453,8 +453,9 @@ class SegDataset(Dataset):
         ``torch.stack([self[i]["mask"] for i in indices])``.
 
         With a deterministic transform (None, or one whose ``deterministic`` attribute is
-        true) each label is read once per data set object and kept in memory (as uint8);
-        with a random transform every call reads again. Raises DatasetError on an
+        true) each label is read once per process while its file keeps its size and mtime
+        and the transform its repr (:data:`MASKS`, shared by every data set object, kept as
+        uint8); with a random transform every call reads again. Raises DatasetError on an
         unlabeled split.
         """
         if not self.labeled:
@@ -464,12 +465,24 @@ class SegDataset(Dataset):
             )
         if not is_deterministic(self.transform):
             return torch.stack([self[i]["mask"] for i in indices])  # (B, H, W)
-        if self._mask_cache_transform is not self.transform:  # the transform was replaced
-            self._mask_cache, self._mask_cache_transform = {}, self.transform
+        out = []
         for i in indices:
-            if i not in self._mask_cache:
-                self._mask_cache[i] = self[i]["mask"].to(torch.uint8)  # (H, W)
-        return torch.stack([self._mask_cache[i] for i in indices]).long()  # (B, H, W)
+            key = self._mask_key(i)
+            mask = MASKS.get(key) if key is not None else None
+            if mask is None:
+                mask = self[i]["mask"].to(torch.uint8)  # (H, W)
+                if key is not None:
+                    MASKS.put(key, mask)
+            out.append(mask)
+        return torch.stack(out).long()  # (B, H, W)
+
+    def _mask_key(self, index: int) -> tuple | None:
+        """Return what decides sample ``index``'s mask under a deterministic transform: the
+        data set's class, name and ``strict_labels`` and :func:`label_file_key` (None: read
+        every time)."""
+        key = label_file_key(self.files[index][1], self.transform)
+        ident = (type(self).__qualname__, self.name, self.strict_labels)
+        return None if key is None else (*ident, *key)
 
     def _labeled_splits(self) -> list[str]:
         """Return the split names of this data set that have labels."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 
 from diffprompt.paths import DATASET_DIRS, MINIATURE, miniature_root
@@ -174,3 +176,53 @@ def find_data_root(data_root: str | os.PathLike | None = None) -> Path:
             f"DIFFPROMPT_DATA to it, or use data_root='{MINIATURE}' for the embedded miniature."
         )
     return root
+
+
+def label_file_key(path: Path | None, transform: object) -> tuple | None:
+    """Return the label file's path, size and mtime and the transform's repr, what a label
+    read under a deterministic transform depends on; None when the file cannot be stat'ed
+    (it is read and its problem reported) or the transform has only Python's default repr,
+    which does not say what it does."""
+    described = repr(transform)
+    if " object at 0x" in described:
+        return None
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError):
+        return None
+    return (str(path), st.st_size, st.st_mtime_ns, described)
+
+
+class MaskMemo:
+    """Labels read in this process under a deterministic transform, as (H, W) uint8
+    trainIds, keyed by ``SegDataset._mask_key`` (data set class and name,
+    ``strict_labels``, the label file's path, size and mtime, and the transform's repr), so
+    that the runs of a notebook (seeds, grid cells), each with its own data set objects,
+    read and decode each label once. Least recently used labels go first beyond
+    $DIFFPROMPT_MASK_MB megabytes (default 512)."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget, self.used = budget_bytes, 0
+        self.items: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        mask = self.items.get(key)
+        if mask is not None:
+            self.items.move_to_end(key)
+        return mask
+
+    def put(self, key: tuple, mask: torch.Tensor) -> None:
+        if key in self.items:
+            self.used -= self.items.pop(key).numel()
+        self.items[key] = mask
+        self.used += mask.numel()
+        while self.used > self.budget and len(self.items) > 1:
+            self.used -= self.items.popitem(last=False)[1].numel()
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.used = 0
+
+
+#: The process's labels (:class:`MaskMemo`), shared by every data set object.
+MASKS = MaskMemo(int(float(os.environ.get("DIFFPROMPT_MASK_MB", "512")) * 2**20))
