@@ -22,8 +22,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[notebooks,dev]"
+	$(PY) -m pip install -q torch==2.13.0 -e ".[notebooks,dev]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -50,7 +49,7 @@ CORE := $(filter-out diffprompt/paper.py diffprompt/bench.py diffprompt/fastpath
 ifeq ($(FULL),1)
 FULL_02 := -p steps 500 -p max_eval_images 0
 FULL_03 := -p dg_steps 500 -p eval_images 60
-FULL_04 := -p max_eval_images 0
+FULL_04 := -p steps 60 -p max_eval_images 0
 endif
 COMMON := -p data_root $(DATA_ROOT) -p device $(DEVICE)
 WITH_MODEL := $(COMMON) -p model $(MODEL)

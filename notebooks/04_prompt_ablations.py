@@ -40,7 +40,7 @@ ks: list = [2, 4]  # K values for the method (the first is the base of every oth
 lambdas: list = [1.0, 10.0]  # consistency weights for the method (first: the base)
 vocab_sizes: list = [0, 1]  # descriptors per vocabulary key (0: all; first: the base)
 seeds: list = [0, 1, 2]  # one run per seed and cell (at least 2 for mean and std)
-steps: int = 60  # optimizer steps per run
+steps: int = 40  # optimizer steps per run (the full protocol: 60)
 batch_size: int = 4  # images per step
 lr: float = 0.01  # AdamW learning rate of the head
 train_size: list = []  # resize images to [h, w] ([]: as stored, sharing notebook 02's features)
@@ -48,7 +48,7 @@ fpn_width: int = 32  # Semantic FPN channels (lighter than notebook 02)
 head_width: int = 32  # semantic-branch channels
 prompt_pool: int = 4  # prompts drawn once to randomize over
 max_train_images: int = 64  # first N source images
-max_eval_images: int = 100  # first N images of each set (0: all; 100: Dark Zurich 100 of 200)
+max_eval_images: int = 50  # first N images of each set (0: all; ACDC has 60, Dark Zurich 200)
 device: str = "auto"  # "auto", "cpu", "cuda", ...
 results_dir: str = ""  # results folder ("": results/ of the repository)
 
