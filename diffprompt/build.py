@@ -23,9 +23,12 @@ if TYPE_CHECKING:  # dg.config sits above this module (the trainer imports the b
 
 def prompt_config(cfg: TrainConfig, learnable_scene: bool = False) -> PromptConfig:
     """Return the PromptConfig of a run's prompt mode: the empty prompt ("null"), the
-    category tokens alone ("category"), or category tokens and a scene prompt (every other
-    mode); ``learnable_scene`` makes the scene prompt's words learnable (TTA)."""
-    tokens = {"null": "null", "category": "category"}.get(cfg.prompt_mode, "scene")
+    category tokens alone ("category"), a caption alone ("caption_only": tokens "text"), or
+    category tokens and a scene prompt or caption (every other mode); ``learnable_scene``
+    makes the scene prompt's words learnable (TTA)."""
+    tokens = {"null": "null", "category": "category", "caption_only": "text"}.get(
+        cfg.prompt_mode, "scene"
+    )
     return PromptConfig(
         tokens=tokens,
         scene_text=cfg.scene_text,

@@ -204,6 +204,7 @@ class FeatureCache:
                 }
             )
         self._ctx: dict[str, tuple[str, Tensor | None]] = {}
+        self._text_keys: dict[str, str] = {}  # per-image prompt text -> its context key
         # image keys per data set object (held weakly: a new data set never inherits them)
         self._image_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.hits = self.misses = 0
@@ -219,6 +220,15 @@ class FeatureCache:
             key = "none" if ctx is None else tensor_checksum(ctx.float())
             self._ctx[name] = (key, ctx)
         return self._ctx[name]
+
+    def text_key(self, text: str) -> str:
+        """Return the key of one image's own prompt text (a caption): the checksum of its
+        context, as :meth:`context`'s, keeping only the key (captions are many)."""
+        if text not in self._text_keys:
+            with torch.no_grad():
+                ctx = self.model.context(1, [text])
+            self._text_keys[text] = tensor_checksum(ctx.float())
+        return self._text_keys[text]
 
     def _group(self, key: str, module: nn.Module) -> str:
         """Return the folder of entries computed by ``module`` under key ``key``: the key and
@@ -287,7 +297,8 @@ class FeatureCache:
         return torch.stack([out[int(i)] for i in indices])
 
     def _compute(self, dataset, idx: list[int], ctx: Tensor | None, noise: bool) -> dict:
-        """Return the backbone's maps of images ``idx`` computed together (no autograd)."""
+        """Return the backbone's maps of images ``idx`` computed together (no autograd);
+        ``ctx`` is (1, N, D) for all of them or (len(idx), N, D), one per image."""
         bb = self.model.backbone
         with torch.no_grad():
             if ctx is None:
@@ -299,7 +310,8 @@ class FeatureCache:
             if noise:  # one image: its noise seeded by what names the image
                 gen = torch.Generator().manual_seed(noise_seed(dataset, idx[0], bb.cfg.seed))
             x = None if z is not None else torch.stack([dataset[i]["image"] for i in idx])
-            return bb(x, ctx.expand(len(idx), -1, -1), generator=gen, latents=z)
+            ctx = ctx if ctx.shape[0] == len(idx) else ctx.expand(len(idx), -1, -1)
+            return bb(x, ctx, generator=gen, latents=z)
 
     def get(
         self,
@@ -309,14 +321,30 @@ class FeatureCache:
         device: torch.device | str = "cpu",
     ) -> dict[str, Tensor]:
         """Return the backbone's maps {name: (B, C, h, w)} of images ``indices`` of
-        ``dataset`` under ``scene_text`` (None: the default prompt), float32 on ``device``."""
-        ctx_key, ctx = self.context(scene_text)
+        ``dataset`` under ``scene_text`` (None: the default prompt; a text; or per-image
+        prompts, a :class:`diffprompt.captions.CaptionPrompt`: each image's entry is keyed by
+        its own context, and a chunk is computed with each image under its own), float32 on
+        ``device``."""
+        per_image = scene_text is not None and not isinstance(scene_text, str)
+        if per_image:
+            texts = {}
+
+            def ctx_key_of(i: int) -> str:
+                texts.setdefault(i, scene_text.text(dataset, i))
+                return self.text_key(texts[i])
+
+        else:
+            ctx_key, ctx = self.context(scene_text)
+
+            def ctx_key_of(i: int) -> str:
+                return ctx_key
+
         bb = self.model.backbone
         group = self._group(self.backbone_key, bb)
         entries: dict[int, dict[str, Tensor]] = {}
         todo = []
         for i in dict.fromkeys(int(i) for i in indices):
-            e = self._lookup(group, ctx_key, self.image_key(dataset, i))
+            e = self._lookup(group, ctx_key_of(i), self.image_key(dataset, i))
             if e is None:
                 todo.append(i)
             else:
@@ -326,11 +354,16 @@ class FeatureCache:
         noise = bool(getattr(getattr(bb, "cfg", None), "noise", False))
         groups = [[i] for i in todo] if noise else self.chunks(dataset, todo)
         for chunk in groups:
+            if per_image:  # each image of the chunk under its own prompt
+                with torch.no_grad():
+                    ctx = self.model.context(
+                        len(chunk), [scene_text.text(dataset, i) for i in chunk]
+                    )
             f = self._compute(dataset, chunk, ctx, noise)
             for n, i in enumerate(chunk):
                 if i not in entries:
                     e = {name: m[n].to(self.dtype).cpu().clone() for name, m in f.items()}
-                    self._store(group, ctx_key, self.image_key(dataset, i), e)
+                    self._store(group, ctx_key_of(i), self.image_key(dataset, i), e)
                     entries[i] = e
         names = sorted(entries[int(indices[0])]) if len(indices) else []
         out = {}

@@ -278,7 +278,7 @@ def predictor(
     cfg,
     dataset,
     cache=None,
-    scene_text: str | None = None,
+    scene_text=None,
     device: torch.device | str = "cpu",
 ) -> Callable[[torch.Tensor, Sequence[int]], torch.Tensor]:
     """Return predict(images (B, 3, H, W), indices, size=None) -> class indices (B, H, W)
@@ -288,14 +288,10 @@ def predictor(
     from (or written to) it; else the model runs on the images, whole (padded to the
     backbone's multiple) or by sliding window, as ``cfg`` (a TrainConfig: ``inference``,
     ``eval_crop``, ``eval_stride``) says. ``scene_text``: the scene prompt (None: the
-    model's own). With a cache the images themselves are not needed: ``predict.needs_images``
+    model's own), or per-image prompts (a :class:`diffprompt.captions.CaptionPrompt`). With a cache the images themselves are not needed: ``predict.needs_images``
     is false, and ``predict(None, indices, size=(H, W))`` gives the same classes.
     """
     multiple = getattr(model.backbone, "multiple", 1)
-    texts = None if scene_text is None else [scene_text]
-
-    def logits_fn(x: torch.Tensor) -> torch.Tensor:
-        return model(x.to(device), scene_texts=None if texts is None else texts * len(x))
 
     def predict(
         images: torch.Tensor | None, indices: Sequence[int], size: tuple[int, int] | None = None
@@ -304,6 +300,16 @@ def predictor(
             feats = cache.get(dataset, indices, scene_text, device)
             size = tuple(images.shape[-2:]) if size is None else tuple(size)
             return predicted_classes(model(feats=feats, size=size))
+        if scene_text is None:
+            texts = None
+        elif isinstance(scene_text, str):
+            texts = [scene_text] * len(indices)
+        else:  # per-image prompts (diffprompt.captions.CaptionPrompt)
+            texts = scene_text.texts(dataset, indices)
+
+        def logits_fn(x: torch.Tensor) -> torch.Tensor:
+            return model(x.to(device), scene_texts=texts)
+
         if cfg.inference == "slide":
             logits = predict_slide(
                 logits_fn, images, cfg.eval_crop, cfg.eval_stride, NUM_CLASSES, multiple

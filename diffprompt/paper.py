@@ -278,8 +278,10 @@ def t3_ablation(
     note = _note(
         "T3. Prompt ablation: every cell is a DG training run on the source, mean ± std of mIoU "
         "(%) over seeds. Modes: null (empty prompt), category (class tokens only), fixed (one "
-        "scene prompt), random (K randomized scene prompts), random_consistency (the method); "
-        "K, lambda and vocabulary vary the method.",
+        "scene prompt), random (K randomized scene prompts), random_consistency (the method), "
+        "caption ([category ; each image's own caption], TADP's idea), caption_consistency "
+        "(K variants of the caption with its condition words replaced, and the consistency "
+        "term); K, lambda and vocabulary vary the method.",
         NOTE_NONE_PUBLISHED,
         NOTE_MINIATURE,
     )

@@ -90,9 +90,13 @@ SCENE_VOCABULARY: dict[str, tuple[str, ...]] = {
     ),
 }
 SCENE_TEMPLATE = "{style} of {place} {time} {weather}, {camera}"
+#: Scene-text encodings a :class:`Prompts` keeps (the oldest goes first beyond it): the
+#: pool's prompts and test prompts fit; per-image captions pass through.
+SCENE_CACHE_SIZE = 512
 #: What a context holds (PromptConfig.tokens): the empty prompt's encoding, the category
-#: tokens only, or [category tokens ; scene tokens].
-TOKENS = ("null", "category", "scene")
+#: tokens only, [category tokens ; scene tokens], or a text's tokens alone ("text": a
+#: caption without category tokens).
+TOKENS = ("null", "category", "scene", "text")
 
 
 def sample_scene_prompts(
@@ -274,7 +278,7 @@ def assemble_conditioning(category: Tensor | None, scene: Tensor | None, batch_s
 class PromptConfig:
     """How the UNet is conditioned."""
 
-    tokens: str = "scene"  # "null" (empty prompt) | "category" (class tokens) | "scene" (both)
+    tokens: str = "scene"  # "null" (empty) | "category" (class tokens) | "scene" (both) | "text"
     scene_text: str = DEFAULT_SCENE_TEXT  # the default scene prompt
     num_templates: int | None = None  # templates averaged per class (None: all TEMPLATES)
     pooling: str = "eos"  # class embedding per prompt: "eos" (VPD, CLIP) or "word" (its tokens)
@@ -314,6 +318,8 @@ class Prompts(nn.Module):
         category = scene = None
         if cfg.tokens == "null":
             scene = encode_scene(text_encoder, tokenizer, "").float()  # (L, D)
+        elif cfg.tokens == "text":
+            scene = encode_scene(text_encoder, tokenizer, cfg.scene_text, cfg.trim_scene).float()
         else:
             category = category_embeddings(
                 text_encoder,
@@ -368,6 +374,8 @@ class Prompts(nn.Module):
         """Return the fixed encoding (L, D) of a scene text, cached per text, without autograd."""
         if text not in self._scene_cache:
             encoder, tokenizer = self._frozen
+            if len(self._scene_cache) >= SCENE_CACHE_SIZE:  # captions are many: oldest out
+                self._scene_cache.pop(next(iter(self._scene_cache)))
             self._scene_cache[text] = encode_scene(encoder, tokenizer, text).float()
         return self._scene_cache[text]
 
@@ -387,11 +395,15 @@ class Prompts(nn.Module):
 
         Tokens "null": the empty prompt's encoding; "category": the adapted category tokens;
         "scene": ``[adapted category tokens ; scene tokens]``, the scene tokens encoding
-        ``scene_texts`` (one per batch element, e.g. randomized prompts) when given, else the
-        default scene prompt.
+        ``scene_texts`` (one per batch element, e.g. randomized prompts or captions) when
+        given, else the default scene prompt; "text": the scene tokens alone.
         """
         if self.cfg.tokens == "null":
             return assemble_conditioning(None, self.scene, batch_size)
+        if self.cfg.tokens == "text":
+            return assemble_conditioning(
+                None, self.scene_tokens(batch_size, scene_texts), batch_size
+            )
         category = self.category_tokens()
         if self.cfg.tokens == "category":
             return assemble_conditioning(category, None, batch_size)

@@ -280,17 +280,21 @@ class PromptTTA:
         ctx = model.context(len(z)) if ctx is None else ctx
         return model.backbone(x, ctx, latents=z)
 
-    def _fixed_features(self, model: SegModel, dataset, idx: Sequence[int], z: torch.Tensor):
+    def _fixed_features(
+        self, model: SegModel, dataset, idx: Sequence[int], z: torch.Tensor, prompts=None
+    ):
         """The maps of a batch under a model whose context is fixed (no adaptation, a
         hand-written prompt) on the DG model's backbone, kept for the session in
         :data:`diffprompt.cache.MEMORY`: every seed's DG model shares its frozen backbone
         and prompt, so "no adaptation" of seeds 1, 2, ... reads the maps of seed 0. The key
         is the backbone's (:attr:`FeatureCache.backbone_key`), the context's checksum and
         the batch's images in order: a batch is computed exactly as :meth:`_features` would,
-        so the maps are the same bytes either way."""
+        so the maps are the same bytes either way. ``prompts``: per-image prompts (a
+        :class:`diffprompt.captions.CaptionPrompt`) in place of the model's scene prompt."""
+        texts = None if prompts is None else prompts.texts(dataset, idx)
+        ctx = model.context(len(z), texts)
         if self.cache is None or model.backbone is not self.dg.backbone:
-            return self._features(model, z)
-        ctx = model.context(len(z))
+            return self._features(model, z, ctx)
         images = tuple(self.cache.image_key(dataset, int(i)) for i in idx)
         key = ("tta-fixed", self.cache.backbone_key, tensor_checksum(ctx.float()), images)
         entry = MEMORY.get(key)
@@ -329,27 +333,37 @@ class PromptTTA:
 
     @torch.no_grad()
     def predict(
-        self, model: SegModel, dataset, idx: Sequence[int], fixed: bool = False
+        self, model: SegModel, dataset, idx: Sequence[int], fixed: bool = False, prompts=None
     ) -> torch.Tensor:
         """Return class indices (b, H, W) of target images under ``model`` (latents cached).
         ``fixed``: the model's context does not change (no adaptation, a hand-written
-        prompt), so its maps are shared across seeds (:meth:`_fixed_features`)."""
+        prompt, per-image ``prompts`` such as each image's caption), so its maps are shared
+        across seeds (:meth:`_fixed_features`)."""
         z = self.latents(dataset, idx)
         f = model.backbone.vae_factor
         size = (z.shape[-2] * f, z.shape[-1] * f)
-        feats = self._fixed_features(model, dataset, idx, z) if fixed else self._features(model, z)
+        if fixed or prompts is not None:
+            feats = self._fixed_features(model, dataset, idx, z, prompts)
+        else:
+            feats = self._features(model, z)
         return predicted_classes(model.decode(feats, size)).cpu()
 
     def evaluate(
-        self, model: SegModel, dataset, indices: Sequence[int], fixed: bool = False
+        self,
+        model: SegModel,
+        dataset,
+        indices: Sequence[int],
+        fixed: bool = False,
+        prompts=None,
     ) -> ConfusionMatrix:
         """Dataset-level confusion matrix of ``model`` over ``indices`` of a labeled set
-        (each image's matrix kept, for the bootstrap); ``fixed`` as :meth:`predict`."""
+        (each image's matrix kept, for the bootstrap); ``fixed`` and ``prompts`` as
+        :meth:`predict`."""
         cm = ConfusionMatrix(per_image=True)
         b = self.cfg.batch_size * 2
         for s in range(0, len(indices), b):
             idx = list(indices[s : s + b])
-            cm.update(self.predict(model, dataset, idx, fixed), dataset.masks(idx))
+            cm.update(self.predict(model, dataset, idx, fixed, prompts), dataset.masks(idx))
         return cm
 
     def _enable_checkpointing(self) -> None:

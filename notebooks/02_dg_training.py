@@ -22,7 +22,12 @@
 # place, camera), and the loss adds `consistency_weight` times the disagreement of the
 # predictions under those prompts. The other modes are the baselines: `null` (empty
 # prompt), `category` (class tokens only), `fixed` (one scene prompt), `random` (no
-# consistency term). See docs/METHOD.md for where each choice comes from.
+# consistency term). The caption modes condition on each image's own caption (TADP):
+# `caption` (`[category tokens ; caption]`), `caption_only`, and `caption_random` /
+# `caption_consistency` (the caption's condition words replaced by `num_prompts` phrases of
+# a pool, without and with the consistency term); captions come from the data set (the
+# miniature has them), `captions_file` or a `captioner`. See docs/METHOD.md for where each
+# choice comes from.
 #
 # Defaults: the embedded miniature and the bundled `toy-sd`, on a laptop CPU. For the paper
 # protocol on a GPU set `preset = "paper"` (SD 1.5, 512 crops, batch 16, the VPD schedule,
@@ -43,13 +48,16 @@ targets: list = [
 data_root: str = "miniature"  # "miniature" (embedded, generated on demand) or a data folder
 model: str = "toy-sd"  # diffusion backbone: bundled name, diffusers folder or hub id
 preset: str = ""  # "" or "paper" (the paper protocol, for a GPU); parameters you pass win
-prompt_mode: str = "random_consistency"  # null, category, fixed, random or random_consistency
+prompt_mode: str = "random_consistency"  # null, category, fixed, random(_consistency), caption...
 scene_text: str = "a photo of an urban street scene"  # the fixed and test-time scene prompt
 num_prompts: int = 2  # K, scene prompts per step (random modes)
 consistency_weight: float = 1.0  # lambda, weight of the consistency term
 consistency: str = "js"  # "js" (Jensen-Shannon) or "sym_kl" (symmetric KL)
 vocabulary_size: int = 0  # descriptors per vocabulary key (0: all)
 prompt_pool: int = 4  # prompts drawn once to randomize over (0: fresh prompts every step)
+captions_file: str = ""  # caption modes on real data: JSON {image name: caption} or CSV
+captioner: str = ""  # caption modes: hub id or folder of a BLIP captioner (none: no captioner)
+test_caption: str = "caption"  # caption modes at test time: the caption, or stripped of conditions
 steps: int = 400  # optimizer steps (the curve plateaus by about 400 on the miniature)
 batch_size: int = 4  # images per step
 lr: float = 0.03  # AdamW learning rate of the head

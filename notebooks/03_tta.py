@@ -19,7 +19,9 @@
 # scene prompt are optimised with the diffusion denoising loss on the target images
 # (`denoise`, as textual inversion learns a word), with the entropy of the predictions
 # (`entropy`), or both; then the target is segmented with the learned prompt. The table
-# puts them beside no adaptation, TENT and a hand-written target prompt.
+# puts them beside no adaptation, TENT, a hand-written target prompt and, with
+# `caption_rows`, the DG model prompted with each target image's own caption in place of its
+# scene prompt (TADP's test-time setting), as it is and without its condition words.
 #
 # `papermill notebooks/03_tta.ipynb out.ipynb -p target acdc_night`; `-p target all`
 # runs every target. The DG model of the parameters below is taken from results/ when
@@ -38,6 +40,9 @@ eval_every: int = 0  # mIoU every N steps for the curve (0: before and after onl
 entropy_weight: float = 1.0  # weight of the entropy term in "both"
 tent: bool = True  # run the TENT baseline
 zero_shot: bool = True  # run the hand-written target prompt baseline
+caption_rows: bool = True  # the DG model prompted with each target image caption (TADP)
+captions_file: str = ""  # caption rows on real data: JSON {image name: caption} or CSV
+captioner: str = ""  # caption rows: hub id or folder of a BLIP captioner (none: no captioner)
 source: str = "cityscapes"  # DG model: source domain (the paper: Cityscapes -> adverse)
 data_root: str = "miniature"  # "miniature" (embedded) or a data folder
 model: str = "toy-sd"  # diffusion backbone: bundled name, diffusers folder or hub id
@@ -72,11 +77,6 @@ params = check_parameters(globals())  # a wrong type or an unknown parameter sto
 from diffprompt.dg import config_dict
 from diffprompt.experiments.stats import format_ci
 from diffprompt.experiments.tta import (
-    best_budget,
-    budget_configs,
-    budget_study,
-    budget_table,
-    check_budget,
     check_targets,
     dg_curves,
     dg_models,
@@ -84,10 +84,18 @@ from diffprompt.experiments.tta import (
     run_target,
     seed_rows,
     seed_summary,
+    tta_captions,
     tta_configs,
     tta_dg_config,
     tta_seed_config,
     tta_statistics,
+)
+from diffprompt.experiments.tta_budget import (
+    best_budget,
+    budget_configs,
+    budget_study,
+    budget_table,
+    check_budget,
 )
 from diffprompt.results import Run
 from diffprompt.viz import dg_curve_figure, tta_budget_figure
@@ -96,7 +104,10 @@ dg_cfg, preset_choice = tta_dg_config(params)  # the parameters you passed win o
 print(preset_choice)
 tta_cfgs = tta_configs(params)
 targets = list(tta_cfgs)
-check_targets(tta_cfgs, objectives, settings, dg_cfg, dg_missing, dg_checkpoint, results_dir)
+captions = tta_captions(params, results_dir)  # the caption rows (None: without them)
+check_targets(
+    tta_cfgs, objectives, settings, dg_cfg, dg_missing, dg_checkpoint, results_dir, captions
+)
 check_budget(params, objectives, dg_cfg, results_dir)  # the budget study's targets and name
 
 # %% [markdown]
@@ -137,6 +148,7 @@ results = {
             tent,
             zero_shot,
             examples=s == seeds[0],  # the prediction figure shows the first seed
+            captions=captions,
         )
         for t in targets
     }

@@ -20,7 +20,10 @@
 #
 # - **mode**: `null` (empty prompt), `category` (class tokens only), `fixed` (one scene
 #   prompt), `random` (K randomized scene prompts, no consistency), `random_consistency`
-#   (the method);
+#   (the method), and TADP's idea beside them: `caption` (each image's own caption after the
+#   class tokens, at training and test time) and `caption_consistency` (K variants of the
+#   caption with its condition words replaced, and the consistency term: the paper's
+#   randomization applied to captions);
 # - **K**: scene prompts per step, for the method;
 # - **lambda**: weight of the consistency term, for the method;
 # - **vocabulary**: descriptors per vocabulary key the prompts are drawn from (1 leaves a
@@ -35,7 +38,15 @@ source: str = "gta5"  # registry name of the source domain
 targets: list = ["cityscapes", "acdc_night", "darkzurich"]  # targets averaged in the summary
 data_root: str = "miniature"  # "miniature" (embedded) or a data folder
 model: str = "toy-sd"  # diffusion backbone: bundled name, diffusers folder or hub id
-modes: list = ["null", "category", "fixed", "random", "random_consistency"]  # prompt modes
+modes: list = [
+    "null",
+    "category",
+    "fixed",
+    "random",
+    "random_consistency",
+    "caption",
+    "caption_consistency",
+]  # prompt modes
 ks: list = [2, 4]  # K values for the method (the first is the base of every other cell)
 lambdas: list = [1.0, 10.0]  # consistency weights for the method (first: the base)
 vocab_sizes: list = [0, 1]  # descriptors per vocabulary key (0: all; first: the base)

@@ -31,12 +31,14 @@ from conftest import write_palette as _write_palette
 from diffprompt.backbones.hub import ModelNotFoundError
 from diffprompt.backbones.tokenizer import caption_words
 from diffprompt.benchmarks import resolve_targets
+from diffprompt.captions import CaptionError
 from diffprompt.data import DatasetError, DatasetNotFoundError
 from diffprompt.dg import CheckpointError, ConfigMismatchError, TrainConfig, Trainer
 from diffprompt.dg.__main__ import main as dg_main
 from diffprompt.dg.runs import dg_run_dir, train_dg
 from diffprompt.domain_gap import GapConfig, run_domain_gap
-from diffprompt.experiments.tta import check_budget, check_targets, dg_model
+from diffprompt.experiments.tta import check_targets, dg_model
+from diffprompt.experiments.tta_budget import check_budget
 from diffprompt.labels import CLASSES
 from diffprompt.paths import REPO_ROOT
 from diffprompt.preflight import NotWritableError, ParameterError
@@ -650,6 +652,35 @@ CASES = [
         lambda c: _cli(c, "stepz=5"),
         SystemExit,
         r"error: unknown TrainConfig field 'stepz'\. Did you mean 'steps'",
+    ),
+    Case(
+        "caption-missing",
+        "An image without a caption in a caption mode",
+        "`prompt_mode=caption` on real data without captions",
+        "Trainer preflight (captions)",
+        lambda c: train(c, prompt_mode="caption"),
+        CaptionError,
+        r"image '.*' of gta5 / train has no caption.*captions_file=PATH.*captioner=",
+    ),
+    Case(
+        "captions-file-missing",
+        "A captions file that does not exist",
+        "`captions_file=nope.json`",
+        "Trainer preflight (captions)",
+        lambda c: train(c, prompt_mode="caption", captions_file=str(c.tmp / "nope.json")),
+        CaptionError,
+        r"captions file .*nope\.json does not exist; pass a JSON file",
+    ),
+    Case(
+        "captioner-missing",
+        "A captioner that is not on disk, offline",
+        "`captioner=nobody/no-such-blip` with HF_HUB_OFFLINE=1",
+        "Trainer preflight (captions)",
+        lambda c: train(
+            c, prompt_mode="caption", caption_source="captioner", captioner="nobody/no-such-blip"
+        ),
+        ModelNotFoundError,
+        r"captioner 'nobody/no-such-blip' is not in the local Hugging Face cache",
     ),
 ]
 

@@ -35,6 +35,10 @@ def test_modes_set_k_and_lambda():
         "fixed": (1, 0.0),
         "random": (3, 0.0),
         "random_consistency": (3, 2.0),
+        "caption": (1, 0.0),
+        "caption_only": (1, 0.0),
+        "caption_random": (3, 0.0),
+        "caption_consistency": (3, 2.0),
     }
 
 

@@ -50,6 +50,10 @@ def test_each_prompt_mode_gives_its_context_tokens():
         "fixed": "scene",
         "random": "scene",
         "random_consistency": "scene",
+        "caption": "scene",
+        "caption_only": "text",
+        "caption_random": "scene",
+        "caption_consistency": "scene",
     }
     assert prompt_config(TrainConfig(), learnable_scene=True).learnable_scene
 

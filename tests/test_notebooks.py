@@ -256,7 +256,9 @@ def test_tta_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
     import pandas as pd
 
     table = pd.read_csv(out / "tables" / "tta_acdc_fog.csv", index_col=0)
-    assert len(table) == 6 and (table["seeds"] == 2).all() and (table["images"] == 2).all()
+    assert len(table) == 8 and (table["seeds"] == 2).all() and (table["images"] == 2).all()
+    # the caption rows (the miniature captions every image): each image's own caption
+    assert {"each image's own caption", "own caption, conditions removed"} <= set(table.index)
     means = table["mIoU"].map(lambda v: float(v.split("±")[0]))
     assert means.between(0, 100).all()
     assert list(table.columns[:2]) == ["setting", "mIoU"] and "excludes 0" in table.columns

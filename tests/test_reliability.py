@@ -256,7 +256,14 @@ def test_every_torch_load_is_weights_only_and_nothing_trusts_remote_code():
 
 
 #: Classes whose from_pretrained reads configs or vocabularies only, never weights.
-NO_WEIGHTS = {"CLIPTokenizer", "DDPMScheduler", "DDIMScheduler", "AutoConfig", "AutoTokenizer"}
+NO_WEIGHTS = {
+    "CLIPTokenizer",
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "AutoConfig",
+    "AutoTokenizer",
+    "AutoProcessor",
+}
 
 
 def test_every_weight_loading_from_pretrained_asks_for_safetensors():

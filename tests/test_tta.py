@@ -252,7 +252,7 @@ def test_budget_study_curves_points_and_the_best_budget(trained):
     the fit (evaluating draws nothing); its table and best budget follow the curves."""
     import pandas as pd
 
-    from diffprompt.experiments.tta import best_budget, budget_study, budget_table
+    from diffprompt.experiments.tta_budget import best_budget, budget_study, budget_table
 
     cfg = TTAConfig(target="acdc_night", batch_size=2, fit_images=2)
     dgs = {0: trained, 1: trained}

@@ -11,9 +11,17 @@ category               the category tokens only                                 
 fixed                  [category ; the scene prompt ``scene_text``]                1, 0
 random                 [category ; K prompts drawn from the descriptor vocabulary]  K, 0
 random_consistency     the same, plus the consistency term (the method)            K, lam
+caption                [category ; each image's own caption] (TADP)                1, 0
+caption_only           each image's own caption alone                              1, 0
+caption_random         [category ; K variants of the caption: its condition words  K, 0
+                       replaced or dropped, ``caption_randomization``]
+caption_consistency    the same, plus the consistency term                         K, lam
 =====================  ==========================================================  =======
 
-At test time every scene mode uses ``scene_text`` (or ``test_scene_text``).
+At test time every scene mode uses ``scene_text`` (or ``test_scene_text``); the caption
+modes use each test image's own caption (``test_caption="caption"``, TADP's setting) or
+that caption without its condition words (``"stripped"``). Captions come from the data set,
+a captions file or a captioner (:mod:`diffprompt.captions`).
 """
 
 from __future__ import annotations
@@ -26,15 +34,26 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 from diffprompt.benchmarks import TARGETS
+from diffprompt.captions import CAPTION_SOURCES, CAPTION_VARIANTS
 from diffprompt.data import DATASETS, DEFAULT_SPLIT, SPLITS
 from diffprompt.io import did_you_mean
 from diffprompt.preflight import check_values, parse_assignments
 from diffprompt.prompts import DEFAULT_SCENE_TEXT
 from diffprompt.runtime import resolve_device
 
-PROMPT_MODES = ("null", "category", "fixed", "random", "random_consistency")
+#: The modes conditioned on each image's own caption.
+CAPTION_MODES = ("caption", "caption_only", "caption_random", "caption_consistency")
+PROMPT_MODES = ("null", "category", "fixed", "random", "random_consistency", *CAPTION_MODES)
 #: The modes that randomize the scene prompt over K prompts per step.
 RANDOM_MODES = ("random", "random_consistency")
+#: The caption modes that randomize the caption's condition words over K variants per step.
+CAPTION_RANDOM_MODES = ("caption_random", "caption_consistency")
+#: How a caption is randomized: its condition words replaced by phrases of a pool
+#: (:data:`diffprompt.captions.REPLACEMENTS`), or the caption with and without them.
+CAPTION_RANDOMIZATION = ("replace", "drop")
+#: The caption fields, hashed only where they differ from their defaults (so that adding
+#: them kept the hash, and the results, of every run without captions).
+CAPTION_FIELDS = ("caption_source", "captions_file", "captioner", "caption_randomization")
 CONSISTENCY_KINDS = ("js", "sym_kl")
 #: Where the DG cross-entropy is computed (see diffprompt.dg.losses.cross_entropy).
 LOSS_RESOLUTIONS = ("labels", "area", "nearest")
@@ -82,6 +101,12 @@ class TrainConfig:
     prompt_pool: int = 4  # prompts drawn once to randomize over (0 = fresh each step; ours)
     pool_seed: int = 0  # seed of the pool's draw (kept apart from ``seed``, so seeds of an
     #                     ablation share one pool and its cached features)
+    caption_source: str = "auto"  # caption modes: "auto" (data set, file, captioner), "dataset",
+    #                               "file" or "captioner" (diffprompt.captions; ours)
+    captions_file: str = ""  # JSON {image name: caption} or CSV name,caption (real data)
+    captioner: str = ""  # hub id or folder of a BLIP / BLIP-2 captioner ("": none)
+    caption_randomization: str = "replace"  # "replace" the condition words or "drop" them
+    test_caption: str = "caption"  # caption modes at test time: "caption" (TADP) or "stripped"
     adapter: bool = False  # train VPD's TextAdapter on the category tokens (needs backprop
     #                        through the UNet; no feature cache)
     pooling: str = "eos"  # category embedding: "eos" (VPD) or "word"
@@ -188,6 +213,7 @@ NOT_HASHED = (
     "eval_every",
     "curve_images",
     "test_scene_text",
+    "test_caption",
     "device",
     "log_every",
     "ckpt_every",
@@ -309,7 +335,12 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 def config_hash(cfg: TrainConfig) -> str:
     """Return a hex hash of the fields that determine the trained model."""
-    hashed = {k: v for k, v in config_dict(cfg).items() if k not in NOT_HASHED}
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in CAPTION_FIELDS}
+    hashed = {
+        k: v
+        for k, v in config_dict(cfg).items()
+        if k not in NOT_HASHED and not (k in defaults and v == defaults[k])
+    }
     text = json.dumps(hashed, sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
@@ -336,6 +367,10 @@ def effective_prompts(cfg: TrainConfig) -> tuple[int, float]:
         return cfg.num_prompts, 0.0
     if cfg.prompt_mode == "random_consistency":
         return cfg.num_prompts, float(cfg.consistency_weight)
+    if cfg.prompt_mode == "caption_random":
+        return cfg.num_prompts, 0.0
+    if cfg.prompt_mode == "caption_consistency":
+        return cfg.num_prompts, float(cfg.consistency_weight)
     return 1, 0.0
 
 
@@ -354,6 +389,9 @@ def check_config(cfg: TrainConfig) -> None:
         "prompt_mode": PROMPT_MODES,
         "consistency": CONSISTENCY_KINDS,
         "loss_resolution": LOSS_RESOLUTIONS,
+        "caption_source": CAPTION_SOURCES,
+        "caption_randomization": CAPTION_RANDOMIZATION,
+        "test_caption": CAPTION_VARIANTS,
     }
     for name, allowed in choices.items():
         value = getattr(cfg, name)
@@ -385,8 +423,23 @@ def check_config(cfg: TrainConfig) -> None:
             "prompt_pool=1 leaves nothing to randomize: use >= 2, 0 (fresh prompts), or "
             "prompt_mode='fixed'"
         )
-    if cfg.prompt_mode == "random_consistency" and cfg.num_prompts < 2:
+    if cfg.prompt_mode in ("random_consistency", "caption_consistency") and cfg.num_prompts < 2:
         raise ValueError("the consistency loss compares K >= 2 predictions: set num_prompts >= 2")
+    if cfg.prompt_mode in CAPTION_RANDOM_MODES:
+        if cfg.caption_randomization == "drop" and cfg.num_prompts > 2:
+            raise ValueError(
+                "caption_randomization='drop' has two variants (the caption with and without "
+                "its condition words): set num_prompts <= 2, or use 'replace'"
+            )
+        if cfg.caption_randomization == "replace" and cfg.prompt_pool == 1:
+            raise ValueError(
+                "prompt_pool=1 leaves one replacement, nothing to randomize: use >= 2 or 0 "
+                "(every phrase of diffprompt.captions.REPLACEMENTS)"
+            )
+    if cfg.caption_source == "file" and not cfg.captions_file:
+        raise ValueError("caption_source='file' needs captions_file=PATH (JSON or CSV)")
+    if cfg.caption_source == "captioner" and not cfg.captioner:
+        raise ValueError("caption_source='captioner' needs captioner=HUB_ID_OR_FOLDER")
     low, high = cfg.scale_range
     if not low <= high:
         raise ValueError(f"scale_range must satisfy 0 < low <= high, got {cfg.scale_range}")

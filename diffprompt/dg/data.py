@@ -7,9 +7,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from diffprompt.captions import CaptionBook
 from diffprompt.data import SegDataset, available_splits, build_dataset
 from diffprompt.data.transforms import Compose, Resize, ToFloat
-from diffprompt.dg.config import TrainConfig, source_split
+from diffprompt.dg.config import CAPTION_MODES, TrainConfig, source_split
 from diffprompt.preflight import check_crop, check_files
 
 
@@ -119,3 +120,21 @@ def check_sizes(cfg: TrainConfig, source: SegDataset, multiple: int) -> None:
             "train_size=(h, w) (a multiple) to cache features, or cache_features=False with "
             "a crop"
         )
+
+
+def run_captions(
+    cfg: TrainConfig, folder, device, source, train_indices, eval_sets, eval_count, curve
+) -> CaptionBook | None:
+    """Return the captions of a run in a caption mode (None in the others), after checking
+    before any work that every image it trains on, is scored on or draws its training curve
+    from has one (a CaptionError names the first that has none)."""
+    if cfg.prompt_mode not in CAPTION_MODES:
+        return None
+    captions = CaptionBook(cfg.caption_source, cfg.captions_file, cfg.captioner, folder, device)
+    captions.check(source, train_indices)
+    for ds in eval_sets.values():
+        captions.check(ds, range(eval_count(ds)))
+    if curve is not None:
+        _, ds, indices = curve
+        captions.check(ds, indices)
+    return captions

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffprompt.captions import REPLACEMENTS
 from diffprompt.data.transforms import Compose, RandomCrop, RandomScale
-from diffprompt.dg.config import RANDOM_MODES, TrainConfig
+from diffprompt.dg.config import CAPTION_RANDOM_MODES, RANDOM_MODES, TrainConfig
 from diffprompt.labels import IGNORE_INDEX
 from diffprompt.prompts import SCENE_TEMPLATE, sample_scene_prompts, vocabulary
 
@@ -89,7 +90,10 @@ def sample_flips(seed: int, positions: range, enabled: bool = True) -> Tensor:
 def prompt_pool(cfg: TrainConfig) -> list[str]:
     """Return the pool of scene prompts the random modes draw from ([] in the other modes or
     with ``prompt_pool=0``): ``prompt_pool`` distinct prompts sampled with ``pool_seed``
-    (fewer when the vocabulary cannot make that many)."""
+    (fewer when the vocabulary cannot make that many). The caption random modes draw from
+    :func:`caption_pool`."""
+    if cfg.prompt_mode in CAPTION_RANDOM_MODES:
+        return caption_pool(cfg)
     if cfg.prompt_mode not in RANDOM_MODES or not cfg.prompt_pool:
         return []
     vocab = vocabulary(cfg.vocabulary_size)
@@ -104,6 +108,22 @@ def prompt_pool(cfg: TrainConfig) -> list[str]:
         if prompt not in pool:
             pool.append(prompt)
     return pool
+
+
+def caption_pool(cfg: TrainConfig) -> list[str]:
+    """Return the caption variants (:class:`diffprompt.captions.CaptionPrompt`) the caption
+    random modes draw K of per step: with ``caption_randomization="drop"`` the caption with
+    and without its condition words; with "replace" the caption with them replaced by each
+    of ``prompt_pool`` distinct phrases of :data:`diffprompt.captions.REPLACEMENTS` drawn
+    with ``pool_seed`` (0: every phrase)."""
+    if cfg.caption_randomization == "drop":
+        return ["caption", "stripped"]
+    phrases = list(REPLACEMENTS)
+    if cfg.prompt_pool:
+        g = torch.Generator().manual_seed(cfg.pool_seed)
+        order = torch.randperm(len(phrases), generator=g)[: cfg.prompt_pool]
+        phrases = [phrases[int(i)] for i in order]
+    return [f"replace:{p}" for p in phrases]
 
 
 def step_prompts(

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from diffprompt.build import build_model
 from diffprompt.cache import FeatureCache
+from diffprompt.captions import CaptionBook, CaptionPrompt
 from diffprompt.data.roots import resolve_data_root
 from diffprompt.dg import checkpoint as ckpt
 from diffprompt.dg.config import (
@@ -48,6 +49,7 @@ from diffprompt.dg.data import (
     curve_set,
     open_eval_sets,
     open_source,
+    run_captions,
 )
 from diffprompt.dg.losses import dg_loss
 from diffprompt.dg.sampling import (
@@ -84,6 +86,16 @@ class TrainState:
     step: int = 0
     log: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def caption_prompt(captions: CaptionBook | None, prompt: str | None):
+    """The prompt a step's draw stands for: in the caption modes (``captions`` given) each
+    image's caption (None: as it is; else a caption variant of
+    :func:`diffprompt.dg.sampling.caption_pool`), otherwise the scene text itself (None:
+    the model's own)."""
+    if captions is None:
+        return prompt
+    return CaptionPrompt(captions, "caption" if prompt is None else prompt)
 
 
 class Trainer:
@@ -128,6 +140,16 @@ class Trainer:
         self._eval_sets = open_eval_sets(cfg, self.root)
         check_run_data(cfg, self.source, self.train_indices, self._eval_sets, self.eval_count)
         self.curve = curve_set(cfg, self.root, self.source, self.train_indices)
+        self.captions = run_captions(  # the caption modes' captions, checked (else None)
+            cfg,
+            cache_dir,
+            self.device,
+            self.source,
+            self.train_indices,
+            self._eval_sets,
+            self.eval_count,
+            self.curve,
+        )
         self.model = build_model(cfg, self.device, backbone)
         self.multiple = getattr(self.model.backbone, "multiple", 1)
         check_sizes(cfg, self.source, self.multiple)
@@ -152,7 +174,8 @@ class Trainer:
         process's share of one micro-batch."""
         positions = self.share.positions(step, micro_batch)
         idx = sample_indices(self.cfg.seed, positions, self.train_indices)
-        prompts = step_prompts(self.cfg.seed, step, self.k, self.pool, self.vocab)
+        drawn = step_prompts(self.cfg.seed, step, self.k, self.pool, self.vocab)
+        prompts = [caption_prompt(self.captions, p) for p in drawn]
         flips = sample_flips(self.cfg.seed, positions, self.cfg.flip)
         b, k = len(idx), len(prompts)
         if self.cache is not None:  # maps of each prompt from the cache, flipped with labels
@@ -166,7 +189,13 @@ class Trainer:
             x, y = augmented_batch(self.source, idx, positions, self.cfg, self.multiple)
             x = torch.where(flips[:, None, None, None], x.flip(-1), x).to(self.device)
             z = self.acc.unwrap_model(self.ddp_model).backbone.encode(x)
-            texts = None if prompts == [None] else [p for p in prompts for _ in range(b)]
+            texts = None
+            if prompts != [None]:  # K prompts, each one text per image
+                per = [
+                    p.texts(self.source, idx) if isinstance(p, CaptionPrompt) else [p] * b
+                    for p in prompts
+                ]
+                texts = [t for group in per for t in group]
             xk, zk = x.repeat(k, 1, 1, 1), z.repeat(k, 1, 1, 1)
             logits = self.ddp_model(xk, scene_texts=texts, latents=zk, native=True)
         y = torch.where(flips[:, None, None], y.flip(-1), y)
@@ -320,8 +349,12 @@ class Trainer:
         self.ddp_model.train()
         return miou_rows({name: cm}, {name: ds}, self.cfg.source, {name: len(indices)})[0]["mIoU"]
 
-    def test_scene(self) -> str | None:
-        """The scene prompt used at test time (None: the model's own)."""
+    def test_scene(self) -> str | CaptionPrompt | None:
+        """The scene prompt used at test time (None: the model's own); in the caption modes
+        each test image's caption (``test_caption``: as it is, or without its condition
+        words)."""
+        if self.captions is not None:
+            return CaptionPrompt(self.captions, self.cfg.test_caption)
         text = self.cfg.test_scene_text
         return text if text and text != self.cfg.scene_text else None
 

@@ -14,12 +14,13 @@ import pandas as pd
 from diffprompt.benchmarks import eval_classes
 from diffprompt.build import build_backbone, build_model
 from diffprompt.cache import FeatureCache
+from diffprompt.captions import CaptionBook, CaptionError, CaptionPrompt
 from diffprompt.data import build_dataset
 from diffprompt.data.roots import resolve_data_root
 from diffprompt.dg.config import TrainConfig, check_config, config_dict, source_split
 from diffprompt.dg.data import image_transform
 from diffprompt.dg.runs import train_dg
-from diffprompt.dg.sampling import prompt_pool
+from diffprompt.dg.sampling import caption_pool, prompt_pool
 from diffprompt.experiments import config_of
 from diffprompt.experiments.stats import ci_rows
 from diffprompt.paths import cache_dir
@@ -170,12 +171,14 @@ def prompt_sensitivity(
     """Return how much the backbone's maps of source images change with the prompt: per map,
     the mean over images of ||f(context) - f(fixed)|| / ||f(fixed)||, where "fixed" is
     [category ; the fixed scene prompt] and the context is another scene prompt of the
-    pool, the category tokens alone, or the empty prompt. Near 0: the prompt hardly
+    pool, the category tokens alone, the empty prompt, [category ; each image's own
+    caption] (the caption modes; where the data set has captions) or that caption with its
+    condition words replaced (a phrase of the caption pool). Near 0: the prompt hardly
     matters to the features, so randomizing it has little to regularize."""
     bb = backbone if backbone is not None else build_backbone(base, resolve_device(base.device))
     folder = cache_dir(results_dir)
     caches = {}
-    for mode in ("fixed", "category", "null"):
+    for mode in ("fixed", "category", "null", "caption"):
         model = build_model(dataclasses.replace(base, prompt_mode=mode), bb.unet.device, bb)
         caches[mode] = FeatureCache(model, folder)
     root = resolve_data_root(base.data_root)
@@ -189,6 +192,18 @@ def prompt_sensitivity(
     }
     others["category tokens only"] = caches["category"].get(ds, idx)
     others["empty prompt"] = caches["null"].get(ds, idx)
+    book = CaptionBook(base.caption_source, base.captions_file, base.captioner, folder)
+    try:
+        book.check(ds, idx)
+    except CaptionError:  # real data without captions: no caption rows
+        book = None
+    if book is not None:
+        caption = caches["caption"]
+        others["own caption"] = caption.get(ds, idx, CaptionPrompt(book, "caption"))
+        replaced = caption_pool(dataclasses.replace(base, prompt_mode="caption_consistency"))[0]
+        others[f"own caption, {replaced.split(':', 1)[1]!r} for its condition"] = caption.get(
+            ds, idx, CaptionPrompt(book, replaced)
+        )
     rows = {}
     for name, feats in others.items():
         rows[name] = {}

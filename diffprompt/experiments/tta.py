@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pandas as pd
 
 from diffprompt.benchmarks import TARGET_PROMPTS, eval_classes, resolve_targets
 from diffprompt.cache import FeatureCache
+from diffprompt.captions import CaptionBook, CaptionPrompt
 from diffprompt.data.roots import resolve_data_root
 from diffprompt.dg.checkpoint import CHECKPOINT, load_dg_model, read_checkpoint
 from diffprompt.dg.config import (
@@ -52,6 +52,18 @@ METHODS: dict[str, tuple[str, str, str, str]] = {
         "hand-written prompt",
         "hand-written target prompt",
         "hand-written prompt",
+        "DG",
+    ),
+    "target_caption": (
+        "own caption",
+        "each image's own caption",
+        "own caption",
+        "DG",
+    ),
+    "target_caption_stripped": (
+        "own caption, condition words removed",
+        "own caption, conditions removed",
+        "caption, no conditions",
         "DG",
     ),
     "tent": ("TENT (normalisation affine)", "TENT (normalisation affine)", "TENT", "TTA"),
@@ -113,29 +125,6 @@ def tta_seed_config(cfg: TTAConfig, seed: int) -> TTAConfig:
     return dataclasses.replace(cfg, seed=int(seed))
 
 
-def budget_configs(params: Mapping[str, Any]) -> dict[str, TTAConfig]:
-    """Return {target: TTAConfig} of the budget study's ``budget_targets`` (notebook 03's
-    other TTA parameters; steps, lr, seed and evaluation set by :func:`budget_study`)."""
-    return {t: config_of(TTAConfig, params, target=t) for t in params["budget_targets"]}
-
-
-def check_budget(
-    params: Mapping[str, Any], objectives: Sequence[str], dg_cfg: TrainConfig, results_dir=None
-) -> None:
-    """Check notebook 03's budget study before any work (when ``budget_steps`` asks for
-    one): its targets as :func:`check_targets` does, and ``budget_name``, which names files
-    (letters, digits and underscores only)."""
-    if not params.get("budget_steps"):
-        return
-    name = str(params.get("budget_name", "tta_budget"))
-    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
-        raise ValueError(
-            f"budget_name {name!r} names the study's files: use letters, digits and "
-            "underscores only (e.g. 'tta_budget_short')"
-        )
-    check_targets(budget_configs(params), objectives, ("offline",), dg_cfg, results_dir=results_dir)
-
-
 def check_targets(
     cfgs: Mapping[str, TTAConfig],
     objectives: Sequence[str],
@@ -144,12 +133,14 @@ def check_targets(
     missing: str = "train",
     checkpoint: str = "",
     results_dir=None,
+    captions: CaptionBook | None = None,
 ) -> None:
     """Check a TTA run before any work (before its DG model is trained or loaded): every
     TTA configuration, the DG configuration (it must have a scene prompt to learn), and
     each target's fit and evaluation splits (present, labeled where evaluated, their files
-    readable; see :func:`diffprompt.preflight.check_files`) and that ``results_dir`` (None:
-    results/) can be written. Raises an error that says what to do."""
+    readable; see :func:`diffprompt.preflight.check_files`; with ``captions``, every
+    evaluation image has a caption) and that ``results_dir`` (None: results/) can be
+    written. Raises an error that says what to do."""
     check_writable(results_dir or results_root())
     check_config(dg_cfg)
     if dg_cfg.prompt_mode not in ("fixed", *RANDOM_MODES):
@@ -175,6 +166,18 @@ def check_targets(
             )
         check_files(sets.fit, range(sets.n_fit))
         check_files(sets.evaluation, range(sets.n_eval))
+        if captions is not None:
+            captions.check(sets.evaluation, range(sets.n_eval))
+
+
+def tta_captions(params: Mapping[str, Any], results_dir=None) -> CaptionBook | None:
+    """Return the captions of notebook 03's caption rows (``caption_rows``; None without
+    them): from the data set, else ``captions_file``, else ``captioner``, those of a
+    captioner kept beside the feature cache."""
+    if not params.get("caption_rows", False):
+        return None
+    file, captioner = params.get("captions_file", ""), params.get("captioner", "")
+    return CaptionBook("auto", file, captioner, cache_dir(results_dir or None))
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,8 +292,11 @@ def run_target(
     zero_shot: bool = True,
     log: Callable[[str], None] = print,
     examples: bool = True,
+    captions: CaptionBook | None = None,
 ) -> dict[str, Any]:
-    """Run every row of one target's TTA table. Returns {"rows": [{"id", "method",
+    """Run every row of one target's TTA table (with ``captions``, also the DG model
+    prompted with each target image's own caption in place of its scene prompt, as is and
+    without its condition words: TADP's test-time setting). Returns {"rows": [{"id", "method",
     "setting", "mIoU", "fit images"}], "curves": rows, "nearest": {objective: rows},
     "fit_split": note, "examples": [(id, setting, prediction (H, W))] (empty with
     ``examples=False``: the prediction figure shows one seed), "example": (image, mask),
@@ -307,7 +313,7 @@ def run_target(
     shown = 0  # the evaluation image of the prediction figure
     fitted = {"-": 0, "offline": sets.n_fit, "online": sets.n_eval}
 
-    def add(method: str, setting: str, cm, model, label: str | None = None) -> None:
+    def add(method: str, setting: str, cm, model, label: str | None = None, prompts=None) -> None:
         rows.append(
             {
                 "id": method,
@@ -319,7 +325,8 @@ def run_target(
             }
         )
         if examples:
-            example_rows.append((method, setting, tta.predict(model, eval_set, [shown])[0]))
+            shown_classes = tta.predict(model, eval_set, [shown], prompts=prompts)[0]
+            example_rows.append((method, setting, shown_classes))
 
     base = tta.evaluate(tta.dg, eval_set, eval_idx, fixed=True)  # maps shared across seeds
     add("none", "-", base, tta.dg)
@@ -329,6 +336,15 @@ def run_target(
         zs = tta.with_scene_text(text)
         label = f'{METHODS["target_prompt"][TABLE_LABEL]} "{text}"'
         add("target_prompt", "-", tta.evaluate(zs, eval_set, eval_idx, fixed=True), zs, label)
+    if captions is not None:
+        for method, variant in (
+            ("target_caption", "caption"),
+            ("target_caption_stripped", "stripped"),
+        ):
+            prompt = CaptionPrompt(captions, variant)
+            cm = tta.evaluate(tta.dg, eval_set, eval_idx, prompts=prompt)
+            add(method, "-", cm, tta.dg, prompts=prompt)
+            log(f"{cfg.target}: {METHODS[method][TABLE_LABEL]} {rows[-1]['mIoU']:.2f} mIoU")
     if tent:
         add("tent", "offline", *tta.tent(fit_set, fit_idx, eval_set, eval_idx))
     for objective in objectives:
@@ -482,107 +498,3 @@ def seed_summary(stats: pd.DataFrame) -> pd.DataFrame:
     out.insert(0, "id", [ids[m] for m in out.index])
     out.columns.name = None
     return out
-
-
-# ---------------------------------------------------------------------------------------
-# The TTA budget: mIoU against steps, learning rates and objectives
-# ---------------------------------------------------------------------------------------
-
-
-def budget_study(
-    dgs: Mapping[int, DGModel],
-    cfgs: Mapping[str, TTAConfig],
-    objectives: Sequence[str],
-    lrs: Sequence[float],
-    steps: int,
-    every: int,
-    eval_images: int = 0,
-    log: Callable[[str], None] = print,
-    points: Sequence[int] = (),
-) -> pd.DataFrame:
-    """Return the curves of offline prompt TTA run ``steps`` steps, evaluated every
-    ``every`` steps and at the steps of ``points`` (e.g. the short budgets below ``every``)
-    on ``eval_images`` labeled images (0 = all): one row per (target,
-    objective, lr, seed, step) with the mIoU, its change from step 0 (the DG model), the
-    losses and the prompt's movement (relative change, nearest words). ``dgs``: {seed: the
-    DG model of that seed}; TTA's own seed (batches, noise) is the same seed."""
-    rows = []
-    for target, base_cfg in cfgs.items():
-        for seed, dg in dgs.items():
-            for lr in lrs:
-                cfg = dataclasses.replace(
-                    base_cfg,
-                    steps=steps,
-                    lr=float(lr),
-                    eval_every=every,
-                    seed=int(seed),
-                    eval_images=eval_images,
-                )
-                tta = PromptTTA(dg.model, cfg, dg.cache, dg.transform, log=lambda m: None)
-                sets = tta.target_sets(dg.root, dg.cfg.target_split)
-                fit_idx, eval_idx = list(range(sets.n_fit)), list(range(sets.n_eval))
-                base = tta.evaluate(tta.dg, sets.evaluation, eval_idx, fixed=True)
-                for objective in objectives:
-                    t0 = time.time()
-                    _, curve = tta.fit_offline(
-                        objective, sets.fit, fit_idx, sets.evaluation, eval_idx, base, points
-                    )
-                    start = curve[0]["mIoU"]
-                    for c in curve:
-                        rows.append(
-                            {
-                                "target": target,
-                                "objective": objective,
-                                "lr": float(lr),
-                                "seed": int(seed),
-                                **c,
-                                "change": c["mIoU"] - start,
-                                "images": len(eval_idx),
-                            }
-                        )
-                    log(
-                        f"budget {target} {objective} lr {lr:g} seed {seed}: "
-                        f"{start:.2f} -> {curve[-1]['mIoU']:.2f} mIoU in {steps} steps "
-                        f"({time.time() - t0:.0f}s)"
-                    )
-    return pd.DataFrame(rows)
-
-
-def budget_table(curves: pd.DataFrame) -> pd.DataFrame:
-    """Return the budget study per (target, objective, lr, step): the change of mIoU from
-    no adaptation and the prompt's relative change, mean and std over seeds, the seeds'
-    count, and the nearest words of the first seed."""
-    keys = ["target", "objective", "lr", "step"]
-    g = curves.groupby(keys, sort=False)
-    out = pd.DataFrame(
-        {
-            "mIoU": g["mIoU"].mean(),
-            "change mean": g["change"].mean(),
-            "change std": g["change"].std(ddof=1),
-            "relative change": g["relative change"].mean(),
-            "seeds": g.size(),
-            "nearest (first seed)": g["nearest"].first(),
-        }
-    )
-    return out
-
-
-def best_budget(curves: pd.DataFrame, max_steps: int | None = None) -> dict[str, Any] | None:
-    """Return the (objective, lr, steps) whose mean change of mIoU over targets and seeds is
-    largest among budgets of at most ``max_steps`` steps (None: any), with that change:
-    {"objective", "lr", "steps", "change"}; None when no evaluated budget is that short."""
-    df = curves[curves["step"] > 0]
-    if max_steps is not None:
-        df = df[df["step"] <= max_steps]
-    if df.empty and max_steps is not None:
-        return None  # no evaluated budget that short (e.g. the table's 6 steps, curves every 50)
-    if df.empty:
-        raise ValueError("no TTA budget to choose from: run the study with steps >= its every")
-    means = df.groupby(["objective", "lr", "step"])["change"].mean()
-    objective, lr, step = means.idxmax()
-    return {
-        "objective": objective,
-        "lr": float(lr),
-        "steps": int(step),
-        "change": float(means.max()),
-    }
