@@ -330,6 +330,7 @@ def paper_summary_figure(t1: pd.DataFrame, t3: pd.DataFrame, t4: pd.DataFrame):
     ax.set_xticks(range(len(targets)), [t.replace("acdc_", "") for t in targets], fontsize=8)
     ax.set_ylabel(f"mIoU change vs '{measured.index[0]}'")
     ax.set_title("T4 · test-time adaptation (Cityscapes source)")
-    ax.legend(fontsize=7)
+    # below the axes: inside, it hid bars of the last targets
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     fig.tight_layout()
     return fig
