@@ -327,11 +327,15 @@ class FeatureCache:
         ``device``."""
         per_image = scene_text is not None and not isinstance(scene_text, str)
         if per_image:
-            texts = {}
+            texts: dict[int, str] = {}
+
+            def text_of(i: int) -> str:
+                if i not in texts:
+                    texts[i] = scene_text.text(dataset, i)
+                return texts[i]
 
             def ctx_key_of(i: int) -> str:
-                texts.setdefault(i, scene_text.text(dataset, i))
-                return self.text_key(texts[i])
+                return self.text_key(text_of(i))
 
         else:
             ctx_key, ctx = self.context(scene_text)
@@ -356,9 +360,7 @@ class FeatureCache:
         for chunk in groups:
             if per_image:  # each image of the chunk under its own prompt
                 with torch.no_grad():
-                    ctx = self.model.context(
-                        len(chunk), [scene_text.text(dataset, i) for i in chunk]
-                    )
+                    ctx = self.model.context(len(chunk), [text_of(i) for i in chunk])
             f = self._compute(dataset, chunk, ctx, noise)
             for n, i in enumerate(chunk):
                 if i not in entries:

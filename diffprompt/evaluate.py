@@ -273,6 +273,18 @@ def evaluate_predictions(
     return cm
 
 
+def prompt_texts(prompt, dataset, indices: Sequence[int]) -> list[str] | None:
+    """Return one text per image of ``indices`` for ``prompt``: None (the model's own
+    prompt) stays None, a scene text is repeated, per-image prompts (a
+    :class:`diffprompt.captions.CaptionPrompt`: ``texts(dataset, indices)``) give each
+    image its own."""
+    if prompt is None:
+        return None
+    if isinstance(prompt, str):
+        return [prompt] * len(indices)
+    return prompt.texts(dataset, indices)
+
+
 def predictor(
     model,
     cfg,
@@ -288,8 +300,9 @@ def predictor(
     from (or written to) it; else the model runs on the images, whole (padded to the
     backbone's multiple) or by sliding window, as ``cfg`` (a TrainConfig: ``inference``,
     ``eval_crop``, ``eval_stride``) says. ``scene_text``: the scene prompt (None: the
-    model's own), or per-image prompts (a :class:`diffprompt.captions.CaptionPrompt`). With a cache the images themselves are not needed: ``predict.needs_images``
-    is false, and ``predict(None, indices, size=(H, W))`` gives the same classes.
+    model's own), or per-image prompts (a :class:`diffprompt.captions.CaptionPrompt`).
+    With a cache the images themselves are not needed: ``predict.needs_images`` is false,
+    and ``predict(None, indices, size=(H, W))`` gives the same classes.
     """
     multiple = getattr(model.backbone, "multiple", 1)
 
@@ -300,12 +313,7 @@ def predictor(
             feats = cache.get(dataset, indices, scene_text, device)
             size = tuple(images.shape[-2:]) if size is None else tuple(size)
             return predicted_classes(model(feats=feats, size=size))
-        if scene_text is None:
-            texts = None
-        elif isinstance(scene_text, str):
-            texts = [scene_text] * len(indices)
-        else:  # per-image prompts (diffprompt.captions.CaptionPrompt)
-            texts = scene_text.texts(dataset, indices)
+        texts = prompt_texts(scene_text, dataset, indices)
 
         def logits_fn(x: torch.Tensor) -> torch.Tensor:
             return model(x.to(device), scene_texts=texts)

@@ -41,7 +41,7 @@ from diffprompt.benchmarks import GROUPS, TARGETS, eval_classes
 from diffprompt.cache import MEMORY
 from diffprompt.data import UNLABELED_SPLITS, SegDataset, available_splits, build_dataset
 from diffprompt.dg.losses import mean_entropy
-from diffprompt.evaluate import ConfusionMatrix, predicted_classes
+from diffprompt.evaluate import ConfusionMatrix, predicted_classes, prompt_texts
 from diffprompt.io import did_you_mean, tensor_checksum
 from diffprompt.labels import CLASSES
 from diffprompt.model import SegModel
@@ -291,8 +291,7 @@ class PromptTTA:
         the batch's images in order: a batch is computed exactly as :meth:`_features` would,
         so the maps are the same bytes either way. ``prompts``: per-image prompts (a
         :class:`diffprompt.captions.CaptionPrompt`) in place of the model's scene prompt."""
-        texts = None if prompts is None else prompts.texts(dataset, idx)
-        ctx = model.context(len(z), texts)
+        ctx = model.context(len(z), prompt_texts(prompts, dataset, idx))
         if self.cache is None or model.backbone is not self.dg.backbone:
             return self._features(model, z, ctx)
         images = tuple(self.cache.image_key(dataset, int(i)) for i in idx)

@@ -60,7 +60,13 @@ from diffprompt.dg.sampling import (
     sample_indices,
     step_prompts,
 )
-from diffprompt.evaluate import ConfusionMatrix, evaluate_predictions, miou_rows, predictor
+from diffprompt.evaluate import (
+    ConfusionMatrix,
+    evaluate_predictions,
+    miou_rows,
+    predictor,
+    prompt_texts,
+)
 from diffprompt.labels import IGNORE_INDEX
 from diffprompt.prompts import vocabulary
 from diffprompt.runtime import progress_mode, resolve_device
@@ -189,13 +195,9 @@ class Trainer:
             x, y = augmented_batch(self.source, idx, positions, self.cfg, self.multiple)
             x = torch.where(flips[:, None, None, None], x.flip(-1), x).to(self.device)
             z = self.acc.unwrap_model(self.ddp_model).backbone.encode(x)
-            texts = None
-            if prompts != [None]:  # K prompts, each one text per image
-                per = [
-                    p.texts(self.source, idx) if isinstance(p, CaptionPrompt) else [p] * b
-                    for p in prompts
-                ]
-                texts = [t for group in per for t in group]
+            texts = None  # K prompts, each one text per image (None: the model's own)
+            if prompts != [None]:
+                texts = [t for p in prompts for t in prompt_texts(p, self.source, idx)]
             xk, zk = x.repeat(k, 1, 1, 1), z.repeat(k, 1, 1, 1)
             logits = self.ddp_model(xk, scene_texts=texts, latents=zk, native=True)
         y = torch.where(flips[:, None, None], y.flip(-1), y)
