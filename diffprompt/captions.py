@@ -106,6 +106,15 @@ def replace_conditions(caption: str, phrase: str) -> str:
     return text.replace(marker, phrase)
 
 
+def condition_phrase(caption: str) -> str | None:
+    """Return the caption's first condition phrase when it is one of :data:`REPLACEMENTS`
+    (the phrases :func:`replace_conditions` puts in its place), lower-cased; else None."""
+    match = _CONDITIONS.search(caption)
+    if match is None or match.group(0).lower() not in {r.lower() for r in REPLACEMENTS}:
+        return None
+    return match.group(0).lower()
+
+
 def read_captions_file(path: str | Path) -> dict[str, str]:
     """Return ``{image name: caption}`` from a captions file: JSON ``{name: caption}`` (or
     ``{name: {"caption": ...}}``, the miniature's sidecar format) or CSV with a header row

@@ -362,7 +362,10 @@ def t4_tta(
     note = _note(
         "T4. Cityscapes as the source; test-time adaptation learns the scene prompt on "
         "unlabeled target images (denoise: diffusion loss; entropy: prediction entropy; both), "
-        "then predicts with it; TENT and a hand-written target prompt are baselines. mIoU (%), "
+        "then predicts with it; TENT and a hand-written target prompt are baselines; the "
+        "caption rows prompt the DG model with each target image's own caption (TADP's "
+        "setting), as it is and without its condition words, and TTA from own caption learns "
+        "the captions' condition words (one span for the target) starting from them. mIoU (%), "
         "mean ± std over seeds (each seed: its own DG model and TTA run); 'mean' is over the "
         "measured targets; T4_tta_ci gives the 95% bootstrap CIs and the paired difference "
         "against no adaptation.",

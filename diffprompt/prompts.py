@@ -162,53 +162,37 @@ class TextAdapter(nn.Module):
 # Scene prompts
 
 
-class LearnableScenePrompt(nn.Module):
-    """A scene prompt whose word embeddings are learned (e.g. by test-time adaptation).
+class LearnedWords(nn.Module):
+    """Word embeddings learned in front of a frozen text encoder: the parameter ``words``
+    (n_words, D) and its init ``init_words``; :attr:`init_ids` are the init words' token ids.
+    The encoder and tokenizer are kept as plain references, not submodules."""
 
-    The input token embeddings of the init text's words (positions strictly between BOS and
-    EOS) are a parameter ``words`` (n_words, D); those of BOS, EOS and padding stay fixed. The
-    forward runs the frozen text encoder on these embeddings, keeping the init text's input
-    ids, so EOS pooling and causal masking are unchanged. The encoder is kept as a plain
-    reference, not a submodule.
-    """
+    words: nn.Parameter
+    init_words: Tensor
+    init_ids: Tensor
 
-    def __init__(
-        self,
-        text_encoder: CLIPTextModel,
-        tokenizer: PreTrainedTokenizerBase,
-        init_text: str,
-        trim: bool = False,
-    ) -> None:
+    def __init__(self, text_encoder: CLIPTextModel, tokenizer: PreTrainedTokenizerBase) -> None:
         super().__init__()
-        self.init_text, self.trim = init_text, trim
-        self._frozen = (text_encoder,)  # a tuple hides the encoder from nn.Module
-        ids = tokenize(tokenizer, [init_text])[0]  # (L,)
-        self.eos_index = eos_index(ids, tokenizer.eos_token_id)
-        with torch.no_grad():
-            emb = text_encoder.get_input_embeddings()(ids.to(module_device(text_encoder)))  # (L, D)
-        self.register_buffer("input_ids", ids, persistent=False)
-        self.register_buffer("fixed", emb.detach().clone(), persistent=False)
-        init_words = emb[1 : self.eos_index].detach().clone()
-        self.register_buffer("init_words", init_words, persistent=False)
-        self.words = nn.Parameter(emb[1 : self.eos_index].detach().clone())  # (n_words, D)
+        self._frozen = (text_encoder, tokenizer)  # a tuple hides the encoder from nn.Module
 
     def reset(self) -> None:
         """Restore the word embeddings of the init text."""
         with torch.no_grad():
             self.words.copy_(self.init_words)
 
-    def input_embeddings(self) -> Tensor:
-        """Return the token embeddings fed to the encoder, (L, D): fixed BOS, learned words,
-        fixed EOS and padding."""
-        e = self.eos_index
-        return torch.cat([self.fixed[:1], self.words, self.fixed[e:]])
+    def drift(self) -> Tensor:
+        """Per learned word, how far it moved from its init (relative L2), without autograd."""
+        return ((self.words - self.init_words).norm(dim=-1) / self.init_words.norm(dim=-1)).detach()
 
-    def forward(self, text_encoder: CLIPTextModel | None = None) -> Tensor:
-        """Return the encoder's last hidden states (L, D) for the learned embeddings (trimmed
-        to BOS..EOS when ``trim``). Gradients reach ``words`` only, never the encoder."""
+    def _encode(
+        self, ids: Tensor, emb: Tensor, text_encoder: CLIPTextModel | None = None
+    ) -> Tensor:
+        """Run the frozen encoder (None: the one this was built on) on input ids (B, L) whose
+        token embeddings are ``emb`` (B, L, D); returns the last hidden states (B, L, D).
+        Gradients reach ``emb`` only, never the encoder."""
         text_encoder = text_encoder if text_encoder is not None else self._frozen[0]
         device = module_device(text_encoder)
-        emb = self.input_embeddings().to(device)
+        emb = emb.to(device)
 
         def replace(_module: nn.Module, _args: tuple, output: Tensor) -> Tensor:
             return emb.to(output.dtype).expand_as(output)
@@ -216,12 +200,11 @@ class LearnableScenePrompt(nn.Module):
         frozen = {n: p.detach() for n, p in text_encoder.named_parameters()}
         handle = text_encoder.get_input_embeddings().register_forward_hook(replace)
         try:
-            ids = self.input_ids[None].to(device)
-            out = torch.func.functional_call(text_encoder, frozen, kwargs={"input_ids": ids})
+            kwargs = {"input_ids": ids.to(device)}
+            out = torch.func.functional_call(text_encoder, frozen, kwargs=kwargs)
         finally:
             handle.remove()
-        states = out.last_hidden_state[0]  # (L, D)
-        return states[: self.eos_index + 1] if self.trim else states
+        return out.last_hidden_state
 
     @torch.no_grad()
     def nearest_words(
@@ -247,6 +230,111 @@ class LearnableScenePrompt(nn.Module):
         sim = nn.functional.normalize(words, dim=-1) @ cand.T
         top = sim.topk(min(k, len(ids)), dim=-1).indices  # (n_words, k)
         return [[tokenizer.decode([int(ids[i])]) for i in row] for row in top]
+
+
+class LearnableScenePrompt(LearnedWords):
+    """A scene prompt whose word embeddings are learned (e.g. by test-time adaptation).
+
+    The input token embeddings of the init text's words (positions strictly between BOS and
+    EOS) are a parameter ``words`` (n_words, D); those of BOS, EOS and padding stay fixed. The
+    forward runs the frozen text encoder on these embeddings, keeping the init text's input
+    ids, so EOS pooling and causal masking are unchanged.
+    """
+
+    def __init__(
+        self,
+        text_encoder: CLIPTextModel,
+        tokenizer: PreTrainedTokenizerBase,
+        init_text: str,
+        trim: bool = False,
+    ) -> None:
+        super().__init__(text_encoder, tokenizer)
+        self.init_text, self.trim = init_text, trim
+        ids = tokenize(tokenizer, [init_text])[0]  # (L,)
+        self.eos_index = eos_index(ids, tokenizer.eos_token_id)
+        with torch.no_grad():
+            emb = text_encoder.get_input_embeddings()(ids.to(module_device(text_encoder)))  # (L, D)
+        self.register_buffer("input_ids", ids, persistent=False)
+        self.register_buffer("fixed", emb.detach().clone(), persistent=False)
+        init_words = emb[1 : self.eos_index].detach().clone()
+        self.register_buffer("init_words", init_words, persistent=False)
+        self.words = nn.Parameter(emb[1 : self.eos_index].detach().clone())  # (n_words, D)
+
+    @property
+    def init_ids(self) -> Tensor:
+        """The token ids of the init text's words (BOS and EOS left out)."""
+        return self.input_ids[1 : self.eos_index]
+
+    def input_embeddings(self) -> Tensor:
+        """Return the token embeddings fed to the encoder, (L, D): fixed BOS, learned words,
+        fixed EOS and padding."""
+        e = self.eos_index
+        return torch.cat([self.fixed[:1], self.words, self.fixed[e:]])
+
+    def forward(self, text_encoder: CLIPTextModel | None = None) -> Tensor:
+        """Return the encoder's last hidden states (L, D) for the learned embeddings (trimmed
+        to BOS..EOS when ``trim``). Gradients reach ``words`` only, never the encoder."""
+        emb = self.input_embeddings()[None]
+        states = self._encode(self.input_ids[None], emb, text_encoder)[0]  # (L, D)
+        return states[: self.eos_index + 1] if self.trim else states
+
+
+class LearnedSpan(LearnedWords):
+    """A phrase whose word embeddings are learned and shared by every text that holds it:
+    test-time adaptation that starts from each image's own caption learns the caption's
+    condition words (e.g. "at night") as one span for the whole target, the rest of each
+    caption fixed. :meth:`forward` encodes a batch of texts, each holding the phrase's
+    tokens once or more (its first occurrence is learned): (B, L, D), equal to their plain
+    encodings while the words are at their init."""
+
+    def __init__(
+        self, text_encoder: CLIPTextModel, tokenizer: PreTrainedTokenizerBase, phrase: str
+    ) -> None:
+        super().__init__(text_encoder, tokenizer)
+        ids = tokenizer(phrase, add_special_tokens=False)["input_ids"]
+        if not phrase.strip() or not ids:
+            raise ValueError(f"a learned span needs a phrase with words, got {phrase!r}")
+        self.phrase = phrase
+        self.register_buffer("span_ids", torch.tensor(ids), persistent=False)
+        with torch.no_grad():
+            emb = text_encoder.get_input_embeddings()(self.span_ids.to(module_device(text_encoder)))
+        self.register_buffer("init_words", emb.detach().clone(), persistent=False)
+        self.words = nn.Parameter(emb.detach().clone())  # (n_words, D)
+
+    @property
+    def init_ids(self) -> Tensor:
+        """The token ids of the phrase."""
+        return self.span_ids
+
+    def positions(self, ids: Tensor) -> list[int]:
+        """Per row of input ids (B, L), where the phrase's first occurrence starts; a
+        ValueError when a row lacks it (e.g. truncated away)."""
+        span, n = self.span_ids.tolist(), len(self.span_ids)
+        starts = []
+        for r, row in enumerate(ids.tolist()):
+            found = [i for i in range(len(row) - n + 1) if row[i : i + n] == span]
+            if not found:
+                raise ValueError(
+                    f"text {r} of the batch does not hold the learned phrase {self.phrase!r} "
+                    f"(within the tokenizer's {ids.shape[1]} tokens)"
+                )
+            starts.append(found[0])
+        return starts
+
+    def forward(self, texts: Sequence[str]) -> Tensor:
+        """Return the encoder's last hidden states (B, L, D) of ``texts`` with the phrase's
+        token embeddings replaced by the learned ``words``."""
+        text_encoder, tokenizer = self._frozen
+        ids = tokenize(tokenizer, texts)  # (B, L)
+        table = text_encoder.get_input_embeddings()
+        with torch.no_grad():
+            fixed = table(ids.to(module_device(text_encoder))).detach()  # (B, L, D)
+        n, rows = len(self.span_ids), []
+        for b, start in enumerate(self.positions(ids)):
+            row = fixed[b]
+            words = self.words.to(row.device, row.dtype)
+            rows.append(torch.cat([row[:start], words, row[start + n :]]))
+        return self._encode(ids, torch.stack(rows))
 
 
 def assemble_conditioning(category: Tensor | None, scene: Tensor | None, batch_size: int) -> Tensor:

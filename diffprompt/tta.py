@@ -17,6 +17,11 @@ Then the target is segmented with the learned prompt. Two settings (``SETTINGS``
 on its labeled split; ``online`` adapts as the evaluation batches stream in (one update
 per batch, then its prediction).
 
+With ``start`` (:class:`CaptionStart`), TTA starts from each target image's own caption
+instead of the training scene prompt: every image keeps its caption, whose condition words
+(e.g. "at night") become one learned span shared by the target (:class:`diffprompt.prompts.
+LearnedSpan`), initialised from the condition phrase the fit images' captions use most.
+
 Baselines: TENT (entropy minimisation of the affine parameters of the normalisation
 layers, Wang et al., ICLR 2021, :meth:`PromptTTA.tent`) and a hand-written target prompt
 (zero-shot prompting, :meth:`PromptTTA.with_scene_text`).
@@ -39,6 +44,7 @@ from torch import nn
 from diffprompt.backbones.diffusion import DiffusionBackbone
 from diffprompt.benchmarks import GROUPS, TARGETS, eval_classes
 from diffprompt.cache import MEMORY
+from diffprompt.captions import CaptionBook, CaptionPrompt, condition_phrase
 from diffprompt.data import UNLABELED_SPLITS, SegDataset, available_splits, build_dataset
 from diffprompt.dg.losses import mean_entropy
 from diffprompt.evaluate import ConfusionMatrix, predicted_classes, prompt_texts
@@ -46,7 +52,7 @@ from diffprompt.io import did_you_mean, tensor_checksum
 from diffprompt.labels import CLASSES
 from diffprompt.model import SegModel
 from diffprompt.preflight import check_values
-from diffprompt.prompts import Prompts
+from diffprompt.prompts import LearnedSpan, Prompts, assemble_conditioning
 
 OBJECTIVES = ("denoise", "entropy", "both")
 #: offline: fit on the target's unlabeled images, then evaluate; online: adapt on each
@@ -72,6 +78,8 @@ class TTAConfig:
     online_steps: int = 1  # updates per streamed batch (online setting)
     tent_scope: str = "all"  # TENT's normalisation layers: "all" (head and UNet) or "head"
     gradient_checkpointing: bool = False  # trade compute for memory in the UNet (full size)
+    caption_span: str = ""  # TTA from the caption: the learned span's init ("": the condition
+    #                         phrase most of the fit captions hold, CAPTION_SPAN when none)
     seed: int = 0
 
     #: The documented range of every numeric field (each value of a tuple), checked by
@@ -114,6 +122,39 @@ def check_tta(cfg: TTAConfig, objectives: Sequence[str], settings: Sequence[str]
         raise ValueError(f"denoise_t must be [low, high) with 0 <= low < high, got {cfg.denoise_t}")
     if cfg.tent_scope not in ("all", "head"):
         raise ValueError(f"tent_scope must be 'all' or 'head', got {cfg.tent_scope!r}")
+
+
+#: The learned span's init when no fit caption holds a condition phrase (ours).
+CAPTION_SPAN = "in daylight"
+
+
+@dataclass(frozen=True)
+class CaptionStart:
+    """Where TTA from the caption starts: each image's caption (``book``) with its condition
+    words replaced by ``phrase``, the learned span's init (:func:`caption_start`)."""
+
+    book: CaptionBook
+    phrase: str
+
+    def texts(self, dataset, indices: Sequence[int]) -> list[str]:
+        """Each image's caption with the span in place of its condition words."""
+        return CaptionPrompt(self.book, f"replace:{self.phrase}").texts(dataset, indices)
+
+
+def caption_start(
+    book: CaptionBook, dataset, indices: Sequence[int], phrase: str = ""
+) -> CaptionStart:
+    """Return the start of TTA from the caption on ``indices`` of the fit set: ``phrase``, or
+    when it is "" the condition phrase most of these images' captions hold (the first in
+    caption order on a tie; :data:`CAPTION_SPAN` when none holds one)."""
+    if not phrase:
+        found = [condition_phrase(book.caption(dataset, int(i))) for i in indices]
+        counts: dict[str, int] = {}
+        for p in found:
+            if p is not None:
+                counts[p] = counts.get(p, 0) + 1
+        phrase = max(counts, key=counts.__getitem__) if counts else CAPTION_SPAN
+    return CaptionStart(book, phrase)
 
 
 def fit_split(target: str, root: str | os.PathLike) -> tuple[str, str]:
@@ -210,6 +251,8 @@ class PromptTTA:
     :meth:`target_sets` opens them (the DG run's evaluation transform). :attr:`tta_model`
     is a copy of the model whose scene prompt is a :class:`LearnableScenePrompt`
     initialised from the training scene prompt, sharing the frozen backbone and the head.
+    With ``start`` (:class:`CaptionStart`) the scene tokens of each image are its caption
+    encoded with the learned span (:attr:`span`) in place of its condition words instead.
     """
 
     def __init__(
@@ -219,6 +262,7 @@ class PromptTTA:
         cache=None,
         transform=None,
         log: Callable[[str], None] = print,
+        start: CaptionStart | None = None,
     ):
         if model.prompts is None or model.prompts.cfg.tokens != "scene":
             raise ValueError(
@@ -228,9 +272,15 @@ class PromptTTA:
             )
         self.dg, self.cfg, self.cache, self.transform, self.log = model, cfg, cache, transform, log
         self.device = model.backbone.unet.device
-        self.tta_model = self._with_prompts(learnable_scene=True)
+        self.start, self.span = start, None
+        self.tta_model = self._with_prompts(learnable_scene=start is None)
         self.tta_model.requires_grad_(False)
-        self.words = self.tta_model.prompts.scene_prompt.words
+        if start is None:
+            self.learned = self.tta_model.prompts.scene_prompt
+        else:
+            bb = model.backbone
+            self.span = self.learned = LearnedSpan(bb.text_encoder, bb.tokenizer, start.phrase)
+        self.words = self.learned.words
         self.words.requires_grad_(True)
         self.tta_model.eval()
 
@@ -252,11 +302,21 @@ class PromptTTA:
 
     def reset(self) -> None:
         """Put the learned prompt back to the training scene prompt."""
-        self.tta_model.prompts.scene_prompt.reset()
+        self.learned.reset()
 
     def trainable(self) -> list[nn.Parameter]:
-        """The parameters TTA changes: the scene prompt's word embeddings only."""
-        return [p for p in self.tta_model.parameters() if p.requires_grad]
+        """The parameters TTA changes: the scene prompt's (or the span's) word embeddings."""
+        params = [*self.tta_model.parameters(), *(self.span.parameters() if self.span else ())]
+        return [p for p in params if p.requires_grad]
+
+    def context(self, model: SegModel, dataset, idx: Sequence[int]) -> torch.Tensor:
+        """The context (B, N, D) of a batch under ``model``: for the adapted model with a
+        caption start, [category tokens ; each image's caption with the learned span]."""
+        if model is not self.tta_model or self.span is None:
+            return model.context(len(idx))
+        scene = self.span(self.start.texts(dataset, idx))
+        category = model.prompts.category_tokens()
+        return assemble_conditioning(category, scene.to(category.device), len(idx))
 
     def miou(self, cm: ConfusionMatrix, dataset) -> float:
         """Return the mIoU (%) of a confusion matrix on ``dataset``, over
@@ -306,12 +366,12 @@ class PromptTTA:
         """Return {"loss", "denoise", "entropy"} of one batch of target images."""
         model = self.tta_model
         z = self.latents(dataset, idx)
+        ctx = self.context(model, dataset, idx)
         out = {}
         if objective in ("denoise", "both"):
-            ctx = model.context(len(idx))
             out["denoise"] = denoising_loss(model.backbone, z, ctx, g, self.cfg.denoise_t)
         if objective in ("entropy", "both"):  # at the head's resolution
-            out["entropy"] = mean_entropy(model.decode(self._features(model, z), None))
+            out["entropy"] = mean_entropy(model.decode(self._features(model, z, ctx), None))
         total = out.get("denoise", 0.0) + self.cfg.entropy_weight * out.get("entropy", 0.0)
         return {"loss": total, **out}
 
@@ -344,7 +404,7 @@ class PromptTTA:
         if fixed or prompts is not None:
             feats = self._fixed_features(model, dataset, idx, z, prompts)
         else:
-            feats = self._features(model, z)
+            feats = self._features(model, z, self.context(model, dataset, idx))
         return predicted_classes(model.decode(feats, size)).cpu()
 
     def evaluate(
@@ -442,11 +502,11 @@ class PromptTTA:
     def nearest_words(self, k: int = 3) -> list[dict[str, Any]]:
         """Per learned word position: the init word, the k nearest vocabulary tokens and how
         far the learned embedding moved (relative L2)."""
-        sp = self.tta_model.prompts.scene_prompt
+        sp = self.learned
         tok = self.dg.backbone.tokenizer
-        init = [tok.decode([int(i)]) for i in sp.input_ids[1 : sp.eos_index]]
+        init = [tok.decode([int(i)]) for i in sp.init_ids]
         near = sp.nearest_words(tok, k, whole_words=True)
-        drift = ((sp.words - sp.init_words).norm(dim=-1) / sp.init_words.norm(dim=-1)).detach()
+        drift = sp.drift()
         return [
             {
                 "position": i + 1,

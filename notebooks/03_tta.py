@@ -21,7 +21,9 @@
 # (`entropy`), or both; then the target is segmented with the learned prompt. The table
 # puts them beside no adaptation, TENT, a hand-written target prompt and, with
 # `caption_rows`, the DG model prompted with each target image's own caption in place of its
-# scene prompt (TADP's test-time setting), as it is and without its condition words.
+# scene prompt (TADP's test-time setting), as it is and without its condition words; with
+# `caption_tta`, TTA also starts from each image's own caption and learns its condition words
+# (one span of word embeddings shared by the target, the rest of each caption kept).
 #
 # `papermill notebooks/03_tta.ipynb out.ipynb -p target acdc_night`; `-p target all`
 # runs every target. The DG model of the parameters below is taken from results/ when
@@ -41,6 +43,7 @@ entropy_weight: float = 1.0  # weight of the entropy term in "both"
 tent: bool = True  # run the TENT baseline
 zero_shot: bool = True  # run the hand-written target prompt baseline
 caption_rows: bool = True  # the DG model prompted with each target image caption (TADP)
+caption_tta: list = ["denoise"]  # TTA objectives that start from each image caption (caption_rows)
 captions_file: str = ""  # caption rows on real data: JSON {image name: caption} or CSV
 captioner: str = ""  # caption rows: hub id or folder of a BLIP captioner (none: no captioner)
 source: str = "cityscapes"  # DG model: source domain (the paper: Cityscapes -> adverse)
@@ -106,7 +109,15 @@ tta_cfgs = tta_configs(params)
 targets = list(tta_cfgs)
 captions = tta_captions(params, results_dir)  # the caption rows (None: without them)
 check_targets(
-    tta_cfgs, objectives, settings, dg_cfg, dg_missing, dg_checkpoint, results_dir, captions
+    tta_cfgs,
+    objectives,
+    settings,
+    dg_cfg,
+    dg_missing,
+    dg_checkpoint,
+    results_dir,
+    captions,
+    caption_tta,
 )
 check_budget(params, objectives, dg_cfg, results_dir)  # the budget study's targets and name
 
@@ -149,6 +160,7 @@ results = {
             zero_shot,
             examples=s == seeds[0],  # the prediction figure shows the first seed
             captions=captions,
+            caption_objectives=caption_tta,
         )
         for t in targets
     }

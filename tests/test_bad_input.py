@@ -247,13 +247,14 @@ def _tta(
     target: str = "acdc_night",
     missing: str = "train",
     prompt_mode: str = "random_consistency",
+    caption_tta: tuple[str, ...] = (),
     **over,
 ) -> None:
     """What notebook 03 runs before it loads or trains the DG model."""
     targets = resolve_targets(target)
     cfgs = {t: TTAConfig(target=t, **over) for t in targets}
     dg_cfg = ctx.cfg(source="cityscapes", targets=(), prompt_mode=prompt_mode)
-    check_targets(cfgs, ["denoise"], ["offline"], dg_cfg, missing, "", None)
+    check_targets(cfgs, ["denoise"], ["offline"], dg_cfg, missing, "", None, None, caption_tta)
     dg_model(dg_cfg, None, missing, log=quiet)
 
 
@@ -418,6 +419,15 @@ CASES = [
         lambda c: _tta(c, steps=0),
         ValueError,
         r"steps must be a positive integer, got 0",
+    ),
+    Case(
+        "tta-caption-without-captions",
+        "TTA from the caption without the caption rows",
+        "`-p caption_rows False` with `caption_tta` left at `[denoise]` (notebook 03)",
+        "check_targets (notebook 03)",
+        lambda c: _tta(c, caption_tta=("denoise",)),
+        ValueError,
+        r"TTA from the caption \(caption_tta\) needs the caption rows: set caption_rows True",
     ),
     Case(
         "probe-zero-images",

@@ -11,6 +11,7 @@ from diffprompt.backbones.tokenizer import build_clip_tokenizer
 from diffprompt.prompts import (
     SCENE_VOCABULARY,
     LearnableScenePrompt,
+    LearnedSpan,
     PromptConfig,
     Prompts,
     TextAdapter,
@@ -26,6 +27,7 @@ from diffprompt.text import (
     encode_scene,
     encode_texts,
     null_conditioning,
+    tokenize,
 )
 
 L, D = 32, 32  # the tiny tokenizer's model length and the tiny encoder's width
@@ -260,6 +262,43 @@ def test_learnable_prompt_changes_resets_and_reads_back(encoder, tok):
     assert len(prompt.nearest_words(tok, k=2)[0]) == 2
     prompt.reset()
     assert torch.equal(prompt(), init)
+
+
+def test_a_learned_span_equals_the_plain_encodings_at_init_and_learns_its_words(encoder, tok):
+    """TTA from the caption: one phrase learned inside texts of different lengths."""
+    texts = [
+        "a photo of a street scene at night showing road",
+        "a street at night",
+        "at night, a photo of a street scene with trees, three cars and a bus",
+    ]
+    span = LearnedSpan(encoder, tok, "at night")
+    assert (
+        span.words.shape == (2, D)
+        and span.init_ids.tolist() == tok("at night", add_special_tokens=False)["input_ids"]
+    )
+    ids = tokenize(tok, texts)
+    assert span.positions(ids) == [7, 3, 1]
+    out = span(texts)
+    assert out.shape == (3, tok.model_max_length, D)
+    for i, text in enumerate(texts):
+        torch.testing.assert_close(out[i], encode_scene(encoder, tok, text))
+    out.pow(2).sum().backward()
+    assert span.words.grad is not None and span.words.grad.abs().sum() > 0
+    assert all(p.grad is None for p in encoder.parameters())
+    assert [n for n, _ in span.named_parameters()] == ["words"]
+    with torch.no_grad():  # the span's words move: every text changes, from the span on
+        span.words.add_(torch.randn(span.words.shape, generator=torch.Generator().manual_seed(0)))
+    moved = span(texts)
+    for i, start in enumerate([7, 3, 1]):
+        torch.testing.assert_close(moved[i, :start], out[i, :start].detach())
+        assert not torch.allclose(moved[i, start], out[i, start])
+    assert float(span.drift().min()) > 0
+    span.reset()
+    torch.testing.assert_close(span(texts), out.detach())
+    with pytest.raises(ValueError, match="does not hold the learned phrase 'at night'"):
+        span(["a street in fog"])
+    with pytest.raises(ValueError, match="needs a phrase with words"):
+        LearnedSpan(encoder, tok, " ")
 
 
 def test_assemble_conditioning():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffprompt.build import build_model
+from diffprompt.captions import CaptionBook, CaptionPrompt
 from diffprompt.data import build_dataset
 from diffprompt.dg.checkpoint import (
     CHECKPOINT,
@@ -24,8 +25,10 @@ from diffprompt.experiments.tta import (
     target_table,
 )
 from diffprompt.tta import (
+    CAPTION_SPAN,
     PromptTTA,
     TTAConfig,
+    caption_start,
     check_tta,
     denoising_loss,
     fit_split,
@@ -177,6 +180,70 @@ def test_run_target_writes_every_row(trained):
     # TENT and the prompt adapted copies: the DG model is untouched
     after = _snapshot(trained.model)
     assert all(torch.equal(before[k], after[k]) for k in after)
+
+
+def test_tta_from_the_caption_starts_at_each_images_caption_and_learns_one_span(trained):
+    book = CaptionBook("dataset")
+    fit = build_dataset("acdc_night", "test", trained.root)
+    ev = build_dataset("acdc_night", "val", trained.root)
+    start = caption_start(book, fit, range(len(fit)))
+    assert start.phrase == "at night"  # what the night captions say
+    assert caption_start(book, fit, [0], "in the dark").phrase == "in the dark"
+    fog = build_dataset("acdc_fog", "test", trained.root)
+    assert caption_start(book, fog, [0]).phrase == "in fog"
+    tta = PromptTTA(
+        trained.model, TTAConfig(target="acdc_night"), trained.cache, log=quiet, start=start
+    )
+    assert tta.trainable() == [tta.words] and tta.span is not None
+    assert [r["init word"] for r in tta.nearest_words()] == ["at", "night"]
+    # before fitting it is the DG model prompted with each image's own caption
+    own = CaptionPrompt(book, "caption")
+    idx = [0, 1]
+    assert start.texts(ev, idx) == own.texts(ev, idx)
+    ctx = tta.context(tta.tta_model, ev, idx)
+    torch.testing.assert_close(ctx, trained.model.context(2, own.texts(ev, idx)))
+    assert ctx.shape == trained.model.context(2).shape
+    same = tta.predict(tta.tta_model, ev, idx) == tta.predict(tta.dg, ev, idx, prompts=own)
+    assert same.float().mean() > 0.999
+    # a step moves the span's words only; each image keeps its own caption around them
+    dg_before, words = _snapshot(trained.model), tta.words.detach().clone()
+    opt = torch.optim.Adam([tta.words], lr=1e-2)
+    tta.step(opt, "both", fit, idx, torch.Generator().manual_seed(0))
+    assert not torch.equal(tta.words, words)
+    moved = tta.context(tta.tta_model, ev, idx)
+    assert not torch.allclose(moved, ctx)
+    n_cat = trained.model.prompts.num_category_tokens
+    torch.testing.assert_close(moved[:, :n_cat], ctx[:, :n_cat])  # the category tokens
+    assert all(torch.equal(dg_before[k], v) for k, v in trained.model.state_dict().items())
+    tta.reset()
+    torch.testing.assert_close(tta.context(tta.tta_model, ev, idx), ctx)
+    # the rows of a target's table, its curve and the span's nearest words
+    cfg = TTAConfig(target="acdc_night", steps=2, batch_size=2, fit_images=2, eval_images=2)
+    res = run_target(
+        trained,
+        cfg,
+        ("denoise",),
+        tent=False,
+        zero_shot=False,
+        log=quiet,
+        captions=book,
+        caption_objectives=("entropy",),
+    )
+    ids = [r["id"] for r in res["rows"]]
+    assert ids == [
+        "none",
+        "target_caption",
+        "target_caption_stripped",
+        "prompt_denoise",
+        "caption_entropy",
+    ]
+    assert paper_setting("caption_entropy") == "TTA"
+    assert {r["objective"] for r in res["curves"]} == {"denoise", "caption entropy"}
+    assert [r["init word"] for r in res["nearest"]["caption entropy"]] == ["at", "night"]
+    own_row = res["rows"][1]
+    step0 = [c for c in res["curves"] if c["objective"] == "caption entropy"][0]
+    assert step0["step"] == 0 and abs(step0["mIoU"] - own_row["mIoU"]) < 0.5
+    assert CAPTION_SPAN == "in daylight"
 
 
 def test_splits_and_errors(trained, mini_root, tiny_sd):

@@ -39,7 +39,14 @@ from diffprompt.model import SegModel
 from diffprompt.paths import cache_dir, results_root
 from diffprompt.preflight import check_files, check_writable
 from diffprompt.runtime import resolve_device
-from diffprompt.tta import PromptTTA, TTAConfig, check_tta, target_sets
+from diffprompt.tta import (
+    OBJECTIVES,
+    PromptTTA,
+    TTAConfig,
+    caption_start,
+    check_tta,
+    target_sets,
+)
 from diffprompt.viz import tta_curve_figure, tta_prediction_figure
 
 #: Every method of a TTA table: id -> (label in a target's table, label in the summary,
@@ -70,6 +77,15 @@ METHODS: dict[str, tuple[str, str, str, str]] = {
     "prompt_denoise": ("TTA prompt: denoise", "TTA prompt: denoise", "TTA denoise", "TTA"),
     "prompt_entropy": ("TTA prompt: entropy", "TTA prompt: entropy", "TTA entropy", "TTA"),
     "prompt_both": ("TTA prompt: both", "TTA prompt: both", "TTA both", "TTA"),
+    **{
+        f"caption_{o}": (
+            f"TTA from own caption: {o}",
+            f"TTA from own caption: {o}",
+            f"caption TTA {o}",
+            "TTA",
+        )
+        for o in OBJECTIVES
+    },
 }
 TABLE_LABEL, SUMMARY_LABEL, SHORT_LABEL, PAPER_SETTING = range(4)
 
@@ -134,13 +150,15 @@ def check_targets(
     checkpoint: str = "",
     results_dir=None,
     captions: CaptionBook | None = None,
+    caption_objectives: Sequence[str] = (),
 ) -> None:
     """Check a TTA run before any work (before its DG model is trained or loaded): every
     TTA configuration, the DG configuration (it must have a scene prompt to learn), and
     each target's fit and evaluation splits (present, labeled where evaluated, their files
     readable; see :func:`diffprompt.preflight.check_files`; with ``captions``, every
-    evaluation image has a caption) and that ``results_dir`` (None: results/) can be
-    written. Raises an error that says what to do."""
+    evaluation image has a caption, and with ``caption_objectives`` (TTA from the caption)
+    every fit image too) and that ``results_dir`` (None: results/) can be written. Raises
+    an error that says what to do."""
     check_writable(results_dir or results_root())
     check_config(dg_cfg)
     if dg_cfg.prompt_mode not in ("fixed", *RANDOM_MODES):
@@ -151,6 +169,11 @@ def check_targets(
         )
     if missing not in ("train", "error"):
         raise ValueError(f"dg_missing must be 'train' or 'error', got {missing!r}")
+    if caption_objectives and captions is None:
+        raise ValueError(
+            "TTA from the caption (caption_tta) needs the caption rows: set caption_rows True "
+            "(captions from the data set, captions_file or captioner), or caption_tta []"
+        )
     if checkpoint and not Path(checkpoint).is_file():
         raise FileNotFoundError(
             f"no DG checkpoint at {checkpoint}: pass the checkpoint.pt of a finished DG run "
@@ -158,7 +181,7 @@ def check_targets(
         )
     root = resolve_data_root(dg_cfg.data_root)
     for cfg in cfgs.values():
-        check_tta(cfg, objectives, settings)
+        check_tta(cfg, [*objectives, *caption_objectives], settings)
         sets = target_sets(cfg, root, dg_cfg.target_split)
         if not sets.evaluation.labeled:
             raise ValueError(
@@ -168,6 +191,8 @@ def check_targets(
         check_files(sets.evaluation, range(sets.n_eval))
         if captions is not None:
             captions.check(sets.evaluation, range(sets.n_eval))
+        if captions is not None and caption_objectives:
+            captions.check(sets.fit, range(sets.n_fit))
 
 
 def tta_captions(params: Mapping[str, Any], results_dir=None) -> CaptionBook | None:
@@ -293,10 +318,13 @@ def run_target(
     log: Callable[[str], None] = print,
     examples: bool = True,
     captions: CaptionBook | None = None,
+    caption_objectives: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run every row of one target's TTA table (with ``captions``, also the DG model
     prompted with each target image's own caption in place of its scene prompt, as is and
-    without its condition words: TADP's test-time setting). Returns {"rows": [{"id", "method",
+    without its condition words: TADP's test-time setting; and with ``caption_objectives``,
+    TTA that starts from each image's caption and learns its condition words, one span for
+    the target: :class:`diffprompt.tta.CaptionStart`). Returns {"rows": [{"id", "method",
     "setting", "mIoU", "fit images"}], "curves": rows, "nearest": {objective: rows},
     "fit_split": note, "examples": [(id, setting, prediction (H, W))] (empty with
     ``examples=False``: the prediction figure shows one seed), "example": (image, mask),
@@ -313,7 +341,9 @@ def run_target(
     shown = 0  # the evaluation image of the prediction figure
     fitted = {"-": 0, "offline": sets.n_fit, "online": sets.n_eval}
 
-    def add(method: str, setting: str, cm, model, label: str | None = None, prompts=None) -> None:
+    def add(method: str, setting: str, cm, model, label=None, prompts=None, by=None) -> None:
+        """Add a row; its example prediction by the adapter ``by`` (None: ``tta``) that
+        knows the model's context."""
         rows.append(
             {
                 "id": method,
@@ -325,7 +355,7 @@ def run_target(
             }
         )
         if examples:
-            shown_classes = tta.predict(model, eval_set, [shown], prompts=prompts)[0]
+            shown_classes = (by or tta).predict(model, eval_set, [shown], prompts=prompts)[0]
             example_rows.append((method, setting, shown_classes))
 
     base = tta.evaluate(tta.dg, eval_set, eval_idx, fixed=True)  # maps shared across seeds
@@ -357,6 +387,23 @@ def run_target(
                 cm = tta.fit_online(objective, eval_set, eval_idx)
             add(f"prompt_{objective}", setting, cm, tta.tta_model)
             log(f"{cfg.target}: TTA {objective} ({setting}) {rows[-1]['mIoU']:.2f} mIoU")
+    if captions is not None and caption_objectives:
+        start = caption_start(captions, fit_set, fit_idx, cfg.caption_span)
+        ctta = PromptTTA(dg.model, cfg, dg.cache, dg.transform, log, start)
+        for objective in caption_objectives:
+            name = f"caption {objective}"  # its curve and nearest words
+            for setting in settings:
+                if setting == "offline":
+                    cm, curve = ctta.fit_offline(objective, fit_set, fit_idx, eval_set, eval_idx)
+                    curves += [{"objective": name, **c} for c in curve]
+                    nearest[name] = ctta.nearest_words()
+                else:
+                    cm = ctta.fit_online(objective, eval_set, eval_idx)
+                add(f"caption_{objective}", setting, cm, ctta.tta_model, by=ctta)
+                log(
+                    f"{cfg.target}: {METHODS[f'caption_{objective}'][TABLE_LABEL]} ({setting}) "
+                    f"{rows[-1]['mIoU']:.2f} mIoU, span init {start.phrase!r}"
+                )
     sample = eval_set[shown]
     return {
         "rows": rows,
