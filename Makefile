@@ -1,7 +1,8 @@
 # diffprompt: the verbs of the project, as a dependency graph.
 #   make paper  set up .venv, generate the embedded miniature, run every notebook with
 #               papermill (executed copies in results/runs/) and assemble the paper's tables
-#   make test   set up .venv, lint, check notebooks, run the test suite
+#   make test   set up .venv, lint, check notebooks, run the test suite (with the browser test)
+#   make lab    JupyterLab on the notebooks with the .venv kernel
 # Each executed notebook depends on its notebook, the package modules it runs and its
 # inputs, so only what changed reruns. Real data and weights pass through variables, e.g.
 #   make paper DATA_ROOT=/datasets MODEL=stable-diffusion-v1-5/stable-diffusion-v1-5 PRESET=paper
@@ -17,7 +18,7 @@ RUNS := results/runs
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 
 .PHONY: setup main paper data test lint format notebooks clean clean-runs distclean \
-	embedded-model evidence bench tta-budget tta-budget-short
+	embedded-model evidence bench tta-budget tta-budget-short lab browser
 .DELETE_ON_ERROR:
 
 $(VENV)/.installed: pyproject.toml
@@ -125,8 +126,27 @@ evidence: setup data
 	$(VENV)/bin/papermill --log-output notebooks/06_embedded_model.ipynb $(RUNS)/06_embedded_model.ipynb
 	$(PY) -m diffprompt.backbones.toy_sd_eval
 
-test: setup lint
+test: setup lint browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# Debian's chromium for the JupyterLab browser test (tests/test_lab.py), installed when
+# missing (apt; sudo when not root); nothing downloads a browser
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser test"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+
+# JupyterLab on the notebooks: registers the .venv's kernel ("diffprompt (.venv)"), makes a
+# notebook's paired .py twin open as a notebook (jupytext), then starts JupyterLab at the
+# repository with notebooks/ open. LAB_ARGS passes options, e.g. LAB_ARGS="--port 8899 --no-browser"
+LAB_ARGS ?=
+lab: setup
+	$(PY) -m ipykernel install --sys-prefix --name diffprompt --display-name "diffprompt (.venv)"
+	$(PY) -m diffprompt.lab settings
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" \
+		--ServerApp.default_url=/lab/tree/notebooks $(if $(filter 0,$(shell id -u)),--allow-root) \
+		$(LAB_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check diffprompt tests notebooks

@@ -97,7 +97,12 @@ from diffprompt.experiments.dg import (
     train_seeds,
 )
 from diffprompt.results import Run
-from diffprompt.viz import dg_curve_figure, dg_loss_figure, dg_prediction_figure
+from diffprompt.viz import (
+    dg_curve_figure,
+    dg_loss_figure,
+    dg_prediction_figure,
+    per_class_heatmap,
+)
 
 cfg, preset_choice = dg_config(params)  # the parameters you passed win over the preset
 cfgs = seed_configs(cfg, seeds, baseline_mode)  # {(prompt mode, seed): config}
@@ -151,6 +156,8 @@ miou
 # %%
 per_class = per_class_mean(rows, cfg.source, sets, cfg.prompt_mode)
 run.table(per_class.round(2), f"dg_{tag}_per_class", float_format="%.1f")
+title = f"per-class IoU (%) of {cfg.prompt_mode} from {cfg.source}, mean over seeds"
+run.figure(per_class_heatmap(per_class, title), f"dg_{tag}_per_class", formats=("png",))
 per_class.round(1)
 
 # %% [markdown]
@@ -171,7 +178,8 @@ run.finish(
 # %% [markdown]
 # ## Explore (JupyterLab)
 # With `explore = True`: choose a target and an image, a scene prompt and a UNet timestep;
-# the explorer shows the prediction overlay and a PCA of the features.
+# the explorer shows the image, its ground truth, the prediction overlay, that image's
+# per-class IoU and a PCA of the features.
 
 # %%
 if explore:

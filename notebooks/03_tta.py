@@ -101,7 +101,7 @@ from diffprompt.experiments.tta_budget import (
     check_budget,
 )
 from diffprompt.results import Run
-from diffprompt.viz import dg_curve_figure, tta_budget_figure
+from diffprompt.viz import dg_curve_figure, tta_budget_figure, tta_change_figure
 
 dg_cfg, preset_choice = tta_dg_config(params)  # the parameters you passed win over the preset
 print(preset_choice)
@@ -187,6 +187,7 @@ if len(targets) > 1:  # every target at once: the summary tables beside the per-
     )
     run.table(stats, "tta_stats")
     run.table(format_ci(stats, ["method", "target"], "no adaptation"), "tta_ci")
+    run.figure(tta_change_figure(stats), "tta_changes")  # each row against no adaptation
     run.finish(targets=targets, dg_config_hashes={s: dg.hash for s, dg in dgs.items()})
 summary.round(2)
 

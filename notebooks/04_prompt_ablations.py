@@ -121,7 +121,7 @@ run.table(shown_ci, "ablation_ci")
 shown_ci
 
 # %%
-fig = ablation_plot(summary)
+fig = ablation_plot(stats)  # each cell with its interval, per target
 run.figure(fig, "ablation")
 
 # %% [markdown]

@@ -204,10 +204,12 @@ def test_help_notebook_lists_every_parameter_with_type_and_help(path):
 def test_explorer_callbacks_update_the_views(tiny_sd, mini_root):
     import torch
 
+    from diffprompt import labels
     from diffprompt.build import build_model
     from diffprompt.data import build_dataset
     from diffprompt.dg.config import TrainConfig
     from diffprompt.viz import Explorer, feature_pca_image, to_uint8_image
+    from diffprompt.viz.explorer import explorer_view, image_iou
 
     torch.manual_seed(0)
     model = build_model(TrainConfig(model=str(tiny_sd), prompt_mode="fixed"))
@@ -216,22 +218,40 @@ def test_explorer_callbacks_update_the_views(tiny_sd, mini_root):
         "acdc_night": build_dataset("acdc_night", "val", mini_root),
     }
     ex = Explorer(model, sets, "a photo of a street", timesteps=(1, 400))
-    assert ex.views == 1 and set(ex.current) == {"image", "label", "prediction", "pca"}
+    assert ex.views == 1 and ex.encoded == 1
+    assert set(ex.current) == {"image", "label", "prediction", "pca", "iou"}
     h, w = sets["cityscapes"][0]["image"].shape[-2:]
-    assert all(v.shape == (h, w, 3) and v.dtype == np.uint8 for v in ex.current.values())
+    pictures = {k: v for k, v in ex.current.items() if k != "iou"}
+    assert all(v.shape == (h, w, 3) and v.dtype == np.uint8 for v in pictures.values())
     assert all(im.value[:4] == b"\x89PNG" for im in ex.images.values())
+    # the image's per-class IoU: against its own prediction, of the classes either holds
+    sample = sets["cityscapes"][0]
+    direct = explorer_view(model, sets["cityscapes"], 0, "a photo of a street", 1)
+    assert ex.current["iou"] == direct["iou"] and np.array_equal(
+        ex.current["prediction"], direct["prediction"]
+    )  # the cached latents give the view of the direct path
+    present = {labels.CLASSES[c] for c in sample["mask"].unique().tolist() if c != 255}
+    assert present <= set(ex.current["iou"]) and "mean" in ex.iou.value
+    assert image_iou(sample["mask"], sample["mask"]) == dict.fromkeys(
+        [n for n in labels.CLASSES if n in present], 100.0
+    )
     first = ex.current
-    ex.timestep.value = 400  # the UNet at another timestep: other features
-    assert ex.views == 2 and not np.array_equal(ex.current["pca"], first["pca"])
+    ex.timestep.value = 400  # the UNet at another timestep: other features, the same latents
+    assert ex.views == 2 and ex.encoded == 1 and not np.array_equal(ex.current["pca"], first["pca"])
     assert np.array_equal(ex.current["image"], first["image"])
     assert model.backbone.cfg.timesteps == (1,)  # restored after the view
     ex.prompt.value = "a photo at night"
-    assert ex.views == 3 and "night" in ex.status.value
+    assert ex.views == 3 and ex.encoded == 1 and "night" in ex.status.value
+    ex.timestep.value = 1
+    ex.prompt.value = "a photo of a street"  # seen before: shown again, nothing recomputed
+    assert ex.views == 4 and ex.encoded == 1  # (t=1 at night was new)
+    assert np.array_equal(ex.current["pca"], first["pca"])
     ex.index.value = 1
+    assert ex.encoded == 2
     ex.dataset.value = "acdc_night"
     assert ex.dataset.value in ex.status.value and ex.index.max == len(sets["acdc_night"]) - 1
     ref = sets["acdc_night"][ex.index.value]["image"]
-    assert np.array_equal(ex.current["image"], to_uint8_image(ref))
+    assert np.array_equal(ex.current["image"], to_uint8_image(ref)) and ex.encoded == 3
     # the PCA picture: three components of a map, each spanning [0, 255]
     pca = feature_pca_image(torch.randn(8, 4, 6), size=(8, 12))
     assert (

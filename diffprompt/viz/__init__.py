@@ -7,7 +7,7 @@
 - :mod:`~diffprompt.viz.explorer`: the ipywidgets explorer (``Explorer``), ipywidgets
   imported only when one is built.
 
-Matplotlib is imported inside the functions that draw.
+Matplotlib and seaborn are imported inside the functions that draw.
 """
 
 from diffprompt.viz.explorer import Explorer, explorer_view
@@ -27,8 +27,11 @@ from diffprompt.viz.plots import (
     gap_scatter,
     paper_summary_figure,
     pca_figure,
+    per_class_heatmap,
     sweep_figure,
+    themed,
     tta_budget_figure,
+    tta_change_figure,
     tta_curve_figure,
     tta_prediction_figure,
 )
@@ -47,10 +50,13 @@ __all__ = [
     "panel_grid",
     "paper_summary_figure",
     "pca_figure",
+    "per_class_heatmap",
     "sample_grid",
     "sweep_figure",
+    "themed",
     "to_uint8_image",
     "tta_budget_figure",
+    "tta_change_figure",
     "tta_curve_figure",
     "tta_prediction_figure",
 ]

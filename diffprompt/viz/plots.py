@@ -3,13 +3,16 @@ prompt ablation, TTA curves and predictions, the probe sweeps, the gap measures,
 feature PCA, and the paper's summary figure.
 
 Each function takes what it draws (tables, arrays, precomputed predictions) and returns a
-matplotlib figure; matplotlib is imported inside them.
+matplotlib figure drawn in the toolkit's one seaborn theme (:data:`THEME`, :func:`themed`;
+classes always in the Cityscapes palette); matplotlib and seaborn are imported inside them.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -19,26 +22,101 @@ from diffprompt.labels import CLASSES, PALETTE
 from diffprompt.results import parse_mean_std
 from diffprompt.viz.images import overlay, panel_grid, to_uint8_image
 
+#: The toolkit's theme: seaborn's white grid at the paper context, its colour-blind palette
+#: for methods and domains; classes always take the Cityscapes palette (:func:`class_colors`).
+THEME = {"style": "whitegrid", "context": "paper", "palette": "colorblind", "font_scale": 1.15}
 
+
+@contextmanager
+def themed():
+    """Draw in :data:`THEME` (seaborn's style, context and palette, restored afterwards)."""
+    import seaborn as sns
+
+    with (
+        sns.axes_style(THEME["style"]),
+        sns.plotting_context(THEME["context"], font_scale=THEME["font_scale"]),
+        sns.color_palette(THEME["palette"]),
+    ):
+        yield
+
+
+def _themed(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def draw(*args, **kwargs):
+        with themed():
+            return fn(*args, **kwargs)
+
+    return draw
+
+
+def class_colors(names: Sequence[str]) -> list[tuple[float, float, float]]:
+    """The Cityscapes palette colour (RGB in [0, 1]) of each class name."""
+    return [tuple(float(v) / 255 for v in PALETTE[CLASSES.index(n)]) for n in names]
+
+
+def _class_strip(fig, ax, names: Sequence[str]) -> None:
+    """A strip of the classes' palette colours above a heatmap whose columns are classes."""
+    pos = ax.get_position()
+    strip = fig.add_axes((pos.x0, pos.y1 + 0.01, pos.width, 0.025))
+    strip.imshow(np.array(class_colors(names))[None], aspect="auto")
+    strip.set_axis_off()
+
+
+@_themed
 def class_frequency_plot(freq: pd.DataFrame, title: str = "pixel share of each class per domain"):
-    """Return a figure of a (domains x classes) DataFrame of pixel shares, log-scaled bars."""
+    """Return a heatmap of a (domains x classes) DataFrame of pixel shares: the colour is the
+    share's log10 (rare classes stay visible), each cell annotated with its % share."""
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(14, 4.2))
-    n = len(freq.index)
-    x = np.arange(len(freq.columns))
-    bw = 0.85 / n
-    cmap = plt.get_cmap("tab20")
-    for i, dom in enumerate(freq.index):
-        shares = freq.loc[dom].to_numpy() * 100
-        ax.bar(x + i * bw - 0.425 + bw / 2, shares, bw, label=dom, color=cmap(i % 20))
-    ax.set_yscale("log")
-    ax.set_xticks(x)
-    ax.set_xticklabels(freq.columns, rotation=45, ha="right")
-    ax.set_ylabel("% of labeled pixels")
-    ax.set_title(title)
-    ax.legend(ncol=4, fontsize=7)
+    share = freq * 100
+    text = share.map(lambda v: "0" if v == 0 else f"{v:.2g}" if v < 10 else f"{v:.0f}")
+    fig, ax = plt.subplots(figsize=(14, 0.42 * len(freq) + 2.2))
+    sns.heatmap(
+        np.log10(share.clip(lower=10**-1.5)),
+        annot=text,
+        fmt="",
+        annot_kws={"fontsize": 6.5},
+        cmap="mako_r",
+        vmin=-1.5,
+        vmax=2,
+        linewidths=0.4,
+        cbar_kws={"label": "log10 % of labeled pixels", "pad": 0.01},
+        ax=ax,
+    )
+    ax.set(xlabel="", ylabel="")
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=40, ha="right")
     fig.tight_layout()
+    _class_strip(fig, ax, list(freq.columns))
+    ax.set_title(title, pad=26)
+    return fig
+
+
+@_themed
+def per_class_heatmap(per_class: pd.DataFrame, title: str):
+    """Return a heatmap of per-class IoU (%) (rows: evaluated sets, columns: classes; NaN:
+    the class absent from the set), annotated, on one 0-100 scale."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(14, 0.42 * len(per_class) + 2.2))
+    sns.heatmap(
+        per_class.astype(float),
+        annot=True,
+        fmt=".0f",
+        annot_kws={"fontsize": 6.5},
+        cmap="viridis",
+        vmin=0,
+        vmax=100,
+        linewidths=0.4,
+        cbar_kws={"label": "IoU (%)", "pad": 0.01},
+        ax=ax,
+    )
+    ax.set(xlabel="", ylabel="")
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=40, ha="right")
+    fig.tight_layout()
+    _class_strip(fig, ax, list(per_class.columns))
+    ax.set_title(title, pad=26)
     return fig
 
 
@@ -47,6 +125,7 @@ def class_frequency_plot(freq: pd.DataFrame, title: str = "pixel share of each c
 # ---------------------------------------------------------------------------------------
 
 
+@_themed
 def dg_loss_figure(log: Sequence[dict], consistency: str):
     """Return a figure of a DG run's training loss per step (``log``: the run's state log),
     cross-entropy and consistency (``consistency``: its kind)."""
@@ -62,6 +141,7 @@ def dg_loss_figure(log: Sequence[dict], consistency: str):
     return fig
 
 
+@_themed
 def dg_curve_figure(curve: pd.DataFrame, reference: float | None = None, label: str = ""):
     """Return a figure of DG training curves (:func:`diffprompt.experiments.dg.curve_table`):
     the curve set's mIoU against the step, one line per (method, seed); ``reference``: a
@@ -106,22 +186,61 @@ def dg_prediction_figure(trainer, sets: Mapping[str, object], index: int = 0):
     return panel_grid(rows, columns)
 
 
-def ablation_plot(summary: pd.DataFrame, column: str = "target mean"):
-    """Return a bar plot of ``column``'s mean ± std over seeds per grid cell."""
+def _interval_panels(
+    table: pd.DataFrame, rows: Sequence[str], panels: str, value: str, low: str, high: str
+):
+    """Draw one horizontal interval plot per ``panels`` value: a point at ``value`` and a bar
+    from ``low`` to ``high`` for each row label (``rows``, in that order), coloured by the
+    label's group (its text before ": "). Returns (figure, axes)."""
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
-    labels = [f"{g}: {s}" for g, s in summary.index]
-    m = summary[f"{column} mean"].to_numpy()
-    s = summary[f"{column} std"].fillna(0).to_numpy()
-    groups = [g for g, _ in summary.index]
-    colours = {g: f"C{i}" for i, g in enumerate(dict.fromkeys(groups))}
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels)), 3.6))
-    ax.bar(range(len(m)), m, yerr=s, capsize=3, color=[colours[g] for g in groups])
-    ax.set_xticks(range(len(m)), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel(f"mIoU (%), {column}")
-    lo = max(0.0, float(np.nanmin(m - s)) - 2)
-    ax.set_ylim(lo, float(np.nanmax(m + s)) + 1)
-    ax.set_title("prompt ablation (mean ± std over seeds)")
+    names = list(dict.fromkeys(table[panels]))
+    fig, axes = plt.subplots(
+        1,
+        len(names),
+        figsize=(3.3 * len(names) + 2.2, 0.32 * len(rows) + 1.4),
+        squeeze=False,
+        sharey=True,
+    )
+    groups = list(dict.fromkeys(r.split(": ")[0] for r in rows))
+    colors = dict(zip(groups, sns.color_palette(n_colors=len(groups)), strict=True))
+    y = {r: i for i, r in enumerate(rows)}
+    for ax, name in zip(axes[0], names, strict=True):
+        part = table[table[panels] == name]
+        for _, r in part.iterrows():
+            c = colors[r["row"].split(": ")[0]]
+            ax.errorbar(
+                r[value],
+                y[r["row"]],
+                xerr=[[r[value] - r[low]], [r[high] - r[value]]],
+                fmt="o",
+                ms=4,
+                color=c,
+                capsize=2,
+                lw=1.2,
+            )
+        ax.set_title(name)
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+    return fig, axes[0]
+
+
+@_themed
+def ablation_plot(stats: pd.DataFrame, reference: str = "null"):
+    """Return the prompt-ablation grid (:func:`diffprompt.experiments.ablation.
+    ablation_statistics`): per target (panels), each cell's mIoU (mean over seeds) with its
+    95% bootstrap CI over images, a dashed line at the ``reference`` setting's mIoU."""
+    table = stats.reset_index() if "group" not in stats.columns else stats.copy()
+    table["row"] = table["group"].astype(str) + ": " + table["setting"].astype(str)
+    rows = list(dict.fromkeys(table["row"]))
+    fig, axes = _interval_panels(table, rows, "target", "mIoU", "low", "high")
+    for ax, target in zip(axes, dict.fromkeys(table["target"]), strict=True):
+        ref = table[(table["target"] == target) & (table["setting"].astype(str) == reference)]
+        if len(ref):
+            ax.axvline(float(ref["mIoU"].iloc[0]), color="0.4", ls="--", lw=0.9)
+        ax.set_xlabel("mIoU (%)")
+    fig.suptitle(f"prompt ablation: mIoU with 95% bootstrap CIs (dashed: {reference})", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -131,6 +250,7 @@ def ablation_plot(summary: pd.DataFrame, column: str = "target mean"):
 # ---------------------------------------------------------------------------------------
 
 
+@_themed
 def tta_curve_figure(curves: Sequence[dict], target: str):
     """Return a plot of mIoU against TTA steps, one line per objective."""
     import matplotlib.pyplot as plt
@@ -145,6 +265,31 @@ def tta_curve_figure(curves: Sequence[dict], target: str):
     return fig
 
 
+@_themed
+def tta_change_figure(stats: pd.DataFrame, reference: str = "no adaptation"):
+    """Return the change of every TTA table row from ``reference`` (the paired difference
+    of :func:`diffprompt.experiments.tta.tta_statistics`, same images and seeds) with its
+    95% bootstrap CI, per target (panels); a change whose CI excludes 0 is a filled point."""
+    table = stats.reset_index() if "target" not in stats.columns else stats.copy()
+    table = table[table["method"] != reference].dropna(subset=["delta"])
+    table["row"] = table["method"]  # coloured by the method's family (its text before ": ")
+    rows = list(dict.fromkeys(table["row"]))
+    fig, axes = _interval_panels(table, rows, "target", "delta", "delta_low", "delta_high")
+    for ax in axes:
+        ax.axvline(0, color="0.2", lw=0.9)
+        ax.set_xlabel(f"mIoU change vs {reference}")
+    for ax, target in zip(axes, dict.fromkeys(table["target"]), strict=True):
+        part = table[(table["target"] == target) & ~table["excludes_zero"].astype(bool)]
+        y = [rows.index(r) for r in part["row"]]
+        ax.scatter(part["delta"], y, s=14, color="white", zorder=3)  # open: not resolved
+    fig.suptitle(
+        f"TTA: change from {reference}, 95% paired bootstrap CIs (open: CI holds 0)", fontsize=10
+    )
+    fig.tight_layout()
+    return fig
+
+
+@_themed
 def tta_budget_figure(curves: pd.DataFrame):
     """Return the TTA budget study (:func:`diffprompt.experiments.tta.budget_study`): per
     target (columns), the change of mIoU from no adaptation (top) and the prompt's relative
@@ -209,24 +354,41 @@ def tta_prediction_figure(example: tuple, predictions: Mapping[str, np.ndarray],
 # ---------------------------------------------------------------------------------------
 
 
+@_themed
 def sweep_figure(sweeps: pd.DataFrame):
     """Return one panel per sweep: source and target-mean mIoU against the swept value."""
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
     names = list(dict.fromkeys(sweeps["sweep"]))
-    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        part = sweeps[sweeps["sweep"] == name]
-        for col, style in (("source", "-o"), ("target mean", "-s")):
-            ax.plot(part["value"].astype(str), part[col], style, ms=4, label=col)
-        ax.set_title(name, fontsize=9)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.3), squeeze=False)
+    long = sweeps.melt(
+        id_vars=["sweep", "value"],
+        value_vars=["source", "target mean"],
+        var_name="set",
+        value_name="mIoU",
+    )
+    long["value"] = long["value"].astype(str)
+    for i, (ax, name) in enumerate(zip(axes[0], names, strict=True)):
+        part = long[long["sweep"] == name]
+        sns.pointplot(
+            part,
+            x="value",
+            y="mIoU",
+            hue="set",
+            markers=["o", "s"],
+            markersize=4,
+            linewidth=1.2,
+            ax=ax,
+            legend=i == 0,
+        )
+        ax.set(title=name, xlabel="", ylabel="mIoU (%)" if i == 0 else "")
         ax.tick_params(axis="x", labelsize=7, rotation=30)
-        ax.set_ylabel("mIoU (%)")
-    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
+@_themed
 def gap_scatter(table: pd.DataFrame, corr: pd.DataFrame):
     """Return scatter plots of the mIoU drop against 1 - CKA and MMD, one colour per backbone
     (``table``: backbone, target, CKA, MMD, drop; ``corr``: their correlations, with a
@@ -249,6 +411,7 @@ def gap_scatter(table: pd.DataFrame, corr: pd.DataFrame):
     return fig
 
 
+@_themed
 def pca_figure(
     points: np.ndarray,
     domains: np.ndarray,
@@ -284,6 +447,7 @@ def pca_figure(
 # ---------------------------------------------------------------------------------------
 
 
+@_themed
 def paper_summary_figure(t1: pd.DataFrame, t3: pd.DataFrame, t4: pd.DataFrame):
     """Return one figure of the paper's tables: T1's target mean per backbone, T3's target
     mean per cell (both "mean ± std" cells), and T4's change from no adaptation per adverse
