@@ -29,8 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TWIN = "01_feature_probing"  # the paired notebook the browser opens as its .py
 
-pytestmark = pytest.mark.slow
-
 EXPLORER_CELLS = [
     "import os\n\nimport torch\n\n"
     "from diffprompt.build import build_model\n"
@@ -160,6 +158,7 @@ def _run_all_cells(page) -> None:
     page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
 
 
+@pytest.mark.slow
 def test_the_explorer_renders_in_jupyterlab_and_its_controls_work(lab, browser):
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     page.goto(f"{lab['base']}/lab/tree/explorer.ipynb?token={lab['token']}")
@@ -215,6 +214,7 @@ def test_the_explorer_renders_in_jupyterlab_and_its_controls_work(lab, browser):
     page.close()
 
 
+@pytest.mark.slow
 def test_a_paired_py_twin_opens_as_a_notebook_with_its_parameters_cell(lab, browser):
     assert json.loads((lab["work"] / "app-settings" / "overrides.json").read_text()) == (
         LAB_OVERRIDES
@@ -238,3 +238,17 @@ def test_a_paired_py_twin_opens_as_a_notebook_with_its_parameters_cell(lab, brow
     assert panel.locator(".jp-Cell").count() == len(cells)
     assert page.locator(".jp-FileEditor").count() == 0
     page.close()
+
+
+def test_lab_settings_merge_into_overrides_and_bad_json_is_named(tmp_path):
+    folder = tmp_path / "settings"
+    folder.mkdir()
+    mine = {"@jupyterlab/apputils-extension:themes": {"theme": "JupyterLab Dark"}}
+    (folder / "overrides.json").write_text(json.dumps(mine))
+    path = write_overrides(folder)
+    assert json.loads(path.read_text()) == {**mine, **LAB_OVERRIDES}  # kept what was there
+    assert json.loads(write_overrides(folder).read_text()) == {**mine, **LAB_OVERRIDES}
+    (folder / "overrides.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"overrides.json is not valid JSON.*fix or remove it"):
+        write_overrides(folder)
+    assert (folder / "overrides.json").read_text() == "{not json"  # untouched
