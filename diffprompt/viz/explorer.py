@@ -68,10 +68,7 @@ def explorer_view(
             bb.cfg = dataclasses.replace(cfg, timesteps=(int(timestep),))
         with torch.no_grad():
             texts = None if scene_text is None else [scene_text]
-            if latents is None:
-                feats = model.features(image, texts)
-            else:
-                feats = model.features(image, texts, latents=latents)
+            feats = model.features(image, texts, latents=latents)
             logits = model.decode(feats, tuple(image.shape[-2:]))
     finally:
         if timestep is not None:

@@ -62,62 +62,55 @@ def _class_strip(fig, ax, names: Sequence[str]) -> None:
     strip.set_axis_off()
 
 
+def _class_heatmap(values: pd.DataFrame, title: str, **heatmap):
+    """A heatmap of a (rows x classes) table, 6.5-pt annotations, the classes' palette strip
+    above it and ``title`` above that; ``heatmap``: seaborn's annotation, colour map and
+    colour bar arguments."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(14, 0.42 * len(values) + 2.2))
+    sns.heatmap(values, annot_kws={"fontsize": 6.5}, linewidths=0.4, ax=ax, **heatmap)
+    ax.set(xlabel="", ylabel="")
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=40, ha="right")
+    fig.tight_layout()
+    _class_strip(fig, ax, list(values.columns))
+    ax.set_title(title, pad=26)
+    return fig
+
+
 @_themed
 def class_frequency_plot(freq: pd.DataFrame, title: str = "pixel share of each class per domain"):
     """Return a heatmap of a (domains x classes) DataFrame of pixel shares: the colour is the
     share's log10 (rare classes stay visible), each cell annotated with its % share."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
     share = freq * 100
     text = share.map(lambda v: "0" if v == 0 else f"{v:.2g}" if v < 10 else f"{v:.0f}")
-    fig, ax = plt.subplots(figsize=(14, 0.42 * len(freq) + 2.2))
-    sns.heatmap(
+    return _class_heatmap(
         np.log10(share.clip(lower=10**-1.5)),
+        title,
         annot=text,
         fmt="",
-        annot_kws={"fontsize": 6.5},
         cmap="mako_r",
         vmin=-1.5,
         vmax=2,
-        linewidths=0.4,
         cbar_kws={"label": "log10 % of labeled pixels", "pad": 0.01},
-        ax=ax,
     )
-    ax.set(xlabel="", ylabel="")
-    ax.set_xticklabels(ax.get_xticklabels(), rotation=40, ha="right")
-    fig.tight_layout()
-    _class_strip(fig, ax, list(freq.columns))
-    ax.set_title(title, pad=26)
-    return fig
 
 
 @_themed
 def per_class_heatmap(per_class: pd.DataFrame, title: str):
     """Return a heatmap of per-class IoU (%) (rows: evaluated sets, columns: classes; NaN:
     the class absent from the set), annotated, on one 0-100 scale."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    fig, ax = plt.subplots(figsize=(14, 0.42 * len(per_class) + 2.2))
-    sns.heatmap(
+    return _class_heatmap(
         per_class.astype(float),
+        title,
         annot=True,
         fmt=".0f",
-        annot_kws={"fontsize": 6.5},
         cmap="viridis",
         vmin=0,
         vmax=100,
-        linewidths=0.4,
         cbar_kws={"label": "IoU (%)", "pad": 0.01},
-        ax=ax,
     )
-    ax.set(xlabel="", ylabel="")
-    ax.set_xticklabels(ax.get_xticklabels(), rotation=40, ha="right")
-    fig.tight_layout()
-    _class_strip(fig, ax, list(per_class.columns))
-    ax.set_title(title, pad=26)
-    return fig
 
 
 # ---------------------------------------------------------------------------------------
