@@ -33,6 +33,7 @@ import copy
 import dataclasses
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -148,12 +149,9 @@ def caption_start(
     when it is "" the condition phrase most of these images' captions hold (the first in
     caption order on a tie; :data:`CAPTION_SPAN` when none holds one)."""
     if not phrase:
-        found = [condition_phrase(book.caption(dataset, int(i))) for i in indices]
-        counts: dict[str, int] = {}
-        for p in found:
-            if p is not None:
-                counts[p] = counts.get(p, 0) + 1
-        phrase = max(counts, key=counts.__getitem__) if counts else CAPTION_SPAN
+        found = (condition_phrase(book.caption(dataset, int(i))) for i in indices)
+        common = Counter(p for p in found if p is not None).most_common(1)  # ties: first seen
+        phrase = common[0][0] if common else CAPTION_SPAN
     return CaptionStart(book, phrase)
 
 

@@ -377,33 +377,30 @@ def run_target(
             log(f"{cfg.target}: {METHODS[method][TABLE_LABEL]} {rows[-1]['mIoU']:.2f} mIoU")
     if tent:
         add("tent", "offline", *tta.tent(fit_set, fit_idx, eval_set, eval_idx))
-    for objective in objectives:
+
+    def fit(adapter: PromptTTA, objective: str, method: str, name: str, at_start) -> None:
+        """One learned-prompt row per setting; the offline curve and nearest words as
+        ``name``; ``at_start``: the curve's step 0 (None: evaluated)."""
         for setting in settings:
             if setting == "offline":
-                cm, curve = tta.fit_offline(objective, fit_set, fit_idx, eval_set, eval_idx, base)
-                curves += [{"objective": objective, **c} for c in curve]
-                nearest[objective] = tta.nearest_words()
+                cm, curve = adapter.fit_offline(
+                    objective, fit_set, fit_idx, eval_set, eval_idx, at_start
+                )
+                curves.extend({"objective": name, **c} for c in curve)
+                nearest[name] = adapter.nearest_words()
             else:
-                cm = tta.fit_online(objective, eval_set, eval_idx)
-            add(f"prompt_{objective}", setting, cm, tta.tta_model)
-            log(f"{cfg.target}: TTA {objective} ({setting}) {rows[-1]['mIoU']:.2f} mIoU")
+                cm = adapter.fit_online(objective, eval_set, eval_idx)
+            add(method, setting, cm, adapter.tta_model, by=adapter)
+            log(f"{cfg.target}: {METHODS[method][TABLE_LABEL]} ({setting}) {rows[-1]['mIoU']:.2f}")
+
+    for objective in objectives:
+        fit(tta, objective, f"prompt_{objective}", objective, base)
     if captions is not None and caption_objectives:
         start = caption_start(captions, fit_set, fit_idx, cfg.caption_span)
+        log(f"{cfg.target}: TTA from own caption, span init {start.phrase!r}")
         ctta = PromptTTA(dg.model, cfg, dg.cache, dg.transform, log, start)
         for objective in caption_objectives:
-            name = f"caption {objective}"  # its curve and nearest words
-            for setting in settings:
-                if setting == "offline":
-                    cm, curve = ctta.fit_offline(objective, fit_set, fit_idx, eval_set, eval_idx)
-                    curves += [{"objective": name, **c} for c in curve]
-                    nearest[name] = ctta.nearest_words()
-                else:
-                    cm = ctta.fit_online(objective, eval_set, eval_idx)
-                add(f"caption_{objective}", setting, cm, ctta.tta_model, by=ctta)
-                log(
-                    f"{cfg.target}: {METHODS[f'caption_{objective}'][TABLE_LABEL]} ({setting}) "
-                    f"{rows[-1]['mIoU']:.2f} mIoU, span init {start.phrase!r}"
-                )
+            fit(ctta, objective, f"caption_{objective}", f"caption {objective}", None)
     sample = eval_set[shown]
     return {
         "rows": rows,
