@@ -18,7 +18,7 @@ RUNS := results/runs
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 
 .PHONY: setup main paper data test lint format notebooks clean clean-runs distclean \
-	embedded-model evidence bench tta-budget tta-budget-short lab browser
+	embedded-model embedded-candidate evidence bench tta-budget tta-budget-short lab browser
 .DELETE_ON_ERROR:
 
 $(VENV)/.installed: pyproject.toml
@@ -120,6 +120,16 @@ tta-budget-short: setup data
 # hours on a CPU; resumable from results/runs/toy_sd), then measure it and rewrite its card
 embedded-model: setup data
 	$(PY) -m diffprompt.backbones.toy_sd --device auto
+
+# a candidate embedded model (diffprompt.backbones.toy_sd_candidate): CANDIDATE=gpu10 fine-tunes
+# toy-sd in about 10 min on one H100/H200 (checkpoints with a usable model every 2 min in
+# results/runs/candidates/gpu10.work/model), then measures its text use against toy-sd:
+# tables/toy_sd_text_use_<name>; CANDIDATE_ARGS passes options, e.g. "--set unet_batch=128"
+CANDIDATE ?= gpu10
+CANDIDATE_ARGS ?=
+embedded-candidate: setup data
+	$(PY) -m diffprompt.backbones.toy_sd_candidate --recipe $(CANDIDATE) --device $(DEVICE) \
+		$(CANDIDATE_ARGS)
 
 evidence: setup data
 	@mkdir -p $(RUNS)

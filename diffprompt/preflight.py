@@ -338,6 +338,7 @@ PARAMETER_RANGES: dict[str, str] = {
     # 06_embedded_model
     "images": ">= 1",
     "probe_steps": ">= 1",
+    "text_use_images": ">= 1",
     "sample_steps": ">= 1",
     "vae_steps": ">= 1",
     "unet_steps": ">= 1",

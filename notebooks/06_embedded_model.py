@@ -44,6 +44,8 @@ width: int = 256  # training width
 max_images: int = 0  # cap on training images per data set (0: all; tests use a few)
 device: str = "auto"  # where a retrain runs: "auto" (CUDA if present), "cpu", "cuda"
 compare_vaes: dict = {}  # other VAEs to compare per class: {"name": "diffusers VAE folder"}
+text_use_images: int = 16  # held-out images per text-use measure (prompt sensitivity etc.)
+candidates: dict = {}  # candidate models measured beside it: {"name": "toy model folder"}
 seed: int = 0  # seeds training, probes and sampling
 results_dir: str = ""  # "": results/ of the repository
 
@@ -53,20 +55,25 @@ from diffprompt.preflight import check_parameters
 params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 
 # %%
+import pandas as pd
+
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.hub import resolve_model_folder
 from diffprompt.backbones.toy_sd import ToySDConfig, load_training_record, pretrain
+from diffprompt.backbones.toy_sd_candidate import measure
 from diffprompt.backbones.toy_sd_eval import (
     DEMO_CAPTIONS,
     evidence_attention,
     evidence_probe,
     evidence_text,
     evidence_vae,
+    masks_padding,
     sample_figure,
     sample_images,
     training_figure,
     write_table,
 )
+from diffprompt.backbones.toy_sd_text_use import recorded_candidates, text_use, text_use_table
 from diffprompt.data.roots import resolve_data_root
 from diffprompt.experiments import config_of
 from diffprompt.results import Run
@@ -129,7 +136,29 @@ write_table(run, "toy_sd_vae_reconstruction", evidence_vae(bb, root, images, com
 # random weights (same VAE and text encoder), trained on GTA5 train, scored on GTA5 val.
 
 # %%
-write_table(run, "toy_sd_probe", evidence_probe(bb, root, probe_steps, seed=seed))
+probes = write_table(run, "toy_sd_probe", evidence_probe(bb, root, probe_steps, seed=seed))
+
+# %% [markdown]
+# ## How much does the prompt reach the features?
+# The measures a candidate recipe is judged by (`diffprompt.backbones.toy_sd_text_use`): the
+# % change of the feature maps between scene prompts and against the empty prompt at
+# t = 1 (the features' timestep), 200 and 400; class-word binding (best of t = 1, 200);
+# the caption's loss gap at t <= 600; the probe. A candidate replaces toy-sd only with
+# binding >= 25 mIoU or scene-prompt sensitivity >= 25% at t = 1, the probe within 2
+# points. Rows: this model, the `candidates` measured here, and the candidates that
+# `toy_sd_candidate` runs measured (their run, device and git sha in "measured by").
+
+# %%
+# the probe above is this one unless the model masks padding (then read with trimmed prompts)
+known = {} if masks_padding(bb) else dict(probe_miou=probes.loc["pretrained UNet", "mIoU"])
+name = str(folder) if retrain else model
+measures = {name: text_use(bb, root, text_use_images, probe_steps, seed=seed, **known)}
+for name, path in candidates.items():
+    kw = dict(images=text_use_images, probe_steps=probe_steps, seed=seed)
+    measures[name] = measure(path, root, bb.unet.device, **kw)
+table = text_use_table(measures).assign(**{"measured by": run.name})
+recorded = recorded_candidates(run.root)
+write_table(run, "toy_sd_text_use", table if recorded.empty else pd.concat([table, recorded]))
 
 # %% [markdown]
 # ## Images sampled from captions

@@ -101,6 +101,8 @@ def test_embedded_model_notebook_retrains_and_measures(mini_root, tmp_path):
             width=128,
             max_images=1,
             device="cpu",
+            text_use_images=2,
+            candidates={"same model": str(model_dir)},
             results_dir=str(out),
         ),
         kernel_name="python3",
@@ -113,6 +115,7 @@ def test_embedded_model_notebook_retrains_and_measures(mini_root, tmp_path):
         "tables/toy_sd_class_word_attention.csv",
         "tables/toy_sd_vae_reconstruction.csv",
         "tables/toy_sd_probe.csv",
+        "tables/toy_sd_text_use.csv",
         "figures/toy_sd_training.png",
         "figures/toy_sd_samples.png",
         "figures/toy_sd_attention_maps.png",
@@ -124,6 +127,14 @@ def test_embedded_model_notebook_retrains_and_measures(mini_root, tmp_path):
     assert use["caption wins"].between(0, 1).all() and (use["caption loss"] > 0).all()
     att = pd.read_csv(out / "tables" / "toy_sd_class_word_attention.csv", index_col=0)
     assert att["mIoU"].between(0, 100).all()
+    # text use: the model and the candidate (the same model, measured alike: the same row)
+    use = pd.read_csv(out / "tables" / "toy_sd_text_use.csv", index_col=0)
+    assert list(use.index) == [str(model_dir), "same model"]
+    assert set(use["measured by"]) == {"06_embedded_model"}
+    assert {"scene vs scene % t=1", "scene vs empty % t=400", "binding mIoU"} <= set(use.columns)
+    first, second = use.iloc[0].drop(["measured by", "probe mIoU"]), use.iloc[1]
+    assert (first.astype(float) - second[first.index].astype(float)).abs().max() < 1e-6
+    assert use.filter(like="scene vs").ge(0).all().all()
     # the model card is written from these tables
     from diffprompt.backbones.toy_sd_eval import write_card
 

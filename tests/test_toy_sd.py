@@ -14,7 +14,7 @@ from test_toy_sd_recipe import H, W, math_isfinite, tiny
 from diffprompt.backbones import toy_sd
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.toy_sd import SAVE_DTYPE, ToySDConfig, pretrain
-from diffprompt.backbones.toy_sd_recipe import PRETRAIN_SPLITS
+from diffprompt.backbones.toy_sd_recipe import OPTIONS, PRETRAIN_SPLITS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -135,7 +135,10 @@ def test_training_record(reference):
     cfg, out = reference.cfg, reference.out
     vae_cfg = json.loads((out / "vae" / "config.json").read_text())
     rec = toy_sd.load_training_record(out)
-    assert rec["recipe"] == json.loads(json.dumps(asdict(cfg)))
+    recipe = json.loads(json.dumps(asdict(cfg)))
+    # the recipe as recorded: the options at their neutral values are left out
+    assert rec["recipe"] == {k: v for k, v in recipe.items() if k not in OPTIONS}
+    assert all(recipe[k] == v for k, v in OPTIONS.items())
     assert rec["training_images"] == 2 * len(PRETRAIN_SPLITS)
     # parameter counts of what was saved
     sw = saved_weights(out)

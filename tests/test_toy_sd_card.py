@@ -66,6 +66,25 @@ def test_card_quotes_the_record_and_the_evidence():
     assert "caption gives the lower loss in 60-75% of (image, noise) pairs" in card
 
 
+def test_card_quotes_the_text_use_of_its_model_when_measured():
+    tables = evidence(attention=10.0, pretrained=30.0, random=20.0)
+    assert "prompt reaches the features" not in model_card(training_record(), tables)
+    cols = {
+        "scene vs scene % t=1": [4.5, 30.0],
+        "scene vs scene % t=200": [6.25, 31.0],
+        "scene vs empty % t=1": [7.0, 40.0],
+        "caption gap % (t<=600)": [0.31, 2.0],
+        "probe mIoU": [44.0, 43.0],
+    }
+    tables["text_use"] = pd.DataFrame(cols, index=["toy-sd", "candidate gpu10"])
+    card = model_card(training_record(), tables)
+    assert (
+        "between scene prompts t=1: 4.5%, t=200: 6.2%; against the empty prompt t=1: 7.0%" in card
+    )
+    assert "lowers the loss by 0.31% at t <= 600" in card  # this model's row, not the candidate's
+    assert "make embedded-candidate CANDIDATE=gpu10" in card and "1 candidate(s)" in card
+
+
 @pytest.mark.parametrize("attention", [MIN_ATTENTION_MIOU - 1, MIN_ATTENTION_MIOU])
 @pytest.mark.parametrize("gain", [MIN_PROBE_GAIN - 1, MIN_PROBE_GAIN])
 def test_assessment_weighs_the_evidence_against_what_is_asked(attention, gain):

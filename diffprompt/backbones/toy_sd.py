@@ -42,8 +42,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from diffprompt.backbones.hub import BUNDLED
+from diffprompt.backbones.hub import BUNDLED, resolve_model_folder
 from diffprompt.backbones.tokenizer import build_clip_tokenizer
+from diffprompt.backbones.toy_sd_options import (
+    crop_batch,
+    load_components,
+    padding_mask,
+    select_parts,
+)
 from diffprompt.backbones.toy_sd_recipe import (
     ToySDConfig,
     build_components,
@@ -51,8 +57,10 @@ from diffprompt.backbones.toy_sd_recipe import (
     denoising_loss,
     heldout_set,
     param_groups,
+    recorded_recipe,
     text_usage,
     training_images,
+    training_shares,
     vocabulary_words,
 )
 from diffprompt.data.roots import resolve_data_root
@@ -89,7 +97,7 @@ class TrainState:
 
 
 def _jsonable(cfg: ToySDConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(cfg)))
+    return recorded_recipe(cfg)
 
 
 def recipe_hash(cfg: ToySDConfig) -> str:
@@ -286,6 +294,8 @@ def train_unet(
     device: torch.device,
     ckpt: Path | None,
     progress: Progress,
+    shares: torch.Tensor | None = None,
+    on_checkpoint: Callable[[], None] | None = None,
 ) -> None:
     """Train UNet (and text encoder) on noise prediction in place, resumable; returns
     nothing (``state`` holds the step, log and time).
@@ -293,12 +303,16 @@ def train_unet(
     ``mean`` and ``std`` (2N, C, h, w) are the VAE posterior of the N training images and
     their mirrors (:func:`encode_latents`), ``captions`` the N captions, ``heldout`` the
     scaled latents and captions that text usage is measured on every ``eval_every`` steps.
+    ``shares`` (N, 19, h, w): the class shares of the training images' latent cells, which
+    crop captions are read from (``cfg.crop_size``); ``on_checkpoint`` is called after each
+    checkpoint (e.g. to write a usable model). The stage ends after ``cfg.unet_stop`` steps
+    or ``cfg.time_limit_min`` minutes.
     """
     unet, text = components["unet"], components["text_encoder"]
     scheduler = components["scheduler"]
     unet.to(device).train()
     text.to(device).train(cfg.train_text_encoder)
-    text.requires_grad_(cfg.train_text_encoder)
+    select_parts(unet, text, cfg, state.step)
     opt = torch.optim.AdamW(param_groups(unet, text, cfg), weight_decay=1e-2)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, cfg.unet_steps))
     g = torch.Generator().manual_seed(cfg.seed + 2)
@@ -311,23 +325,32 @@ def train_unet(
     heldout_latents, heldout_captions = heldout[0].to(device), heldout[1]
     t0 = time.time() - state.seconds
     end = min(cfg.unet_stop, cfg.unet_steps) if cfg.unet_stop else cfg.unet_steps
-    while state.step < end:
+    next_save = time.time() + 60 * cfg.ckpt_minutes
+    timed_out = False
+    while state.step < end and not timed_out:
+        if cfg.parts_steps and state.step == cfg.parts_steps:
+            select_parts(unet, text, cfg, state.step)  # after the parts: everything
         idx = _batch_indices(len(mean), cfg.unet_batch, g)
         eps = torch.randn((len(idx),) + tuple(mean.shape[1:]), generator=g).to(device)
         z = (mean[idx] + std[idx] * eps) * sf
         ids = all_ids[idx].clone()
+        if cfg.crop_size and torch.rand(1, generator=g).item() < cfg.crop_share:
+            z, ids = crop_batch(z, idx, captions, shares, cfg, g, tokenizer)
         drop = torch.rand(len(idx), generator=g) < cfg.caption_dropout
         ids[drop] = empty
+        mask = padding_mask(ids, tokenizer.eos_token_id).to(device) if cfg.mask_padding else None
         with _autocast(device, cfg.precision):
-            loss = denoising_loss(unet, text, scheduler, z, ids.to(device), g).mean()
+            loss = denoising_loss(unet, text, scheduler, z, ids.to(device), g, mask=mask).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text.parameters()), 1.0)
         opt.step()
         lr_schedule.step()
         state.step += 1
+        timed_out = bool(cfg.time_limit_min) and time.time() - t0 >= 60 * cfg.time_limit_min
+        last = state.step == end or timed_out
         entry = None
-        if state.step % cfg.log_every == 0 or state.step == end:
+        if state.step % cfg.log_every == 0 or last:
             entry = {
                 "stage": "unet",
                 "step": state.step,
@@ -335,12 +358,18 @@ def train_unet(
                 "lr": lr_schedule.get_last_lr()[0],
                 "seconds": time.time() - t0,
             }
-        if state.step % cfg.eval_every == 0 or state.step == end:
+        if state.step % cfg.eval_every == 0 or last:
             unet.eval()
             text.eval()
             with _autocast(device, cfg.precision):
                 models = (unet, text, scheduler, tokenizer)
-                use = text_usage(*models, heldout_latents, heldout_captions, seed=cfg.seed)
+                use = text_usage(
+                    *models,
+                    heldout_latents,
+                    heldout_captions,
+                    seed=cfg.seed,
+                    mask_padding=cfg.mask_padding,
+                )
             unet.train()
             text.train(cfg.train_text_encoder)
             entry = (entry or {"stage": "unet", "step": state.step}) | use
@@ -351,7 +380,9 @@ def train_unet(
                 caption_loss, empty_loss = entry["caption_loss"], entry["empty_loss"]
                 msg += f" | held-out caption {caption_loss:.4f} empty {empty_loss:.4f}"
             progress(msg)
-        if ckpt and state.step % cfg.ckpt_every == 0:
+        timed_save = bool(cfg.ckpt_minutes) and time.time() >= next_save
+        if ckpt and (state.step % cfg.ckpt_every == 0 or timed_save):
+            next_save = time.time() + 60 * cfg.ckpt_minutes
             state.seconds = time.time() - t0
             _save_ckpt(ckpt, state, {"unet": unet, "text_encoder": text}, opt, lr_schedule, g, cfg)
             # a small weights-only copy (fp16), e.g. to carry off a machine that is lent
@@ -362,6 +393,10 @@ def train_unet(
                 "text_encoder": _half(text),
             }
             _save(weights, ckpt.with_name("weights.pt"))
+            if on_checkpoint is not None:
+                on_checkpoint()
+    if timed_out:
+        progress(f"unet: time limit of {cfg.time_limit_min} min reached at step {state.step}")
     state.seconds = time.time() - t0
     unet.eval()
     text.eval()
@@ -403,8 +438,13 @@ def pretrain(
     root = resolve_data_root(cfg.data_root)
     images, captions, names = training_images(root, cfg)
     progress(f"{len(images)} training images from {len(set(names))} data sets on {dev}")
-    tok = build_clip_tokenizer(vocabulary_words(captions), work / "tokenizer", cfg.max_length)
-    comps = build_components(cfg, tok)
+    if cfg.init_from:  # fine-tuning: the model's own VAE, tokenizer and weights
+        comps = load_components(cfg, resolve_model_folder(cfg.init_from))
+        tok = comps.pop("tokenizer")
+        tok.save_pretrained(work / "tokenizer")
+    else:
+        tok = build_clip_tokenizer(vocabulary_words(captions), work / "tokenizer", cfg.max_length)
+        comps = build_components(cfg, tok)
     counts = count_parameters(comps)
     progress("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
     ckpt = work / "checkpoint.pt"
@@ -417,6 +457,13 @@ def pretrain(
         if state.stage != "vae":
             comps["vae"].load_state_dict(_load(work / "vae.pt"))
         progress(f"resumed: stage {state.stage}, step {state.step}")
+    elif cfg.init_from:  # nothing to train in the VAE stage: its latents are measured
+        factor = float(comps["vae"].config.scaling_factor)
+        state = TrainState(stage="unet", scaling_factor=factor)
+        state.log.append({"stage": "init", "from": str(cfg.init_from), "scaling_factor": factor})
+        mean, std = encode_latents(comps["vae"].to(dev), images, dev)
+        _save({"mean": mean, "std": std}, work / "latents.pt")
+        _save_stage_end(ckpt, state, {}, cfg)
     if state.stage == "vae":
         train_vae(comps["vae"], images, cfg, state, dev, ckpt, progress)
         _save(comps["vae"].state_dict(), work / "vae.pt")
@@ -441,16 +488,34 @@ def pretrain(
     ho_imgs, ho_caps = heldout_set(root, cfg)
     ho_mean, _ = encode_latents(comps["vae"], ho_imgs, dev)
     ho_lat = ho_mean[: len(ho_imgs)] * state.scaling_factor
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
+    n = len(images)
     if state.stage == "unet":
         heldout = (ho_lat, ho_caps)
+        shares = training_shares(root, cfg) if cfg.crop_size else None
+
+        def usable_model() -> None:  # a run cut short leaves this model in work_dir/model
+            save_model(comps, tok, work / "model", cfg, state, n_images=n, device=device_name)
+
         train_unet(
-            comps, tok, lat["mean"], lat["std"], captions, heldout, cfg, state, dev, ckpt, progress
+            comps,
+            tok,
+            lat["mean"],
+            lat["std"],
+            captions,
+            heldout,
+            cfg,
+            state,
+            dev,
+            ckpt,
+            progress,
+            shares=shares,
+            on_checkpoint=usable_model if cfg.ckpt_minutes else None,
         )
         state.stage = "done"
         trained = {"unet": comps["unet"], "text_encoder": comps["text_encoder"]}
         _save_stage_end(ckpt, state, trained, cfg)
-    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
-    return save_model(comps, tok, out_dir, cfg, state, n_images=len(images), device=device_name)
+    return save_model(comps, tok, out_dir, cfg, state, n_images=n, device=device_name)
 
 
 def save_model(

@@ -23,6 +23,9 @@ from diffprompt.paths import results_root
 #: What the project asks of the embedded model (issue "backbone and embedded model").
 MIN_ATTENTION_MIOU = 25.0  # class-word attention argmax, mIoU on the source (GTA5 val)
 MIN_PROBE_GAIN = 5.0  # linear probe: pretrained minus random UNet, mIoU on the source
+#: An optional evidence table: the text-use measures (``toy_sd_text_use``), quoted when
+#: notebook 06 wrote it.
+TEXT_USE_TABLE = "toy_sd_text_use"
 #: Thin classes, which a VAE of a larger downsampling factor loses first.
 THIN = ("pole", "traffic light", "traffic sign", "person", "rider", "bicycle")
 #: The evidence tables the card quotes: its key -> the table's name in ``results/tables``.
@@ -71,6 +74,29 @@ def _assessment(
             f"{rec.loc['all pixels', x8]:.1f}), so the model uses 4x."
         )
     return out
+
+
+def _text_use_lines(table: pd.DataFrame) -> list[str]:
+    """Return the card's lines on how much the prompt reaches the features (the first row:
+    this model; further rows: candidates) and where the next recipes are."""
+    me = table.iloc[0]
+    return [
+        "How much the prompt reaches the features (`results/tables/toy_sd_text_use.md`; "
+        "% relative L2 change of the UNet's maps): between scene prompts "
+        + ", ".join(
+            f"t={c.rsplit('=', 1)[1]}: {me[c]:.1f}%" for c in table.filter(like="scene vs scene")
+        )
+        + "; against the empty prompt "
+        + ", ".join(
+            f"t={c.rsplit('=', 1)[1]}: {me[c]:.1f}%" for c in table.filter(like="scene vs empty")
+        )
+        + f"; the caption lowers the loss by {me['caption gap % (t<=600)']:.2f}% at t <= 600.",
+        "",
+        "Next recipes (pooled text in the timestep embedding, padding masking, crop captions "
+        "naming the classes present, sharper query/key, fine-tuning from this model): "
+        "`make embedded-candidate CANDIDATE=gpu10` (about 10 min on one H100/H200; docs/METHOD.md); "
+        f"{len(table) - 1} candidate(s) measured beside it in that table.",
+    ]
 
 
 def model_card(
@@ -163,6 +189,8 @@ def model_card(
         + ", ".join(f"{i} {v:.1f}" for i, v in pr["mIoU"].items())
         + " mIoU.",
     ]
+    if "text_use" in tables:
+        lines += ["", *_text_use_lines(tables["text_use"])]
     lines += ["", "## Assessment", ""] + _assessment(use, att, rec, pr)
     if manifest:
         sha = manifest["git"]["sha"][:10]
@@ -177,6 +205,8 @@ def write_card(folder: str | Path, results: str | Path | None = None) -> Path:
     root = Path(results) if results else results_root()
     t = root / "tables"
     tables = {k: pd.read_csv(t / f"{name}.csv", index_col=0) for k, name in CARD_TABLES.items()}
+    if (t / f"{TEXT_USE_TABLE}.csv").is_file():
+        tables["text_use"] = pd.read_csv(t / f"{TEXT_USE_TABLE}.csv", index_col=0)
     record = load_training_record(folder)
     mf = root / "manifests" / "06_embedded_model.json"
     manifest = json.loads(mf.read_text()) if mf.is_file() else None

@@ -9,6 +9,10 @@ never used for training, so they are fair here):
 - :func:`probe`: do the UNet's features beat the same UNet with random weights?
 - :func:`sample_figure`: images sampled from captions.
 
+How much the text reaches the features (prompt sensitivity, with binding, the loss gap and
+the probe gathered per model, as candidate recipes are judged) is
+:mod:`diffprompt.backbones.toy_sd_text_use`.
+
 Every mIoU averages over :func:`diffprompt.benchmarks.eval_classes` of the data set the
 model is scored on, :data:`SOURCE` (all 19 classes for GTA5).
 
@@ -35,7 +39,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
-from diffprompt.backbones.hub import resolve_model_folder
+from diffprompt.backbones.hub import ModelNotFoundError, resolve_model_folder
+from diffprompt.backbones.toy_sd import load_training_record
 from diffprompt.backbones.toy_sd_card import write_card
 from diffprompt.backbones.toy_sd_recipe import paired_losses
 from diffprompt.backbones.variants import random_unet
@@ -43,7 +48,7 @@ from diffprompt.benchmarks import TARGETS, eval_classes
 from diffprompt.data import DEFAULT_SPLIT, build_dataset
 from diffprompt.evaluate import ConfusionMatrix, predicted_classes
 from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, colorize
-from diffprompt.text import encode_texts, word_positions
+from diffprompt.text import encode_scene, encode_texts, word_positions
 
 if TYPE_CHECKING:  # annotations only: diffusers and matplotlib are imported where used
     from diffusers import AutoencoderKL
@@ -83,6 +88,13 @@ TABLES = {
         "mIoU (%) of the argmax over the 19 class words' cross-attention maps, GTA5 val, no head.",
     ),
     "toy_sd_vae_reconstruction": ("%.1f", "VAE reconstruction PSNR (dB) per class, GTA5 val."),
+    "toy_sd_text_use": (
+        "%.2f",
+        "Text use: % relative L2 change of the UNet features between scene prompts and against "
+        "the empty prompt (GTA5 val), class-word binding mIoU (GTA5 val), the caption's "
+        "relative loss gap at t<=600 (Cityscapes val), probe mIoU; candidates as measured by "
+        "their toy_sd_candidate runs.",
+    ),
     "toy_sd_probe": (
         "%.2f",
         "Linear probe on UNet features (empty prompt, t=1), trained on GTA5 train, mIoU (%) on "
@@ -106,6 +118,16 @@ def _stack(
 # ---------------------------------------------------------------------------------------
 
 
+def masks_padding(bb: DiffusionBackbone) -> bool:
+    """Return whether ``bb``'s model was trained with padding masked in cross-attention (its
+    training record says so; a model without one, e.g. real SD, was not)."""
+    try:
+        folder = resolve_model_folder(bb.origin)
+        return bool(load_training_record(folder)["recipe"].get("mask_padding", False))
+    except (ModelNotFoundError, OSError, KeyError, ValueError):
+        return False
+
+
 @torch.no_grad()
 def text_usage_by_timestep(
     bb: DiffusionBackbone,
@@ -127,7 +149,7 @@ def text_usage_by_timestep(
     models = (bb.unet, bb.text_encoder, bb.scheduler, bb.tokenizer)
     rows = []
     for t in timesteps:
-        c, e = paired_losses(*models, z, captions, g, repeats, [int(t)])
+        c, e = paired_losses(*models, z, captions, g, repeats, [int(t)], masks_padding(bb))
         c, e = c.cpu(), e.cpu()
         caption_loss, empty_loss = c.mean(), e.mean()
         rows.append(
@@ -174,7 +196,7 @@ def class_word_maps(
     )
     old, bb.cfg = bb.cfg, cfg
     try:
-        ctx = encode_texts(bb.text_encoder, bb.tokenizer, [prompt]).last_hidden_state
+        ctx = encode_scene(bb.text_encoder, bb.tokenizer, prompt, trim=masks_padding(bb))[None]
         f = bb(images, ctx)
     finally:
         bb.cfg = old

@@ -18,6 +18,7 @@ place and the training machinery (stages, checkpoints, resume, command line) in 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -27,8 +28,17 @@ import torch
 import torch.nn.functional as F
 
 from diffprompt.backbones.tokenizer import caption_words
+from diffprompt.backbones.toy_sd_options import (
+    PARTS,
+    cross_attention_qk,
+    padding_mask,
+    padding_masked,
+    scale_qk,
+    unet_options,
+    zero_text_embedding,
+)
 from diffprompt.data import build_dataset
-from diffprompt.labels import CLASSES
+from diffprompt.labels import CLASSES, NUM_CLASSES
 from diffprompt.prompts import prompt_corpus
 from diffprompt.text import tokenize
 
@@ -61,6 +71,25 @@ HELDOUT_SPLITS: dict[str, str] = {
 }
 
 
+#: Recipe fields added after the shipped model was trained, with their neutral values: a
+#: recipe records them only when it sets them otherwise (:func:`recorded_recipe`).
+OPTIONS: dict[str, Any] = {
+    "mask_padding": False,
+    "text_embedding": False,
+    "text_embedding_heads": 4,
+    "crop_size": 0,
+    "crop_share": 0.5,
+    "crop_min_share": 0.02,
+    "qk_init_scale": 1.0,
+    "qk_lr_mult": 1.0,
+    "init_from": "",
+    "train_parts": [],
+    "parts_steps": 0,
+    "time_limit_min": 0.0,
+    "ckpt_minutes": 0.0,
+}
+
+
 @dataclass
 class ToySDConfig:
     """Architecture and pretraining recipe of the embedded model (a comment per default)."""
@@ -87,10 +116,6 @@ class ToySDConfig:
     text_heads: int = 4
     max_length: int = 64  # tokenizer model_max_length (captions are <= ~45 tokens)
     train_text_encoder: bool = True  # jointly with the UNet (see diffprompt.backbones.toy_sd)
-    # --- cross-attention sharpness (the bundled model's attention stayed nearly uniform;
-    #     these knobs are for the next recipe, 1.0 = stock diffusers)
-    qk_init_scale: float = 1.0  # multiplies the initial cross-attention query/key weights
-    qk_lr_mult: float = 1.0  # learning-rate multiplier of the cross-attention query/key
     # --- UNet training
     unet_steps: int = 9000  # the learning-rate schedule is laid out for this many steps
     unet_stop: int = 8000  # end the UNet stage after this many steps (0 = unet_steps); the
@@ -108,11 +133,58 @@ class ToySDConfig:
     eval_every: int = 500  # caption-vs-empty loss on held-out images every this many steps
     ckpt_every: int = 1000  # checkpoint (resumable) every this many steps
     max_images: int = 0  # cap on training images per data set (0 = all; tests use a few)
+    # --- options of the next recipes (OPTIONS: recorded only when not neutral, so the
+    #     shipped model's recipe and hash stay what they were; see docs/METHOD.md)
+    mask_padding: bool = False  # cross-attention ignores the padding after EOS (training
+    #                 and measures; a masked model is read with trimmed prompts, trim_scene)
+    text_embedding: bool = False  # the pooled text (diffusers' "text" addition embedding:
+    #                 attention pooling of the context) added to the timestep embedding, so
+    #                 the scene description modulates every block; zero at init
+    text_embedding_heads: int = 4  # heads of its attention pooling
+    crop_size: int = 0  # >0: some batches are random crops (crop_size x 2*crop_size pixels)
+    #                 captioned with the classes present in the crop (from the labels)
+    crop_share: float = 0.5  # share of the UNet steps that train on such crops
+    crop_min_share: float = 0.02  # a class is named in a crop's caption from this share on
+    qk_init_scale: float = 1.0  # multiplies the cross-attention query/key weights at the
+    #                 start (fresh or loaded); 1.0 = stock diffusers
+    qk_lr_mult: float = 1.0  # learning-rate multiplier of the cross-attention query/key
+    init_from: str = ""  # a toy model ("toy-sd" or a folder) to fine-tune: its VAE,
+    #                 tokenizer and weights are the start; the VAE stage is skipped
+    train_parts: tuple[str, ...] = ()  # what the UNet stage trains (PARTS); () = everything
+    parts_steps: int = 0  # train only train_parts for this many steps, then everything
+    #                 (0 = train_parts for the whole stage)
+    time_limit_min: float = 0.0  # end the UNet stage after this many minutes (0 = none)
+    ckpt_minutes: float = 0.0  # also checkpoint (with a usable model) this often (0 = never)
+
+    def __post_init__(self):
+        self.train_parts = tuple(self.train_parts)
+        bad = [p for p in self.train_parts if p not in PARTS]
+        if bad:
+            raise ValueError(f"train_parts {bad} unknown; choose from {', '.join(PARTS)}")
+        f = self.vae_factor * 2 ** (len(self.unet_channels) - 1)  # latent halvings
+        if self.crop_size < 0 or self.crop_size % f or self.crop_size > self.height:
+            raise ValueError(
+                f"crop_size={self.crop_size} must be 0 or a multiple of {f} (the VAE factor x "
+                f"the UNet's downsampling) up to the height {self.height}"
+            )
+        if not 0.0 <= self.crop_share <= 1.0 or not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError("crop_share and caption_dropout are probabilities, in [0, 1]")
+        if self.time_limit_min < 0 or self.ckpt_minutes < 0 or self.parts_steps < 0:
+            raise ValueError("time_limit_min, ckpt_minutes and parts_steps must be >= 0")
+        if self.parts_steps and not self.train_parts:
+            raise ValueError("parts_steps needs train_parts (what to train first)")
 
     @property
     def vae_factor(self) -> int:
         """Downsampling factor of the VAE (2 per level after the first)."""
         return 2 ** (len(self.vae_channels) - 1)
+
+
+def recorded_recipe(cfg: ToySDConfig) -> dict[str, Any]:
+    """Return the recipe as JSON data, without the :data:`OPTIONS` at their neutral values
+    (so a recipe that uses none of them records what the shipped model's did)."""
+    d = json.loads(json.dumps(asdict(cfg)))
+    return {k: v for k, v in d.items() if not (k in OPTIONS and v == OPTIONS[k])}
 
 
 # ---------------------------------------------------------------------------------------
@@ -163,6 +235,28 @@ def vocabulary_words(captions: Sequence[str]) -> list[str]:
     return caption_words(list(captions) + prompt_corpus(CLASSES))
 
 
+def training_shares(root: str | os.PathLike, cfg: ToySDConfig) -> torch.Tensor:
+    """Return each class's share of every latent cell, (N, 19, H/f, W/f) uint8 (255 = the
+    whole cell), of the images :func:`training_images` returns, in the same order (f: the
+    VAE factor; ignored pixels count for no class, and an unlabeled image's shares are all
+    zero). Crop captions are read from them."""
+    size = (cfg.height // cfg.vae_factor, cfg.width // cfg.vae_factor)
+    out = []
+    for name, split in PRETRAIN_SPLITS.items():
+        ds = build_dataset(name, split, root)
+        n = len(ds) if not cfg.max_images else min(cfg.max_images, len(ds))
+        for i in range(n):
+            s = ds[i]
+            if "mask" not in s:  # unlabeled (Dark Zurich train): no class is named
+                out.append(torch.zeros((NUM_CLASSES, *size)))
+                continue
+            y = s["mask"]
+            hot = F.one_hot(y.clamp(0, NUM_CLASSES), NUM_CLASSES + 1)[..., :NUM_CLASSES]
+            hot = hot.permute(2, 0, 1).float()[None]
+            out.append(F.interpolate(hot, size=size, mode="area")[0])
+    return (torch.stack(out) * 255).round().to(torch.uint8)
+
+
 # ---------------------------------------------------------------------------------------
 # Components
 # ---------------------------------------------------------------------------------------
@@ -199,7 +293,9 @@ def build_components(cfg: ToySDConfig, tokenizer: PreTrainedTokenizerBase) -> di
         attention_head_dim=tuple(cfg.attention_heads),  # diffusers' legacy name: head count
         only_cross_attention=tuple(cfg.only_cross_attention),
         norm_num_groups=32,
+        **unet_options(cfg),
     )
+    zero_text_embedding(unet)
     text = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
@@ -213,10 +309,7 @@ def build_components(cfg: ToySDConfig, tokenizer: PreTrainedTokenizerBase) -> di
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    if cfg.qk_init_scale != 1.0:
-        with torch.no_grad():
-            for p in cross_attention_qk(unet):
-                p.mul_(cfg.qk_init_scale)
+    scale_qk(unet, cfg)
     scheduler = DDPMScheduler(
         num_train_timesteps=cfg.timesteps,
         beta_start=0.00085,  # SD's scaled-linear betas
@@ -227,13 +320,6 @@ def build_components(cfg: ToySDConfig, tokenizer: PreTrainedTokenizerBase) -> di
         steps_offset=1,
     )
     return {"vae": vae, "unet": unet, "text_encoder": text, "scheduler": scheduler}
-
-
-def cross_attention_qk(unet: UNet2DConditionModel) -> list[torch.nn.Parameter]:
-    """Return the query and key weights of the UNet's cross-attention layers (query, key of
-    each layer in module order)."""
-    layers = [m for m in unet.modules() if getattr(m, "is_cross_attention", False)]
-    return [p for m in layers for p in (m.to_q.weight, m.to_k.weight)]
 
 
 def param_groups(
@@ -273,10 +359,11 @@ def denoising_loss(
     g: torch.Generator,
     t: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return the per-sample noise-prediction MSE (B,) of latents (B, C, h, w) under caption
     ids (B, L); timesteps ``t`` (B,) and ``noise`` (B, C, h, w) are drawn from ``g`` when not
-    given."""
+    given; ``mask`` (B, L) bool: the tokens cross-attention reads (None: all)."""
     b = latents.shape[0]
     dev = latents.device
     if t is None:
@@ -286,7 +373,8 @@ def denoising_loss(
     t, noise = t.to(dev), noise.to(dev)
     noisy = scheduler.add_noise(latents, noise, t)
     ctx = text_encoder(ids).last_hidden_state
-    pred = unet(noisy, t, ctx).sample
+    with padding_masked(unet, None if mask is None else mask.to(dev)):
+        pred = unet(noisy, t, ctx).sample
     return F.mse_loss(pred.float(), noise.float(), reduction="none").mean((1, 2, 3))
 
 
@@ -301,15 +389,20 @@ def paired_losses(
     g: torch.Generator,
     repeats: int = 4,
     timesteps: Sequence[int] | None = None,
+    mask_padding: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return per-sample denoising losses (repeats * N,) of latents (N, C, h, w) with their
     caption and with "", under the same noise and timesteps (drawn from ``g`` unless
-    ``timesteps``, which are cycled over the N latents)."""
+    ``timesteps``, which are cycled over the N latents); ``mask_padding``: cross-attention
+    reads BOS..EOS only (:func:`padding_mask`), as a model trained so does."""
     dev = latents.device
     n = len(captions)
     caption_ids = tokenize(tokenizer, captions).to(dev)
     empty_ids = tokenize(tokenizer, [""] * n).to(dev)
     models = (unet, text_encoder, scheduler)
+    eos = tokenizer.eos_token_id
+    caption_mask = padding_mask(caption_ids, eos) if mask_padding else None
+    empty_mask = padding_mask(empty_ids, eos) if mask_padding else None
     caption_losses, empty_losses = [], []
     for _ in range(repeats):
         if timesteps:
@@ -317,8 +410,10 @@ def paired_losses(
         else:
             t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=g)
         noise = torch.randn(latents.shape, generator=g)
-        caption_losses.append(denoising_loss(*models, latents, caption_ids, g, t, noise))
-        empty_losses.append(denoising_loss(*models, latents, empty_ids, g, t, noise))
+        caption_losses.append(
+            denoising_loss(*models, latents, caption_ids, g, t, noise, caption_mask)
+        )
+        empty_losses.append(denoising_loss(*models, latents, empty_ids, g, t, noise, empty_mask))
     return torch.cat(caption_losses), torch.cat(empty_losses)
 
 
@@ -332,6 +427,7 @@ def text_usage(
     seed: int = 0,
     repeats: int = 4,
     timesteps: Sequence[int] | None = None,
+    mask_padding: bool = False,
 ) -> dict[str, float]:
     """Return the mean denoising loss of held-out latents with their caption and with "":
     {caption_loss, empty_loss, gap = empty - caption, relative_gap = gap / empty}.
@@ -341,7 +437,9 @@ def text_usage(
     """
     g = torch.Generator().manual_seed(seed)
     models = (unet, text_encoder, scheduler, tokenizer)
-    with_caption, with_empty = paired_losses(*models, latents, captions, g, repeats, timesteps)
+    with_caption, with_empty = paired_losses(
+        *models, latents, captions, g, repeats, timesteps, mask_padding
+    )
     caption_loss, empty_loss = with_caption.mean().item(), with_empty.mean().item()
     gap = empty_loss - caption_loss
     return {
