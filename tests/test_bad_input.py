@@ -28,6 +28,7 @@ import torch
 from conftest import CS_IDS, H, W, build_fake_root, save_pipeline, stripes, tiny_sd_parts
 from conftest import write_palette as _write_palette
 
+from diffprompt.backbones import toy_sd_candidate
 from diffprompt.backbones.hub import ModelNotFoundError
 from diffprompt.backbones.tokenizer import caption_words
 from diffprompt.benchmarks import resolve_targets
@@ -273,6 +274,18 @@ def _probe(ctx: Ctx, **over) -> None:
 def _gap(ctx: Ctx, **over) -> None:
     """What notebook 00 runs for its domain-gap table."""
     run_domain_gap(ctx.root, "gta5", ["cityscapes"], GapConfig(device="cpu", **over))
+
+
+def _candidate(ctx: Ctx, *args: str) -> None:
+    """The candidate command of the embedded model, its outputs in scratch space."""
+    where = ["--out", str(ctx.scratch / "candidate"), "--results", str(ctx.results)]
+    sets = ["--set", f"data_root={ctx.root}"]
+    if "--set" in args:  # one --set takes every assignment
+        i = args.index("--set")
+        args = (*args[:i], *args[i + 1 :])
+        sets = [*sets, *[a for a in args if "=" in a]]
+        args = tuple(a for a in args if "=" not in a)
+    toy_sd_candidate.main([*where, "--device", "cpu", *args, *sets])
 
 
 CASES = [
@@ -691,6 +704,33 @@ CASES = [
         ),
         ModelNotFoundError,
         r"captioner 'nobody/no-such-blip' is not in the local Hugging Face cache",
+    ),
+    Case(
+        "candidate-unknown-recipe",
+        "An unknown candidate recipe of the embedded model",
+        "`--recipe gpu11`",
+        "toy_sd_candidate (make embedded-candidate)",
+        lambda c: _candidate(c, "--recipe", "gpu11"),
+        SystemExit,
+        r"unknown candidate recipe 'gpu11'; choose from gpu10, gpu10-masked, cpu-textpath",
+    ),
+    Case(
+        "candidate-unknown-part",
+        "A part to train that the recipe does not know",
+        "`--set train_parts=unet,decoder`",
+        "toy_sd_candidate (ToySDConfig)",
+        lambda c: _candidate(c, "--set", "train_parts=unet,decoder"),
+        SystemExit,
+        r"train_parts \['decoder'\] unknown; choose from text_embedding, cross_attention",
+    ),
+    Case(
+        "candidate-missing-start-model",
+        "A model to fine-tune that is not there",
+        "`--set init_from=/models/no-such-toy`",
+        "toy_sd_candidate (before training)",
+        lambda c: _candidate(c, "--set", f"init_from={c.scratch / 'no-such-toy'}"),
+        ModelNotFoundError,
+        r"no toy model to fine-tune \(init_from\) folder at .*no-such-toy",
     ),
 ]
 

@@ -137,8 +137,14 @@ def run_candidate(
     """Train candidate ``name`` (unless ``train`` is False: ``out`` is measured as it is),
     measure it and ``baseline`` alike, write the table and manifest; return {measures,
     verdict, why, train_seconds}."""
-    root = resolve_data_root(cfg.data_root)  # a missing data root stops here, before work
-    base_folder = resolve_model_folder(baseline) if baseline else None
+    # before any work: the data, the model to fine-tune, the baseline, the folder to measure
+    root = resolve_data_root(cfg.data_root)
+    what = "toy model to fine-tune (init_from)"
+    if train and cfg.init_from:
+        resolve_model_folder(cfg.init_from, what=what, required=("unet", "vae", "tokenizer"))
+    base_folder = resolve_model_folder(baseline, what="baseline model") if baseline else None
+    if not train:
+        resolve_model_folder(out, what="candidate model (--measure-only)", required=("unet",))
     dev = resolve_device(device)
     params = {
         "recipe": name,
