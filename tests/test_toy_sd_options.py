@@ -251,6 +251,7 @@ def test_the_candidate_command_trains_checkpoints_and_measures(base, tmp_path, c
     manifest = json.loads((results / "manifests" / "toy_sd_candidate_gpu10.json").read_text())
     assert manifest["verdict"] is False and "probe" in manifest["why"]
     assert manifest["params"]["config"]["crop_size"] == 32
+    assert manifest["unet_steps_trained"] == 4 and manifest["unet_seconds"] > 0
     # the frozen parts stayed the base model's for the first steps only: after parts_steps
     # everything trained, so the convolutions moved too
     before = load_file(base.folder / "unet" / "diffusion_pytorch_model.safetensors")

@@ -29,7 +29,7 @@ import torch
 
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.hub import resolve_model_folder
-from diffprompt.backbones.toy_sd import pretrain
+from diffprompt.backbones.toy_sd import load_training_record, pretrain
 from diffprompt.backbones.toy_sd_recipe import ToySDConfig, recorded_recipe
 from diffprompt.backbones.toy_sd_text_use import meets_the_bar, text_use, text_use_table
 from diffprompt.data.roots import resolve_data_root
@@ -136,7 +136,8 @@ def run_candidate(
 ) -> dict[str, Any]:
     """Train candidate ``name`` (unless ``train`` is False: ``out`` is measured as it is),
     measure it and ``baseline`` alike, write the table and manifest; return {measures,
-    verdict, why, train_seconds}."""
+    verdict, why, train_seconds (this command's), unet_steps_trained, unet_seconds (the
+    model's UNet stage, from its training record)}."""
     # before any work: the data, the model to fine-tune, the baseline, the folder to measure
     root = resolve_data_root(cfg.data_root)
     what = "toy model to fine-tune (init_from)"
@@ -161,7 +162,10 @@ def run_candidate(
         folder = pretrain(cfg, out, work, device=str(dev))
     else:
         folder = Path(out)
-    train_seconds = time.time() - t0
+    spent = time.time() - t0  # this command's training (0 with train=False)
+    unet_log = [e for e in load_training_record(folder)["log"] if e.get("stage") == "unet"]
+    trained = {"unet_steps_trained": unet_log[-1]["step"] if unet_log else 0}
+    trained["unet_seconds"] = round(unet_log[-1]["seconds"], 1) if unet_log else 0.0
     kw = dict(images=images, probe_steps=probe_steps, seed=cfg.seed, probe_images=probe_images)
     measures = {name: measure(folder, root, dev, **kw)}
     if base_folder is not None:
@@ -176,11 +180,12 @@ def run_candidate(
         model=str(folder),
         verdict=verdict,
         why=why,
-        train_seconds=round(train_seconds, 1),
+        train_seconds=round(spent, 1),
         accelerator=gpu,
+        **trained,
         measures=measures,
     )
-    return {"measures": measures, "verdict": verdict, "why": why, "train_seconds": train_seconds}
+    return {"measures": measures, "verdict": verdict, "why": why, "train_seconds": spent, **trained}
 
 
 #: Caption of the candidate tables.
