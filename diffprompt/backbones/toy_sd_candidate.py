@@ -105,6 +105,26 @@ CANDIDATES: dict[str, dict[str, Any]] = {
         ckpt_minutes=10.0,
         time_limit_min=35.0,
     ),
+    # cpu-textpath with a sharper query/key (attention logits x4 at the start, twice the
+    # learning rate) and a 40-min window on 2 CPU cores
+    "cpu-textpath-qk": dict(
+        init_from="toy-sd",
+        text_embedding=True,
+        crop_size=64,
+        crop_share=0.5,
+        qk_init_scale=2.0,
+        qk_lr_mult=2.0,
+        train_parts=("text_embedding", "cross_attention"),
+        unet_batch=32,
+        unet_lr=1e-3,
+        unet_steps=320,
+        warmup=20,
+        log_every=10,
+        eval_every=50,
+        ckpt_every=50,
+        ckpt_minutes=10.0,
+        time_limit_min=40.0,
+    ),
 }
 
 
