@@ -40,91 +40,65 @@ from diffprompt.runtime import resolve_device
 #: The features' blocks the measures read (all three up_blocks of toy-sd).
 BLOCKS = (0, 1, 2)
 
+# ~10 min on one H100/H200: 7 min of fine-tuning from toy-sd (the new pooled-text path and
+# the cross-attention first, then everything), checkpoints every 2 min, crop captions
+# naming the classes present, sharper query/key; then the measures. A drop-in model: it
+# reads prompts as the shipped one does (no padding mask).
+_GPU10: dict[str, Any] = dict(
+    init_from="toy-sd",
+    text_embedding=True,
+    crop_size=64,
+    crop_share=0.5,
+    qk_init_scale=2.0,
+    qk_lr_mult=2.0,
+    train_parts=("text_embedding", "cross_attention"),
+    parts_steps=500,
+    unet_batch=256,
+    unet_lr=2e-4,
+    unet_steps=2800,
+    warmup=100,
+    log_every=50,
+    eval_every=250,
+    ckpt_every=500,
+    ckpt_minutes=2.0,
+    time_limit_min=7.0,
+)
+
+# what fits in under an hour on a 2-core CPU: only the pooled-text path and the
+# cross-attention projections trained, from toy-sd, with crop captions
+_CPU_TEXTPATH: dict[str, Any] = dict(
+    init_from="toy-sd",
+    text_embedding=True,
+    crop_size=64,
+    crop_share=0.5,
+    train_parts=("text_embedding", "cross_attention"),
+    unet_batch=32,
+    unet_lr=1e-3,
+    unet_steps=300,
+    warmup=20,
+    log_every=10,
+    eval_every=50,
+    ckpt_every=50,
+    ckpt_minutes=10.0,
+    time_limit_min=35.0,
+)
+
 #: Candidate recipes: name -> ToySDConfig fields over the shipped recipe.
 CANDIDATES: dict[str, dict[str, Any]] = {
-    # ~10 min on one H100/H200: 7 min of fine-tuning from toy-sd (the new pooled-text path
-    # and the cross-attention first, then everything), checkpoints every 2 min, crop
-    # captions naming the classes present, sharper query/key; then the measures. A drop-in
-    # model: it reads prompts as the shipped one does (no padding mask).
-    "gpu10": dict(
-        init_from="toy-sd",
-        text_embedding=True,
-        crop_size=64,
-        crop_share=0.5,
-        qk_init_scale=2.0,
-        qk_lr_mult=2.0,
-        train_parts=("text_embedding", "cross_attention"),
-        parts_steps=500,
-        unet_batch=256,
-        unet_lr=2e-4,
-        unet_steps=2800,
-        warmup=100,
-        log_every=50,
-        eval_every=250,
-        ckpt_every=500,
-        ckpt_minutes=2.0,
-        time_limit_min=7.0,
-    ),
+    "gpu10": _GPU10,
     # gpu10 with padding masked in cross-attention (class words then share attention only
     # with the prompt's own tokens); read with trimmed prompts (PromptConfig.trim_scene)
-    "gpu10-masked": dict(
-        init_from="toy-sd",
-        text_embedding=True,
-        mask_padding=True,
-        crop_size=64,
-        crop_share=0.5,
-        qk_init_scale=2.0,
-        qk_lr_mult=2.0,
-        train_parts=("text_embedding", "cross_attention"),
-        parts_steps=500,
-        unet_batch=256,
-        unet_lr=2e-4,
-        unet_steps=2800,
-        warmup=100,
-        log_every=50,
-        eval_every=250,
-        ckpt_every=500,
-        ckpt_minutes=2.0,
-        time_limit_min=7.0,
-    ),
-    # what fits in under an hour on a 2-core CPU: only the pooled-text path and the
-    # cross-attention projections trained, from toy-sd, with crop captions
-    "cpu-textpath": dict(
-        init_from="toy-sd",
-        text_embedding=True,
-        crop_size=64,
-        crop_share=0.5,
-        train_parts=("text_embedding", "cross_attention"),
-        unet_batch=32,
-        unet_lr=1e-3,
-        unet_steps=300,
-        warmup=20,
-        log_every=10,
-        eval_every=50,
-        ckpt_every=50,
-        ckpt_minutes=10.0,
-        time_limit_min=35.0,
-    ),
+    "gpu10-masked": {**_GPU10, "mask_padding": True},
+    "cpu-textpath": _CPU_TEXTPATH,
     # cpu-textpath with a sharper query/key (attention logits x4 at the start, twice the
     # learning rate) and a 40-min window on 2 CPU cores
-    "cpu-textpath-qk": dict(
-        init_from="toy-sd",
-        text_embedding=True,
-        crop_size=64,
-        crop_share=0.5,
-        qk_init_scale=2.0,
-        qk_lr_mult=2.0,
-        train_parts=("text_embedding", "cross_attention"),
-        unet_batch=32,
-        unet_lr=1e-3,
-        unet_steps=320,
-        warmup=20,
-        log_every=10,
-        eval_every=50,
-        ckpt_every=50,
-        ckpt_minutes=10.0,
-        time_limit_min=40.0,
-    ),
+    "cpu-textpath-qk": {
+        **_CPU_TEXTPATH,
+        "qk_init_scale": 2.0,
+        "qk_lr_mult": 2.0,
+        "unet_steps": 320,
+        "time_limit_min": 40.0,
+    },
 }
 
 
