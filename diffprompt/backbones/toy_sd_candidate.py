@@ -40,18 +40,24 @@ from diffprompt.runtime import resolve_device
 #: The features' blocks the measures read (all three up_blocks of toy-sd).
 BLOCKS = (0, 1, 2)
 
+# what every candidate shares: fine-tuned from toy-sd with the pooled-text path added and
+# crop captions half the steps, the new path and the cross-attention trained (first)
+_TEXT_PATH: dict[str, Any] = dict(
+    init_from="toy-sd",
+    text_embedding=True,
+    crop_size=64,
+    crop_share=0.5,
+    train_parts=("text_embedding", "cross_attention"),
+)
+
 # ~10 min on one H100/H200: 7 min of fine-tuning from toy-sd (the new pooled-text path and
 # the cross-attention first, then everything), checkpoints every 2 min, crop captions
 # naming the classes present, sharper query/key; then the measures. A drop-in model: it
 # reads prompts as the shipped one does (no padding mask).
 _GPU10: dict[str, Any] = dict(
-    init_from="toy-sd",
-    text_embedding=True,
-    crop_size=64,
-    crop_share=0.5,
+    **_TEXT_PATH,
     qk_init_scale=2.0,
     qk_lr_mult=2.0,
-    train_parts=("text_embedding", "cross_attention"),
     parts_steps=500,
     unet_batch=256,
     unet_lr=2e-4,
@@ -67,11 +73,7 @@ _GPU10: dict[str, Any] = dict(
 # what fits in under an hour on a 2-core CPU: only the pooled-text path and the
 # cross-attention projections trained, from toy-sd, with crop captions
 _CPU_TEXTPATH: dict[str, Any] = dict(
-    init_from="toy-sd",
-    text_embedding=True,
-    crop_size=64,
-    crop_share=0.5,
-    train_parts=("text_embedding", "cross_attention"),
+    **_TEXT_PATH,
     unet_batch=32,
     unet_lr=1e-3,
     unet_steps=300,
