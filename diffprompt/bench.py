@@ -59,7 +59,6 @@ from diffprompt.dg.config import LOSS_RESOLUTIONS, TrainConfig
 from diffprompt.dg.losses import mean_entropy
 from diffprompt.dg.runs import train_dg
 from diffprompt.evaluate import ConfusionMatrix
-from diffprompt.experiments import notebook_defaults
 from diffprompt.experiments.dg import dg_config
 from diffprompt.experiments.tta import dg_model, run_target, tta_configs, tta_dg_config
 from diffprompt.fastpath import (
@@ -74,6 +73,7 @@ from diffprompt.heads import SemanticFPN
 from diffprompt.io import atomic_write_text, machine_info
 from diffprompt.labels import CLASSES, NUM_CLASSES
 from diffprompt.model import SegModel
+from diffprompt.parameters import notebook_defaults
 from diffprompt.paths import results_root
 from diffprompt.prompts import PromptConfig, Prompts, prompt_corpus
 from diffprompt.runtime import resolve_device

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from diffprompt.evaluate import ConfusionMatrix, predicted_classes
 from diffprompt.labels import IGNORE_INDEX, NUM_CLASSES
 from diffprompt.preflight import check_files, check_values
 from diffprompt.runtime import resolve_device
+from diffprompt.settings import setting
 
 
 def _block(cin: int, cout: int, stride: int = 1, dil: int = 1, k: int = 3) -> nn.Sequential:
@@ -71,30 +72,20 @@ class SmallSegNet(nn.Module):
 class GapConfig:
     """Training recipe of the small CNN (the same for every domain)."""
 
-    steps: int = 1000  # optimisation steps
-    batch_size: int = 8
-    lr: float = 2e-3  # AdamW, cosine decay to 0
-    weight_decay: float = 1e-4
-    input_scale: float = 1.0  # images are resized by this factor (1 = as stored)
-    width: int = 32  # channel width of SmallSegNet
-    class_balance: float = 0.5  # loss weight of a class = frequency ** -class_balance (0 = off)
-    seed: int = 0
-    threads: int = 2  # CPU threads of torch
-    device: str = "auto"  # where the CNNs train: auto (CUDA if present), cpu, cuda, ...
-
-    #: The documented range of every numeric field, checked by :func:`run_domain_gap`; a
-    #: new numeric field needs its line here (a test walks every field).
-    RANGES: ClassVar[dict[str, str]] = {
-        "steps": ">= 1",
-        "batch_size": ">= 1",
-        "lr": "> 0",
-        "weight_decay": ">= 0",
-        "input_scale": "> 0",
-        "width": ">= 1",
-        "class_balance": ">= 0",
-        "seed": ">= 0",
-        "threads": ">= 1",
-    }
+    steps: int = setting(1000, "optimisation steps", range=">= 1")
+    batch_size: int = setting(8, "images per step", range=">= 1")
+    lr: float = setting(2e-3, "AdamW, cosine decay to 0", range="> 0")
+    weight_decay: float = setting(1e-4, "AdamW", range=">= 0")
+    input_scale: float = setting(
+        1.0, "images are resized by this factor (1 = as stored)", range="> 0"
+    )
+    width: int = setting(32, "channel width of SmallSegNet", range=">= 1")
+    class_balance: float = setting(
+        0.5, "loss weight of a class = frequency ** -class_balance (0 = off)", range=">= 0"
+    )
+    seed: int = setting(0, "the CNN's init and batches", range=">= 0")
+    threads: int = setting(2, "CPU threads of torch", range=">= 1")
+    device: str = setting("auto", "where the CNNs train: auto (CUDA if present), cpu, cuda, ...")
 
 
 def _normalise(img: torch.Tensor) -> torch.Tensor:

@@ -6,11 +6,12 @@ weights onto a device, computes a feature or writes a file:
 
 - :func:`check_values`: one rule for every field of a configuration (TrainConfig, TTAConfig,
   ProbeConfig, GapConfig): it has its declared type (an int is no bool, a float takes an
-  int, tuples element-wise, None where Optional), no number is NaN or infinite, and every
-  number lies in the range its class declares once, in its ``RANGES`` (``"lr": "> 0"``);
-- :func:`check_parameters`: the same rule for a notebook's parameters (their declared types,
-  the ranges of :data:`PARAMETER_RANGES`), and no unknown name was passed (papermill's
-  ``-p steps abc`` or a misspelt ``-p stepz 5``);
+  int, tuples element-wise, None where Optional), no number is NaN or infinite, every
+  number lies in the range its field declares (:func:`diffprompt.settings.setting`:
+  ``range="> 0"``) and a choice is one of those it declares;
+- :func:`check_namespace`: the same rule for a notebook's parameters (their declared types,
+  the ranges of :data:`diffprompt.parameters.PARAMETER_RANGES`), and no unknown name was
+  passed (papermill's ``-p steps abc`` or a misspelt ``-p stepz 5``);
 - :func:`parse_assignments`: ``KEY=VALUE`` command lines, each value as its field's type;
 - :func:`check_files`: the images and labels a run reads decode, match in size and hold
   known label values (all of them for splits up to ``ALL_FILES`` images, an evenly spread
@@ -37,6 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from diffprompt import settings
 from diffprompt.data import DatasetError
 from diffprompt.io import did_you_mean
 
@@ -253,13 +255,13 @@ def value_problem(
     return None
 
 
-def check_values(obj: Any, ranges: Mapping[str, str] | None = None, what: str = "") -> None:
+def check_values(obj: Any, what: str = "") -> None:
     """The one rule for a configuration: raise a ValueError listing every field of the
-    dataclass ``obj`` whose value has not its declared type, is NaN or infinite, or lies
-    outside its range (``ranges``, default: the class's ``RANGES``, {field: spec}, see
-    :class:`Range`); each names the field, the value, the range and what to set."""
+    dataclass ``obj`` whose value has not its declared type, is NaN or infinite, lies outside
+    its declared range (:func:`diffprompt.settings.setting`, see :class:`Range`) or is not
+    one of its declared choices; each names the field, the value and what to set."""
     cls = type(obj)
-    ranges = getattr(cls, "RANGES", {}) if ranges is None else ranges
+    ranges, allowed = settings.ranges(cls), settings.choices(cls)
     hints = typing.get_type_hints(cls)
     problems = []
     for f in dataclasses.fields(obj):
@@ -270,6 +272,14 @@ def check_values(obj: Any, ranges: Mapping[str, str] | None = None, what: str = 
             default = f.default if f.default is not dataclasses.MISSING else None
             want = wanted(hints[f.name], spec)
             problems.append(f"{problem}: set {f.name} to {want} (default {default!r})")
+        elif f.name in allowed:
+            items = value if isinstance(value, tuple) else (value,)
+            for item in items:
+                if item not in allowed[f.name]:
+                    hint = did_you_mean(item, allowed[f.name]) if isinstance(item, str) else ""
+                    problems.append(
+                        f"unknown {f.name} {item!r}; choose one of {allowed[f.name]}.{hint}"
+                    )
     if problems:
         raise ValueError((f"{what}: " if what else "") + "; ".join(problems))
 
@@ -278,90 +288,21 @@ def check_values(obj: Any, ranges: Mapping[str, str] | None = None, what: str = 
 # Notebook parameters
 # ---------------------------------------------------------------------------------------
 
-#: The range of every numeric notebook parameter, by name, the same in every notebook (a
-#: parameter that sets a configuration field has that field's range: a test compares them).
-#: List parameters: the range of each item, led by the items' type.
-PARAMETER_RANGES: dict[str, str] = {
-    # shared
-    "seed": ">= 0",
-    "steps": ">= 1",
-    "batch_size": ">= 1",
-    "lr": "> 0",
-    "seeds": "int >= 0",
-    "max_train_images": ">= 0",
-    "max_eval_images": ">= 0",
-    "prompt_pool": ">= 0",
-    "curve_images": ">= 0",
-    # 00_data
-    "samples_per_domain": ">= 1",
-    "freq_images": ">= 0",
-    "gap_steps": ">= 1",
-    "gap_batch_size": ">= 1",
-    "gap_input_scale": "> 0",
-    "gap_max_images": ">= 0",
-    # 01_feature_probing
-    "n_train": ">= 1",
-    "n_eval": ">= 1",
-    "sweep_train": ">= 1",
-    "supervised_steps": ">= 1",
-    "supervised_batch": ">= 1",
-    "timesteps": "int [0, 1000)",
-    "noise_timesteps": "int [0, 1000)",
-    "gap_images": ">= 1",
-    # 02_dg_training
-    "num_prompts": ">= 1",
-    "consistency_weight": ">= 0",
-    "vocabulary_size": ">= 0",
-    "num_processes": ">= 1",
-    # 03_tta
-    "fit_images": ">= 0",
-    "eval_images": ">= 0",
-    "eval_every": ">= 0",
-    "entropy_weight": ">= 0",
-    "dg_steps": ">= 1",
-    "dg_batch_size": ">= 1",
-    "dg_max_train_images": ">= 0",
-    "dg_lr": "> 0",
-    "dg_eval_every": ">= 0",
-    "budget_steps": ">= 0",
-    "budget_every": ">= 1",
-    "budget_points": "int >= 1",
-    "budget_lrs": "float > 0",
-    "budget_eval_images": ">= 0",
-    # 04_prompt_ablations
-    "ks": "int >= 1",
-    "lambdas": "float >= 0",
-    "vocab_sizes": "int >= 0",
-    "train_size": "int >= 1",
-    "fpn_width": ">= 1",
-    "head_width": ">= 1",
-    # 06_embedded_model
-    "images": ">= 1",
-    "probe_steps": ">= 1",
-    "text_use_images": ">= 1",
-    "sample_steps": ">= 1",
-    "vae_steps": ">= 1",
-    "unet_steps": ">= 1",
-    "unet_stop": ">= 0",
-    "unet_batch": ">= 1",
-    "height": ">= 1",
-    "width": ">= 1",
-    "max_images": ">= 0",
-}
 _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
 _checked: set[int] = set()
 
 
-def check_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
+def check_namespace(namespace: Mapping[str, Any], ranges: Mapping[str, str]) -> dict[str, Any]:
     """Check a notebook's parameters; return {name: value}.
 
     ``namespace`` is the notebook's ``globals()`` after its parameters cell (each parameter
     declared ``name: type = default``, recorded in ``__annotations__``) and papermill's
     injected cell. Raises :class:`ParameterError` when a value does not have its declared
     type (papermill passes ``-p steps abc`` as the string "abc"), is NaN or infinite, lies
-    outside its range in :data:`PARAMETER_RANGES` (each item of a list) or, on the first check of a
-    namespace, when it holds a name that is no parameter (``-p stepz 5``: papermill only
-    warns and runs the defaults).
+    outside its range in ``ranges`` ({parameter: range}, each item of a list) or, on the
+    first check of a namespace, when it holds a name that is no parameter (``-p stepz 5``:
+    papermill only warns and runs the defaults). The notebooks call it through
+    :func:`diffprompt.parameters.check_parameters`.
     """
     ann = dict(namespace.get("__annotations__", {}))
     problems: list[str] = []
@@ -376,8 +317,8 @@ def check_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
                 f"{kind.__name__}), got {type(value).__name__} {value!r}; pass e.g. "
                 f"{_example(name, kind)}"
             )
-        elif problem := value_problem(name, value, kind, PARAMETER_RANGES.get(name)):
-            want = wanted(kind, PARAMETER_RANGES.get(name))
+        elif problem := value_problem(name, value, kind, ranges.get(name)):
+            want = wanted(kind, ranges.get(name))
             example = f"-p {name} VALUE" if kind in (int, float) else f"-y '{name}: [...]'"
             problems.append(f"parameter {problem}; pass {want} ({example})")
         values[name] = float(value) if kind is float and _fits(value, float) else value

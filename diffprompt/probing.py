@@ -20,7 +20,7 @@ import copy
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from diffprompt.model import SegModel
 from diffprompt.preflight import check_files, check_values
 from diffprompt.prompts import PromptConfig, Prompts
+from diffprompt.settings import as_declared, setting
 
 #: Images per batch when maps are read from the cache.
 CHUNK = 16
@@ -43,36 +44,28 @@ CHUNK = 16
 
 @dataclass
 class ProbeConfig:
-    """The probe and its data (a comment per default; all ours)."""
+    """The probe and its data (all ours)."""
 
-    source: str = "gta5"
-    targets: tuple[str, ...] = TARGETS
-    data_root: str = "miniature"
-    n_train: int = 100  # source train images the probe is fitted on
-    n_eval: int = 20  # images of the source val split and of each target
-    steps: int = 150  # AdamW steps of the probe
-    batch_size: int = 8
-    lr: float = 1e-2  # cosine decay to 0
-    stride: int = 4  # maps are resized to 1/stride of the image (the probe's resolution)
-    maps: str = "s"  # which maps the probe reads: "s" (decoder), "a" (class-token
-    #                  cross-attention), "sa" (both); or explicit names joined by "+"
-    seed: int = 0
-
-    #: The documented range of every numeric field, checked by :func:`probe_sets`; a new
-    #: numeric field needs its line here (a test walks every field).
-    RANGES: ClassVar[dict[str, str]] = {
-        "n_train": ">= 1",
-        "n_eval": ">= 1",
-        "steps": ">= 1",
-        "batch_size": ">= 1",
-        "lr": "> 0",
-        "stride": ">= 1",
-        "seed": ">= 0",
-    }
+    source: str = setting("gta5", "the probe is trained on this domain's train split")
+    targets: tuple[str, ...] = setting(TARGETS, "the sets it is scored on")
+    data_root: str = setting("miniature", '"miniature" (embedded) or a data folder')
+    n_train: int = setting(100, "source train images the probe is fitted on", range=">= 1")
+    n_eval: int = setting(20, "images of the source val split and of each target", range=">= 1")
+    steps: int = setting(150, "AdamW steps of the probe", range=">= 1")
+    batch_size: int = setting(8, "images per step", range=">= 1")
+    lr: float = setting(1e-2, "cosine decay to 0", range="> 0")
+    stride: int = setting(
+        4, "maps are resized to 1/stride of the image (the probe's resolution)", range=">= 1"
+    )
+    maps: str = setting(
+        "s",
+        'which maps the probe reads: "s" (decoder), "a" (class-token cross-attention), "sa" '
+        '(both); or explicit names joined by "+"',
+    )
+    seed: int = setting(0, "the probe's init and batches", range=">= 0")
 
     def __post_init__(self):
-        if isinstance(self.targets, list):
-            self.targets = tuple(self.targets)
+        as_declared(self)
 
 
 # ---------------------------------------------------------------------------------------

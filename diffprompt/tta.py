@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,7 @@ from diffprompt.labels import CLASSES
 from diffprompt.model import SegModel
 from diffprompt.preflight import check_values
 from diffprompt.prompts import LearnedSpan, Prompts, assemble_conditioning
+from diffprompt.settings import as_declared, setting
 
 OBJECTIVES = ("denoise", "entropy", "both")
 #: offline: fit on the target's unlabeled images, then evaluate; online: adapt on each
@@ -61,51 +62,56 @@ OBJECTIVES = ("denoise", "entropy", "both")
 SETTINGS = ("offline", "online")
 
 
+#: TENT's normalisation layers: those of the head and the UNet, or of the head only.
+TENT_SCOPES = ("all", "head")
+
+
 @dataclass
 class TTAConfig:
-    """How the scene prompt is learned on the target (a comment per default; all ours)."""
+    """How the scene prompt is learned on the target (all ours)."""
 
-    target: str = "acdc_night"
-    source: str = "cityscapes"  # the DG model's source (decides the classes mIoU averages)
-    steps: int = 6  # optimisation steps (offline) or updates per batch x batches (online)
-    lr: float = 1e-3  # Adam on the word embeddings (1e-2 moved them 2-3x their norm in 10
-    #                   steps on the embedded model; 1e-3 about 0.4x)
-    fit_images: int = 12  # unlabeled target images the prompt is fitted on (0 = all)
-    batch_size: int = 2
-    eval_images: int = 16  # labeled target images evaluated (0 = all)
-    entropy_weight: float = 1.0  # weight of the entropy term in "both"
-    denoise_t: tuple[int, int] = (0, 1000)  # timesteps of the denoising loss, [low, high)
-    eval_every: int = 0  # mIoU every N steps for the curve (0 = only before and after)
-    online_steps: int = 1  # updates per streamed batch (online setting)
-    tent_scope: str = "all"  # TENT's normalisation layers: "all" (head and UNet) or "head"
-    gradient_checkpointing: bool = False  # trade compute for memory in the UNet (full size)
-    caption_span: str = ""  # TTA from the caption: the learned span's init ("": the condition
-    #                         phrase most of the fit captions hold, CAPTION_SPAN when none)
-    seed: int = 0
-
-    #: The documented range of every numeric field (each value of a tuple), checked by
-    #: :func:`check_tta`; a new numeric field needs its line here (a test walks every field).
-    RANGES: ClassVar[dict[str, str]] = {
-        "steps": ">= 1",
-        "lr": "> 0",
-        "fit_images": ">= 0",
-        "batch_size": ">= 1",
-        "eval_images": ">= 0",
-        "entropy_weight": ">= 0",
-        "denoise_t": "[0, 1000]",
-        "eval_every": ">= 0",
-        "online_steps": ">= 1",
-        "seed": ">= 0",
-    }
+    target: str = setting("acdc_night", "the target adapted to")
+    source: str = setting("cityscapes", "the DG model's source (decides the classes mIoU averages)")
+    steps: int = setting(
+        6, "optimisation steps (offline) or updates per batch x batches (online)", range=">= 1"
+    )
+    lr: float = setting(
+        1e-3,
+        "Adam on the word embeddings (1e-2 moved them 2-3x their norm in 10 steps on the "
+        "embedded model; 1e-3 about 0.4x)",
+        range="> 0",
+    )
+    fit_images: int = setting(
+        12, "unlabeled target images the prompt is fitted on (0 = all)", range=">= 0"
+    )
+    batch_size: int = setting(2, "target images per step", range=">= 1")
+    eval_images: int = setting(16, "labeled target images evaluated (0 = all)", range=">= 0")
+    entropy_weight: float = setting(1.0, 'weight of the entropy term in "both"', range=">= 0")
+    denoise_t: tuple[int, int] = setting(
+        (0, 1000), "timesteps of the denoising loss, [low, high)", range="[0, 1000]"
+    )
+    eval_every: int = setting(
+        0, "mIoU every N steps for the curve (0 = only before and after)", range=">= 0"
+    )
+    online_steps: int = setting(1, "updates per streamed batch (online setting)", range=">= 1")
+    tent_scope: str = setting("all", "TENT's normalisation layers", choices=TENT_SCOPES)
+    gradient_checkpointing: bool = setting(
+        False, "trade compute for memory in the UNet (full size)"
+    )
+    caption_span: str = setting(
+        "",
+        'TTA from the caption: the learned span\'s init ("": the condition phrase most of the '
+        "fit captions hold, CAPTION_SPAN when none)",
+    )
+    seed: int = setting(0, "the batches and the noise", range=">= 0")
 
     def __post_init__(self):
-        if isinstance(self.denoise_t, list):
-            self.denoise_t = tuple(self.denoise_t)
+        as_declared(self)
 
 
 def check_tta(cfg: TTAConfig, objectives: Sequence[str], settings: Sequence[str]) -> None:
     """Raise a ValueError naming the problem for a bad TTA configuration, before any work:
-    every field's type and range first (:data:`TTAConfig.RANGES`)."""
+    every field's type, range and choices first (declared with the fields)."""
     check_values(cfg)
     if cfg.target not in TARGETS:
         raise ValueError(
@@ -115,14 +121,12 @@ def check_tta(cfg: TTAConfig, objectives: Sequence[str], settings: Sequence[str]
     for objective in objectives:
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown TTA objective {objective!r}; choose from {OBJECTIVES}")
-    for setting in settings:
-        if setting not in SETTINGS:
-            raise ValueError(f"unknown TTA setting {setting!r}; choose from {SETTINGS}")
+    for name in settings:
+        if name not in SETTINGS:
+            raise ValueError(f"unknown TTA setting {name!r}; choose from {SETTINGS}")
     low, high = cfg.denoise_t
     if not 0 <= low < high:
         raise ValueError(f"denoise_t must be [low, high) with 0 <= low < high, got {cfg.denoise_t}")
-    if cfg.tent_scope not in ("all", "head"):
-        raise ValueError(f"tent_scope must be 'all' or 'head', got {cfg.tent_scope!r}")
 
 
 #: The learned span's init when no fit caption holds a condition phrase (ours).

@@ -50,7 +50,7 @@ device: str = "auto"  # where the CNNs train: "auto" (CUDA if present), "cpu", "
 results_dir: str = ""  # "": results/ of the repository
 
 # %%
-from diffprompt.preflight import check_parameters
+from diffprompt.parameters import check_parameters
 
 params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 

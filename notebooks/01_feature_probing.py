@@ -62,7 +62,7 @@ device: str = "auto"  # "auto", "cpu", "cuda", ...
 results_dir: str = ""  # results folder ("": results/ of the repository)
 
 # %%
-from diffprompt.preflight import check_parameters
+from diffprompt.parameters import check_parameters
 
 params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 

@@ -77,7 +77,7 @@ explore: bool = False  # show the ipywidgets explorer at the end (JupyterLab)
 results_dir: str = ""  # results folder ("": results/ of the repository)
 
 # %%
-from diffprompt.preflight import check_parameters
+from diffprompt.parameters import check_parameters
 
 params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 

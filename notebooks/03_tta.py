@@ -50,8 +50,8 @@ source: str = "cityscapes"  # DG model: source domain (the paper: Cityscapes -> 
 data_root: str = "miniature"  # "miniature" (embedded) or a data folder
 model: str = "toy-sd"  # diffusion backbone: bundled name, diffusers folder or hub id
 preset: str = ""  # "" or "paper" (the DG paper protocol); DG parameters you pass win
-prompt_mode: str = "random_consistency"  # the DG model's prompt mode (a mode with a scene prompt)
-scene_text: str = "a photo of an urban street scene"  # the scene prompt TTA starts from
+dg_prompt_mode: str = "random_consistency"  # the DG model's prompt mode (with a scene prompt)
+dg_scene_text: str = "a photo of an urban street scene"  # its scene prompt (TTA starts there)
 dg_steps: int = 300  # DG training steps (notebook 02: 400; fewer to fit the main job)
 dg_batch_size: int = 4  # DG images per step (as notebook 02's batch_size)
 dg_max_train_images: int = 64  # DG: first N source images (as notebook 02's; 0: all)
@@ -72,7 +72,7 @@ budget_eval_images: int = 40  # labeled images per target evaluated along its cu
 results_dir: str = ""  # results folder ("": results/ of the repository)
 
 # %%
-from diffprompt.preflight import check_parameters
+from diffprompt.parameters import check_parameters
 
 params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 

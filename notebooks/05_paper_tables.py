@@ -36,7 +36,7 @@ mode: str = "random_consistency"  # the DG prompt mode shown in T2
 results_dir: str = ""  # results folder the notebooks wrote to ("": results/ of the repository)
 
 # %%
-from diffprompt.preflight import check_parameters
+from diffprompt.parameters import check_parameters
 
 params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 

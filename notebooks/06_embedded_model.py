@@ -50,7 +50,7 @@ seed: int = 0  # seeds training, probes and sampling
 results_dir: str = ""  # "": results/ of the repository
 
 # %%
-from diffprompt.preflight import check_parameters
+from diffprompt.parameters import check_parameters
 
 params = check_parameters(globals())  # a wrong type or an unknown parameter stops here
 
@@ -75,7 +75,7 @@ from diffprompt.backbones.toy_sd_eval import (
 )
 from diffprompt.backbones.toy_sd_text_use import recorded_candidates, text_use, text_use_table
 from diffprompt.data.roots import resolve_data_root
-from diffprompt.experiments import config_of
+from diffprompt.parameters import config_of
 from diffprompt.results import Run
 
 root = resolve_data_root(data_root)

@@ -854,7 +854,7 @@ def test_errors_doc_lists_every_case_with_its_message(tmp_path_factory, tiny_sd,
 
 
 def test_check_parameters_types_and_names():
-    from diffprompt.preflight import check_parameters
+    from diffprompt.parameters import check_parameters
 
     ann = {"steps": int, "lr": float, "targets": list, "retrain": bool, "name": str}
     good = {

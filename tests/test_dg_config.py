@@ -5,19 +5,19 @@ import dataclasses
 import pytest
 
 from diffprompt.dg.config import (
-    NOT_HASHED,
     PROMPT_MODES,
     TrainConfig,
-    apply_preset,
     changed_fields,
     check_config,
     config_dict,
-    config_from,
     config_hash,
     effective_prompts,
     parse_overrides,
     source_split,
+    with_preset,
 )
+from diffprompt.parameters import config_of
+from diffprompt.settings import unhashed_names
 
 
 def test_synthia_trains_on_its_only_split():
@@ -54,7 +54,8 @@ def test_modes_set_k_and_lambda():
         ({"batch_size": 6, "grad_accum": 4}, "not a multiple of grad_accum"),
         ({"num_prompts": 1}, "K >= 2"),
         ({"adapter": True}, "cache_features=False"),
-        ({"inference": "tiles"}, "inference must be 'whole' or 'slide'"),
+        ({"inference": "tiles"}, r"unknown inference 'tiles'; choose one of \('whole', 'slide'\)"),
+        ({"pooling": "mean"}, "unknown pooling 'mean'"),
         ({"lr": 0.0}, "lr must be a positive number, got 0.0"),
         ({"prompt_pool": 1}, "prompt_pool=1 leaves nothing"),
         ({"scale_range": (2.0, 1.0)}, "scale_range"),
@@ -70,14 +71,35 @@ def test_config_hash_ignores_evaluation_fields_only():
     evaluation = dataclasses.replace(base, targets=("cityscapes",), max_eval_images=3)
     assert config_hash(base) == config_hash(evaluation)
     assert config_hash(base) != config_hash(dataclasses.replace(base, consistency_weight=0.5))
-    for name in NOT_HASHED:  # every listed field is a field
-        assert name in config_dict(base)
+    assert {"targets", "max_eval_images", "device", "eval_every"} <= set(
+        unhashed_names(TrainConfig)
+    )
+    for name in unhashed_names(TrainConfig):  # changing one keeps the hash
+        changed = dataclasses.replace(base, **{name: _another(getattr(base, name))})
+        assert config_hash(changed) == config_hash(base), name
     other = config_dict(dataclasses.replace(base, lr=0.5, seed=3))
     assert changed_fields(base, other) == ["lr", "seed"]
 
 
+def _another(value):
+    """A value of the same kind as ``value`` that differs from it."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, tuple):
+        return value[:1] if len(value) > 1 else (*value, *value)
+    return f"{value}x"
+
+
+def test_caption_fields_are_hashed_only_when_set():
+    base = TrainConfig()
+    assert config_hash(base) == config_hash(dataclasses.replace(base, captions_file=""))
+    assert config_hash(base) != config_hash(dataclasses.replace(base, captions_file="c.json"))
+
+
 def test_paper_preset_and_overrides():
-    cfg = apply_preset(TrainConfig(), "paper")
+    cfg = with_preset(TrainConfig(), "paper")[0]
     assert (cfg.crop, cfg.batch_size, cfg.inference, cfg.eval_stride) == (
         (512, 512),
         16,
@@ -85,10 +107,10 @@ def test_paper_preset_and_overrides():
         (341, 341),
     )
     assert cfg.model == "stable-diffusion-v1-5/stable-diffusion-v1-5" and not cfg.cache_features
-    local = apply_preset(TrainConfig(model="/models/sd15"), "paper")
+    local = with_preset(TrainConfig(model="/models/sd15"), "paper")[0]
     assert local.model == "/models/sd15"  # a given model is kept
     with pytest.raises(ValueError, match="unknown preset"):
-        apply_preset(TrainConfig(), "papers")
+        with_preset(TrainConfig(), "papers")
     items = ["targets=cityscapes,acdc_night", "crop=64,64", "steps=10", "flip=false"]
     over = parse_overrides([*items, "scene_text=a photo", "train_size=None"])
     assert over == {
@@ -107,9 +129,11 @@ def test_paper_preset_and_overrides():
 
 def test_config_from_notebook_parameters_ignores_other_names_and_applies_a_preset():
     params = {"steps": 7, "targets": ["cityscapes"], "explore": True, "results_dir": ""}
-    cfg = config_from(params)
+    cfg = config_of(TrainConfig, params)
     assert cfg.steps == 7 and cfg.targets == ("cityscapes",)
-    assert config_from(params, "paper").crop == (512, 512)
+    assert with_preset(cfg, "paper", params)[0].crop == (512, 512)
+    dg = config_of(TrainConfig, {"dg_steps": 3, "steps": 9, "lr": 0.5}, "dg_")
+    assert (dg.steps, dg.lr) == (3, TrainConfig().lr)
 
 
 def test_command_line_values_take_their_declared_types():

@@ -12,7 +12,6 @@ from diffprompt.build import build_model
 from diffprompt.cache import MEMORY, FeatureCache
 from diffprompt.data import build_dataset
 from diffprompt.dg.config import TrainConfig
-from diffprompt.experiments import notebook_defaults
 from diffprompt.experiments.dg import dg_config
 from diffprompt.experiments.tta import tta_configs, tta_dg_config
 from diffprompt.fastpath import (
@@ -23,6 +22,7 @@ from diffprompt.fastpath import (
     naive_features,
     to_channels_last,
 )
+from diffprompt.parameters import notebook_defaults
 from diffprompt.paths import NOTEBOOKS
 
 

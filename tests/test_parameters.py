@@ -13,30 +13,24 @@ import pytest
 
 from diffprompt.dg.config import TrainConfig, check_config, parse_overrides
 from diffprompt.domain_gap import GapConfig
-from diffprompt.experiments import notebook_parameters
-from diffprompt.experiments.tta import DG_PARAMETERS
-from diffprompt.paths import NOTEBOOKS
-from diffprompt.preflight import (
+from diffprompt.parameters import (
+    CONFIG_PARAMETERS,
+    DG_PREFIX,
+    NOTEBOOK_RANGES,
     PARAMETER_RANGES,
-    ParameterError,
     check_parameters,
-    check_values,
-    parse_range,
+    notebook_parameters,
+    parameter_ranges,
 )
+from diffprompt.paths import NOTEBOOKS
+from diffprompt.preflight import ParameterError, check_values, parse_range
 from diffprompt.probing import ProbeConfig
+from diffprompt.settings import ranges, setting
 from diffprompt.tta import TTAConfig
 
 CONFIGS = (TrainConfig, TTAConfig, ProbeConfig, GapConfig)
 NOTEBOOK_NAMES = sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 KINDS = {"int": int, "float": float, "bool": bool, "str": str, "list": list, "dict": dict}
-#: Which configuration a notebook's parameters set, and under which prefix.
-NOTEBOOK_CONFIGS = {
-    "00_data": [(GapConfig, "gap_")],
-    "01_feature_probing": [(ProbeConfig, "")],
-    "02_dg_training": [(TrainConfig, "")],
-    "03_tta": [(TTAConfig, "")],
-    "04_prompt_ablations": [(TrainConfig, "")],
-}
 
 
 def _base(hint):
@@ -100,9 +94,7 @@ def _ids(item):
 
 def test_every_range_names_a_field_and_parses():
     for cls in CONFIGS:
-        names = {f.name for f in dataclasses.fields(cls)}
-        assert set(cls.RANGES) <= names, f"{cls.__name__}.RANGES names no field"
-        for name, spec in cls.RANGES.items():
+        for name, spec in ranges(cls).items():
             parse_range(spec)
             assert _numeric(HINTS[cls][name]), f"{cls.__name__}.{name} is no number"
     for spec in PARAMETER_RANGES.values():
@@ -132,10 +124,10 @@ def test_every_config_field_has_its_type_and_range(item):
         rejected(True)
         rejected(1.5)
     if not _numeric(hint):
-        assert f.name not in cls.RANGES
+        assert f.name not in ranges(cls)
         return
-    assert f.name in cls.RANGES, f"{cls.__name__}.{f.name} is a number without a range"
-    spec = cls.RANGES[f.name]
+    assert f.name in ranges(cls), f"{cls.__name__}.{f.name} is a number without a range"
+    spec = ranges(cls)[f.name]
     integer = _integer(hint)
     for bad in _outside(spec, integer):
         item_value = _shaped(hint, default, bad)
@@ -231,25 +223,31 @@ def test_every_notebook_parameter_has_its_type_and_range(param):
     check_parameters(_namespace(nb, **{name: as_value(_inside(spec, integer))}))
 
 
-@pytest.mark.parametrize("nb", sorted(NOTEBOOK_CONFIGS))
-def test_a_parameter_that_sets_a_field_has_the_fields_range(nb):
-    params = notebook_parameters(nb)
-    pairs = [
-        (cls, field, name)
-        for cls, prefix in NOTEBOOK_CONFIGS[nb]
-        for name in params
-        if name.startswith(prefix)
-        for field in [name[len(prefix) :]]
-        if field in cls.RANGES
-    ]
-    if nb == "03_tta":
-        pairs += [
-            (TrainConfig, field, param)
-            for field, param in DG_PARAMETERS.items()
-            if field in TrainConfig.RANGES
-        ]
-    assert pairs
-    for cls, field, name in pairs:
-        assert name in PARAMETER_RANGES, (nb, name)
-        got, want = parse_range(PARAMETER_RANGES[name]), parse_range(cls.RANGES[field])
-        assert got.bounds == want.bounds, f"{nb}.{name} vs {cls.__name__}.{field}"
+def test_a_parameter_that_sets_a_field_takes_its_declared_range():
+    for cls, prefix in CONFIG_PARAMETERS:
+        for field, spec in ranges(cls).items():
+            got = parse_range(PARAMETER_RANGES[prefix + field])
+            assert got.bounds == parse_range(spec).bounds, (cls.__name__, prefix, field)
+    assert PARAMETER_RANGES["dg_steps"] == PARAMETER_RANGES["steps"] == ">= 1"
+    assert PARAMETER_RANGES["timesteps"] == "int [0, 1000)"  # a list: its items' type first
+    assert PARAMETER_RANGES["gap_input_scale"] == "> 0"
+
+
+def test_a_range_is_declared_once():
+    @dataclasses.dataclass
+    class Other:
+        steps: int = setting(5, "steps", range=">= 0")
+
+    with pytest.raises(ValueError, match="parameter 'steps' has two ranges"):
+        parameter_ranges([(TrainConfig, ""), (Other, "")], {})
+    with pytest.raises(ValueError, match="remove it from NOTEBOOK_RANGES"):
+        parameter_ranges([(TrainConfig, "")], {"lr": "> 0"})
+    assert set(NOTEBOOK_RANGES) <= set(PARAMETER_RANGES)
+
+
+def test_notebook_03s_dg_parameters_each_set_a_dg_field():
+    dg = [n for n in notebook_parameters("03_tta") if n.startswith(DG_PREFIX)]
+    about_the_run = {"dg_missing", "dg_checkpoint"}  # how the DG model is found, not trained
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {n.removeprefix(DG_PREFIX) for n in dg if n not in about_the_run} <= fields
+    assert "dg_steps" in dg and "dg_prompt_mode" in dg

@@ -14,9 +14,9 @@ from conftest import CS_IDS, save_pipeline, stripes, tiny_sd_parts, write_palett
 
 from diffprompt.dg.__main__ import main as dg_main
 from diffprompt.dg.config import PRESETS, TrainConfig, with_preset
-from diffprompt.experiments import notebook_defaults
 from diffprompt.experiments.dg import dg_config
 from diffprompt.experiments.tta import tta_dg_config
+from diffprompt.parameters import notebook_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")

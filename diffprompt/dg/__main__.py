@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from diffprompt.dg.config import TrainConfig, check_config, parse_overrides, with_preset
 from diffprompt.dg.runs import train_dg
+from diffprompt.settings import describe
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -30,11 +31,15 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, config: type = TrainConfig) -> None:
+    """Run the command line on ``argv`` (default: sys.argv); ``config``: the configuration
+    class whose fields KEY=VALUE sets."""
     p = argparse.ArgumentParser(
         prog="python -m diffprompt.dg",
         description="Train a DG segmentation head on the source and evaluate on the targets "
         "(one process, or several under `accelerate launch`).",
+        epilog="settings (KEY=VALUE, TrainConfig):\n  " + "\n  ".join(describe(config)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="TrainConfig fields")
     p.add_argument("--preset", default="", help="'' or 'paper'")
@@ -42,8 +47,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--retrain", action="store_true", help="start over even if finished")
     a = p.parse_args(argv)
     try:
-        given = parse_overrides(a.overrides)
-        cfg, preset = with_preset(TrainConfig(**given), a.preset, given)  # KEY=VALUE wins
+        given = parse_overrides(a.overrides, config)
+        cfg, preset = with_preset(config(**given), a.preset, given)  # KEY=VALUE wins
         check_config(cfg)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None

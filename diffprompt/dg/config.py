@@ -30,8 +30,8 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from diffprompt.benchmarks import TARGETS
 from diffprompt.captions import CAPTION_SOURCES, CAPTION_VARIANTS
@@ -39,7 +39,8 @@ from diffprompt.data import DATASETS, DEFAULT_SPLIT, SPLITS
 from diffprompt.io import did_you_mean
 from diffprompt.preflight import check_values, parse_assignments
 from diffprompt.prompts import DEFAULT_SCENE_TEXT
-from diffprompt.runtime import resolve_device
+from diffprompt.runtime import DTYPES, resolve_device
+from diffprompt.settings import IF_SET, as_declared, hashed_names, setting, unhashed_names
 
 #: The modes conditioned on each image's own caption.
 CAPTION_MODES = ("caption", "caption_only", "caption_random", "caption_consistency")
@@ -51,9 +52,6 @@ CAPTION_RANDOM_MODES = ("caption_random", "caption_consistency")
 #: How a caption is randomized: its condition words replaced by phrases of a pool
 #: (:data:`diffprompt.captions.REPLACEMENTS`), or the caption with and without them.
 CAPTION_RANDOMIZATION = ("replace", "drop")
-#: The caption fields, hashed only where they differ from their defaults (so that adding
-#: them kept the hash, and the results, of every run without captions).
-CAPTION_FIELDS = ("caption_source", "captions_file", "captioner", "caption_randomization")
 CONSISTENCY_KINDS = ("js", "sym_kl")
 #: Where the DG cross-entropy is computed (see diffprompt.dg.losses.cross_entropy).
 LOSS_RESOLUTIONS = ("labels", "area", "nearest")
@@ -62,163 +60,174 @@ LOSS_RESOLUTIONS = ("labels", "area", "nearest")
 INFERENCE = ("whole", "slide")
 
 
+#: How a class's category embedding pools its template's tokens (:mod:`diffprompt.text`).
+POOLING = ("eos", "word")
+#: Precisions accelerate takes (fp16 on CUDA only).
+MIXED_PRECISION = ("no", "bf16", "fp16")
+#: How training reports its progress: "auto" (a bar in a terminal, log lines under
+#: papermill), "bar" (tqdm) or "log" (:func:`diffprompt.runtime.progress_mode`).
+PROGRESS = ("auto", "bar", "log")
+
+
 @dataclass
 class TrainConfig:
-    """Everything a DG training run depends on (a comment per default; (ours) marks a
-    reconstructed choice, see docs/METHOD.md)."""
+    """Everything a DG training run depends on, each setting declared once with its help,
+    range or choices and whether it changes the trained model (:mod:`diffprompt.settings`);
+    (ours) marks a reconstructed choice, see docs/METHOD.md."""
 
     # --- data
-    source: str = "gta5"  # registry name of the source domain
-    source_split: str = "train"  # "train" reads "all" where a data set has no splits (SYNTHIA)
-    targets: tuple[str, ...] = TARGETS  # evaluated after training
-    target_split: str = "val"
-    eval_source: bool = True  # also evaluate the source's val split (in-domain reference)
-    data_root: str = "miniature"  # "miniature" (embedded) or a folder with the data sets
-    train_size: tuple[int, int] | None = None  # resize source images to (h, w); None: as is
-    crop: tuple[int, int] | None = None  # random crop (h, w), online path; None: whole image
-    scale_range: tuple[float, float] = (1.0, 1.0)  # random rescale before the crop (online)
-    flip: bool = True  # random horizontal flips
-    max_train_images: int = 0  # use the first N source images (0 = all)
-    max_eval_images: int = 0  # evaluate on the first N images of each target (0 = all)
+    source: str = setting("gta5", "registry name of the source domain")
+    source_split: str = setting(
+        "train", 'its split ("train" reads "all" where a data set has no splits: SYNTHIA)'
+    )
+    targets: tuple[str, ...] = setting(TARGETS, "evaluated after training", hashed=False)
+    target_split: str = setting("val", "the targets' split", hashed=False)
+    eval_source: bool = setting(
+        True, "also evaluate the source's val split (in-domain reference)", hashed=False
+    )
+    data_root: str = setting("miniature", '"miniature" (embedded) or a folder with the data sets')
+    train_size: tuple[int, int] | None = setting(
+        None, "resize source images to (h, w); None: as is", range=">= 1"
+    )
+    crop: tuple[int, int] | None = setting(
+        None, "random crop (h, w), online path; None: whole image", range=">= 1"
+    )
+    scale_range: tuple[float, float] = setting(
+        (1.0, 1.0), "random rescale before the crop (online)", range="> 0"
+    )
+    flip: bool = setting(True, "random horizontal flips")
+    max_train_images: int = setting(0, "use the first N source images (0 = all)", range=">= 0")
+    max_eval_images: int = setting(
+        0, "evaluate on the first N images of each target (0 = all)", range=">= 0", hashed=False
+    )
     # --- backbone
-    model: str = "toy-sd"  # bundled name, diffusers folder or hub id
-    dtype: str = "fp32"  # backbone weights: fp32 | bf16 | fp16
-    blocks: tuple[int, ...] | None = None  # UNet up_blocks read (None = all, VPD)
-    timesteps: tuple[int, ...] = (1,)  # VPD: one pass at t = 1
-    noise: bool = False  # noise the latent at each timestep (VPD: no)
-    attention_maps: bool = False  # also feed the class tokens' cross-attention maps (VPD: yes)
-    scale_latents: bool = False  # VPD: no
-    finetune_unet: bool = False  # this paper: frozen; VPD: fine-tuned
-    unet_lr_mult: float = 0.1  # learning-rate multiplier of a fine-tuned UNet (VPD: 0.1)
+    model: str = setting("toy-sd", "bundled name, diffusers folder or hub id")
+    dtype: str = setting("fp32", "the backbone's weights", choices=DTYPES)
+    blocks: tuple[int, ...] | None = setting(
+        None, "UNet up_blocks read (None = all, VPD)", range=">= 0"
+    )
+    timesteps: tuple[int, ...] = setting((1,), "VPD: one pass at t = 1", range="[0, 1000)")
+    noise: bool = setting(False, "noise the latent at each timestep (VPD: no)")
+    attention_maps: bool = setting(
+        False, "also feed the class tokens' cross-attention maps (VPD: yes)"
+    )
+    scale_latents: bool = setting(False, "VPD: no")
+    finetune_unet: bool = setting(False, "this paper: frozen; VPD: fine-tuned")
+    unet_lr_mult: float = setting(
+        0.1, "learning-rate multiplier of a fine-tuned UNet (VPD: 0.1)", range=">= 0"
+    )
     # --- prompts
-    prompt_mode: str = "random_consistency"  # one of PROMPT_MODES
-    scene_text: str = DEFAULT_SCENE_TEXT  # fixed/test scene prompt (ours)
-    test_scene_text: str = ""  # scene prompt at test time ("" = scene_text)
-    num_prompts: int = 2  # K, scene prompts per step in the random modes (ours)
-    consistency_weight: float = 1.0  # lambda (ours)
-    consistency: str = "js"  # "js" | "sym_kl" (ours)
-    vocabulary_size: int = 0  # descriptors per vocabulary key (0 = all; ours)
-    prompt_pool: int = 4  # prompts drawn once to randomize over (0 = fresh each step; ours)
-    pool_seed: int = 0  # seed of the pool's draw (kept apart from ``seed``, so seeds of an
-    #                     ablation share one pool and its cached features)
-    caption_source: str = "auto"  # caption modes: "auto" (data set, file, captioner), "dataset",
-    #                               "file" or "captioner" (diffprompt.captions; ours)
-    captions_file: str = ""  # JSON {image name: caption} or CSV name,caption (real data)
-    captioner: str = ""  # hub id or folder of a BLIP / BLIP-2 captioner ("": none)
-    caption_randomization: str = "replace"  # "replace" the condition words or "drop" them
-    test_caption: str = "caption"  # caption modes at test time: "caption" (TADP) or "stripped"
-    adapter: bool = False  # train VPD's TextAdapter on the category tokens (needs backprop
-    #                        through the UNet; no feature cache)
-    pooling: str = "eos"  # category embedding: "eos" (VPD) or "word"
-    num_templates: int | None = None  # templates averaged per class (None = all)
+    prompt_mode: str = setting("random_consistency", "see PROMPT_MODES", choices=PROMPT_MODES)
+    scene_text: str = setting(DEFAULT_SCENE_TEXT, "fixed/test scene prompt (ours)")
+    test_scene_text: str = setting("", 'scene prompt at test time ("" = scene_text)', hashed=False)
+    num_prompts: int = setting(
+        2, "K, scene prompts per step in the random modes (ours)", range=">= 1"
+    )
+    consistency_weight: float = setting(1.0, "lambda (ours)", range=">= 0")
+    consistency: str = setting("js", "the consistency term (ours)", choices=CONSISTENCY_KINDS)
+    vocabulary_size: int = setting(
+        0, "descriptors per vocabulary key (0 = all; ours)", range=">= 0"
+    )
+    prompt_pool: int = setting(
+        4, "prompts drawn once to randomize over (0 = fresh each step; ours)", range=">= 0"
+    )
+    pool_seed: int = setting(
+        0,
+        "seed of the pool's draw (apart from seed, so the seeds of an ablation share one pool "
+        "and its cached features)",
+        range=">= 0",
+    )
+    caption_source: str = setting(
+        "auto",
+        'caption modes: "auto" (data set, file, captioner), "dataset", "file" or "captioner" '
+        "(diffprompt.captions; ours)",
+        choices=CAPTION_SOURCES,
+        hashed=IF_SET,
+    )
+    captions_file: str = setting(
+        "", "JSON {image name: caption} or CSV name,caption (real data)", hashed=IF_SET
+    )
+    captioner: str = setting(
+        "", 'hub id or folder of a BLIP / BLIP-2 captioner ("": none)', hashed=IF_SET
+    )
+    caption_randomization: str = setting(
+        "replace",
+        '"replace" the condition words or "drop" them',
+        choices=CAPTION_RANDOMIZATION,
+        hashed=IF_SET,
+    )
+    test_caption: str = setting(
+        "caption",
+        'caption modes at test time: "caption" (TADP) or "stripped"',
+        choices=CAPTION_VARIANTS,
+        hashed=False,
+    )
+    adapter: bool = setting(
+        False,
+        "train VPD's TextAdapter on the category tokens (backprop through the UNet; no cache)",
+    )
+    pooling: str = setting("eos", 'category embedding: "eos" (VPD) or "word"', choices=POOLING)
+    num_templates: int | None = setting(
+        None, "templates averaged per class (None = all)", range=">= 1"
+    )
     # --- head
-    fpn_width: int = 32  # Semantic FPN channels (mmseg: 256)
-    head_width: int = 32  # semantic-branch channels (mmseg: 128)
-    dropout: float = 0.1
+    fpn_width: int = setting(32, "Semantic FPN channels (mmseg: 256)", range=">= 1")
+    head_width: int = setting(32, "semantic-branch channels (mmseg: 128)", range=">= 1")
+    dropout: float = setting(0.1, "before the classifier", range="[0, 1)")
     # --- optimisation
-    steps: int = 120  # optimizer steps
-    batch_size: int = 8  # images per optimizer step (all processes and accumulation)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-2  # AdamW (VPD: 8e-5 at batch 16 with a fine-tuned UNet)
-    weight_decay: float = 1e-3  # VPD: 1e-3
-    warmup: int = 20  # linear warm-up steps (VPD: 1500)
-    poly_power: float = 1.0  # poly decay to 0 after warm-up (mmseg: 1.0)
-    loss_resolution: str = "area"  # cross-entropy at the head's resolution against class
-    #   fractions ("area"), at the centre labels ("nearest"), or on logits upsampled to the
-    #   labels ("labels": VPD, the paper preset); see diffprompt.dg.losses (ours)
-    mixed_precision: str = "no"  # accelerate: "no" | "bf16" | "fp16" (fp16: CUDA only)
-    cache_features: bool = True  # cache frozen features (see diffprompt.dg.trainer)
+    steps: int = setting(120, "optimizer steps", range=">= 1")
+    batch_size: int = setting(
+        8, "images per optimizer step (all processes and accumulation)", range=">= 1"
+    )
+    grad_accum: int = setting(1, "micro-batches per optimizer step", range=">= 1")
+    lr: float = setting(1e-2, "AdamW (VPD: 8e-5 at batch 16 with a fine-tuned UNet)", range="> 0")
+    weight_decay: float = setting(1e-3, "VPD: 1e-3", range=">= 0")
+    warmup: int = setting(20, "linear warm-up steps (VPD: 1500)", range=">= 0")
+    poly_power: float = setting(1.0, "poly decay to 0 after warm-up (mmseg: 1.0)", range=">= 0")
+    loss_resolution: str = setting(
+        "area",
+        'cross-entropy at the head\'s resolution against class fractions ("area"), at the '
+        'centre labels ("nearest"), or on logits upsampled to the labels ("labels": VPD, the '
+        "paper preset); see diffprompt.dg.losses (ours)",
+        choices=LOSS_RESOLUTIONS,
+    )
+    mixed_precision: str = setting("no", "accelerate's precision", choices=MIXED_PRECISION)
+    cache_features: bool = setting(True, "cache frozen features (see diffprompt.dg.trainer)")
     # --- evaluation
-    inference: str = "whole"  # "whole" | "slide" (INFERENCE)
-    eval_crop: tuple[int, int] = (512, 512)  # sliding window (VPD: 512)
-    eval_stride: tuple[int, int] = (341, 341)  # VPD: 341
-    eval_batch: int = 8
-    eval_every: int = 0  # the training curve: mIoU of the source's val split (or of held-out
-    #   source images, see diffprompt.dg.data.curve_set) every N steps (0 = none)
-    curve_images: int = 0  # images of that curve set (0 = all)
+    inference: str = setting(
+        "whole", "whole image or sliding window", choices=INFERENCE, hashed=False
+    )
+    eval_crop: tuple[int, int] = setting(
+        (512, 512), "sliding window (VPD: 512)", range=">= 1", hashed=False
+    )
+    eval_stride: tuple[int, int] = setting(
+        (341, 341), "sliding-window stride (VPD: 341)", range=">= 1", hashed=False
+    )
+    eval_batch: int = setting(8, "images per evaluation batch", range=">= 1", hashed=False)
+    eval_every: int = setting(
+        0,
+        "the training curve: mIoU of the source's val split (or of held-out source images, "
+        "see diffprompt.dg.data.curve_set) every N steps (0 = none)",
+        range=">= 0",
+        hashed=False,
+    )
+    curve_images: int = setting(0, "images of that curve set (0 = all)", range=">= 0", hashed=False)
     # --- bookkeeping
-    seed: int = 0
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "mps"
-    log_every: int = 25  # one log line every N steps (headless)
-    ckpt_every: int = 100  # checkpoint every N steps (0 = only at the end)
-    progress: str = "auto"  # "auto" | "bar" (tqdm) | "log"
-
-    #: The documented range of every numeric field (of each value of a tuple), checked by
-    #: :func:`check_config` (:func:`diffprompt.preflight.check_values`); a new numeric field
-    #: needs its line here (a test walks every field).
-    RANGES: ClassVar[dict[str, str]] = {
-        "train_size": ">= 1",
-        "crop": ">= 1",
-        "scale_range": "> 0",
-        "max_train_images": ">= 0",
-        "max_eval_images": ">= 0",
-        "blocks": ">= 0",
-        "timesteps": "[0, 1000)",
-        "unet_lr_mult": ">= 0",
-        "num_prompts": ">= 1",
-        "consistency_weight": ">= 0",
-        "vocabulary_size": ">= 0",
-        "prompt_pool": ">= 0",
-        "pool_seed": ">= 0",
-        "num_templates": ">= 1",
-        "fpn_width": ">= 1",
-        "head_width": ">= 1",
-        "dropout": "[0, 1)",
-        "steps": ">= 1",
-        "batch_size": ">= 1",
-        "grad_accum": ">= 1",
-        "lr": "> 0",
-        "weight_decay": ">= 0",
-        "warmup": ">= 0",
-        "poly_power": ">= 0",
-        "eval_crop": ">= 1",
-        "eval_stride": ">= 1",
-        "eval_batch": ">= 1",
-        "seed": ">= 0",
-        "log_every": ">= 0",
-        "ckpt_every": ">= 0",
-        "eval_every": ">= 0",
-        "curve_images": ">= 0",
-    }
+    seed: int = setting(0, "the head's init, the batch order, flips and prompts", range=">= 0")
+    device: str = setting("auto", '"auto" | "cpu" | "cuda" | "mps"', hashed=False)
+    log_every: int = setting(
+        25, "one log line every N steps (headless)", range=">= 0", hashed=False
+    )
+    ckpt_every: int = setting(
+        100, "checkpoint every N steps (0 = only at the end)", range=">= 0", hashed=False
+    )
+    progress: str = setting("auto", "see PROGRESS", choices=PROGRESS, hashed=False)
 
     def __post_init__(self):
-        tuple_fields = (
-            "targets",
-            "train_size",
-            "crop",
-            "scale_range",
-            "blocks",
-            "timesteps",
-            "eval_crop",
-            "eval_stride",
-        )
-        for name in tuple_fields:
-            value = getattr(self, name)
-            if isinstance(value, list):
-                setattr(self, name, tuple(value))
         if isinstance(self.targets, str):
             self.targets = (self.targets,)
+        as_declared(self)
 
-
-#: Fields that do not change the trained model (excluded from its configuration hash).
-NOT_HASHED = (
-    "targets",
-    "target_split",
-    "eval_source",
-    "max_eval_images",
-    "inference",
-    "eval_crop",
-    "eval_stride",
-    "eval_batch",
-    "eval_every",
-    "curve_images",
-    "test_scene_text",
-    "test_caption",
-    "device",
-    "log_every",
-    "ckpt_every",
-    "progress",
-)
 
 #: The paper protocol for GPU users (reconstructed from VPD, see docs/METHOD.md): SD 1.5,
 #: 512 crops, batch 16, AdamW 8e-5 / wd 1e-3, poly schedule with 1500 warm-up steps over
@@ -305,51 +314,25 @@ def with_preset(
     return dataclasses.replace(cfg, **kept), PresetChoice(preset, list(kept), overridden)
 
 
-def apply_preset(cfg: TrainConfig, preset: str, explicit: Iterable[str] = ()) -> TrainConfig:
-    """Return ``cfg`` with the preset's fields but the ``explicit`` ones (:func:`with_preset`)."""
-    return with_preset(cfg, preset, explicit)[0]
-
-
-def preset_config(
-    params: Mapping[str, Any], preset: str = "", explicit: Iterable[str] = ()
-) -> tuple[TrainConfig, PresetChoice]:
-    """Return a TrainConfig from a dict that may hold other keys (e.g. notebook parameters;
-    unknown keys are ignored), the preset applied under the ``explicit`` fields
-    (:func:`with_preset`), and the :class:`PresetChoice`."""
-    names = {f.name for f in fields(TrainConfig)}
-    known = {k: v for k, v in params.items() if k in names}
-    return with_preset(TrainConfig(**known), preset, explicit)
-
-
-def config_from(
-    params: Mapping[str, Any], preset: str = "", explicit: Iterable[str] = ()
-) -> TrainConfig:
-    """Return the TrainConfig of :func:`preset_config`."""
-    return preset_config(params, preset, explicit)[0]
-
-
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:
     """Return the config as JSON-able data."""
     return json.loads(json.dumps(asdict(cfg)))
 
 
 def config_hash(cfg: TrainConfig) -> str:
-    """Return a hex hash of the fields that determine the trained model."""
-    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in CAPTION_FIELDS}
-    hashed = {
-        k: v
-        for k, v in config_dict(cfg).items()
-        if k not in NOT_HASHED and not (k in defaults and v == defaults[k])
-    }
+    """Return a hex hash of the fields that determine the trained model (those declared
+    hashed, :func:`diffprompt.settings.hashed_names`)."""
+    values = config_dict(cfg)
+    hashed = {k: values[k] for k in hashed_names(cfg)}
     text = json.dumps(hashed, sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def changed_fields(cfg: TrainConfig, other: Mapping[str, Any]) -> list[str]:
-    """Return the hashed fields whose values differ between ``cfg`` and ``other`` (a
-    :func:`config_dict` of another run), sorted."""
-    mine = config_dict(cfg)
-    return sorted(k for k in mine if k not in NOT_HASHED and other.get(k) != mine[k])
+    """Return the fields that can change the trained model whose values differ between
+    ``cfg`` and ``other`` (a :func:`config_dict` of another run), sorted."""
+    mine, unhashed = config_dict(cfg), set(unhashed_names(type(cfg)))
+    return sorted(k for k in mine if k not in unhashed and other.get(k) != mine[k])
 
 
 def source_split(cfg: TrainConfig) -> str:
@@ -376,8 +359,9 @@ def effective_prompts(cfg: TrainConfig) -> tuple[int, float]:
 
 def check_config(cfg: TrainConfig) -> None:
     """Raise a ValueError naming the problem and the fix for an invalid config, before
-    any work starts: first every field's type and range (:data:`TrainConfig.RANGES`), then
-    the names and the fields that depend on each other."""
+    any work starts: first every field's type, range and choices (declared with the field,
+    :func:`diffprompt.preflight.check_values`), then the data set names and the fields that
+    depend on each other."""
     check_values(cfg)
     for name in (cfg.source, *cfg.targets):
         if name not in DATASETS:
@@ -385,34 +369,14 @@ def check_config(cfg: TrainConfig) -> None:
                 f"unknown data set {name!r}; valid names: {sorted(DATASETS)}."
                 f"{did_you_mean(name, DATASETS)}"
             )
-    choices = {
-        "prompt_mode": PROMPT_MODES,
-        "consistency": CONSISTENCY_KINDS,
-        "loss_resolution": LOSS_RESOLUTIONS,
-        "caption_source": CAPTION_SOURCES,
-        "caption_randomization": CAPTION_RANDOMIZATION,
-        "test_caption": CAPTION_VARIANTS,
-    }
-    for name, allowed in choices.items():
-        value = getattr(cfg, name)
-        if value not in allowed:
-            raise ValueError(f"unknown {name} {value!r}; choose one of {allowed}")
     if cfg.batch_size % cfg.grad_accum:
         raise ValueError(
             f"batch_size {cfg.batch_size} is not a multiple of grad_accum {cfg.grad_accum}: "
             "use a batch_size that grad_accum divides (each micro-batch is batch_size / "
             "grad_accum images)"
         )
-    if cfg.inference not in INFERENCE:
-        raise ValueError(f"inference must be 'whole' or 'slide', got {cfg.inference!r}")
-    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
-        raise ValueError(
-            f"mixed_precision must be 'no', 'bf16' or 'fp16', got {cfg.mixed_precision!r}"
-        )
     if cfg.mixed_precision == "fp16" and resolve_device(cfg.device).type != "cuda":
         raise ValueError("mixed_precision='fp16' needs a CUDA GPU; use 'bf16' or 'no'")
-    if cfg.progress not in ("auto", "bar", "log"):
-        raise ValueError(f"progress must be 'auto', 'bar' or 'log', got {cfg.progress!r}")
     if cfg.cache_features and (cfg.adapter or cfg.finetune_unet):
         raise ValueError(
             "cache_features=True needs a frozen backbone and fixed prompts: set "
@@ -445,8 +409,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"scale_range must satisfy 0 < low <= high, got {cfg.scale_range}")
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """Return TrainConfig overrides from ``KEY=VALUE`` strings, each value parsed as its
-    field's declared type (:func:`diffprompt.preflight.parse_assignments`: "flip=False",
-    "steps=10", "targets=cityscapes,acdc_night", "crop=512,512", "train_size=None")."""
-    return parse_assignments(TrainConfig, items)
+def parse_overrides(items: Sequence[str], cls: type = TrainConfig) -> dict[str, Any]:
+    """Return TrainConfig (or ``cls``) overrides from ``KEY=VALUE`` strings, each value
+    parsed as its field's declared type (:func:`diffprompt.preflight.parse_assignments`:
+    "flip=False", "steps=10", "targets=cityscapes,acdc_night", "crop=512,512",
+    "train_size=None")."""
+    return parse_assignments(cls, items)

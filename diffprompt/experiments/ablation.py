@@ -21,8 +21,8 @@ from diffprompt.dg.config import TrainConfig, check_config, config_dict, source_
 from diffprompt.dg.data import image_transform
 from diffprompt.dg.runs import train_dg
 from diffprompt.dg.sampling import caption_pool, prompt_pool
-from diffprompt.experiments import config_of
 from diffprompt.experiments.stats import ci_rows
+from diffprompt.parameters import config_of
 from diffprompt.paths import cache_dir
 from diffprompt.results import format_mean_std
 from diffprompt.runtime import resolve_device

@@ -11,13 +11,13 @@ import pandas as pd
 import torch
 
 from diffprompt.benchmarks import eval_classes
-from diffprompt.dg.config import PresetChoice, TrainConfig, preset_config
+from diffprompt.dg.config import PresetChoice, TrainConfig, with_preset
 from diffprompt.dg.runs import train_dg
 from diffprompt.dg.trainer import Trainer
 from diffprompt.evaluate import ConfusionMatrix, mean_iou
-from diffprompt.experiments import explicit_parameters
 from diffprompt.experiments.stats import ci_rows, format_ci
 from diffprompt.labels import CLASSES
+from diffprompt.parameters import config_of, explicit_parameters
 
 
 def dg_config(
@@ -29,7 +29,7 @@ def dg_config(
     (``explicit``; None: the parameters whose values differ from the notebook's defaults)."""
     if explicit is None:
         explicit = explicit_parameters(params, "02_dg_training")
-    return preset_config(params, params.get("preset", ""), explicit)
+    return with_preset(config_of(TrainConfig, params), params.get("preset", ""), explicit)
 
 
 def miou_table(trainer: Trainer, cms: Mapping[str, ConfusionMatrix], sets) -> pd.DataFrame:

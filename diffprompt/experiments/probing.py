@@ -16,8 +16,8 @@ from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.variants import SupervisedConfig, random_unet, train_supervised
 from diffprompt.data import build_dataset
 from diffprompt.data.roots import resolve_data_root
-from diffprompt.experiments import config_of
 from diffprompt.labels import NUM_CLASSES
+from diffprompt.parameters import config_of
 from diffprompt.probing import (
     Features,
     ProbeConfig,

@@ -29,13 +29,13 @@ from diffprompt.dg.config import (
     TrainConfig,
     check_config,
     config_hash,
-    preset_config,
+    with_preset,
 )
 from diffprompt.dg.data import image_transform
 from diffprompt.dg.runs import dg_run_dir, train_dg
-from diffprompt.experiments import config_of, explicit_parameters
 from diffprompt.experiments.stats import ci_rows, format_ci
 from diffprompt.model import SegModel
+from diffprompt.parameters import DG_PREFIX, SHARED, config_of, explicit_parameters
 from diffprompt.paths import cache_dir, results_root
 from diffprompt.preflight import check_files, check_writable
 from diffprompt.runtime import resolve_device
@@ -95,37 +95,21 @@ TABLE_LABEL, SUMMARY_LABEL, SHORT_LABEL, PAPER_SETTING = range(4)
 # ---------------------------------------------------------------------------------------
 
 
-#: The DG fields notebook 03 sets, by the parameter that sets each.
-DG_PARAMETERS = {
-    "source": "source",
-    "data_root": "data_root",
-    "model": "model",
-    "prompt_mode": "prompt_mode",
-    "scene_text": "scene_text",
-    "steps": "dg_steps",
-    "batch_size": "dg_batch_size",
-    "max_train_images": "dg_max_train_images",
-    "lr": "dg_lr",
-    "eval_every": "dg_eval_every",
-    "device": "device",
-}
-
-
 def tta_dg_config(
     params: Mapping[str, Any], explicit: Iterable[str] | None = None
 ) -> tuple[TrainConfig, PresetChoice]:
     """Return the TrainConfig of the DG model notebook 03 adapts and what its preset did:
-    its ``source``, data, model, prompt parameters and seed, ``dg_steps`` / ``dg_batch_size``
-    / ``dg_max_train_images`` as notebook 02's ``steps`` / ``batch_size`` /
-    ``max_train_images`` (:data:`DG_PARAMETERS`; the seed is set per run), no targets, then
-    the ``preset`` on every
-    field but those the user passed (``explicit``: parameter names; None: the parameters
-    whose values differ from the notebook's defaults)."""
+    every ``dg_<field>`` parameter sets that field (:data:`diffprompt.parameters.DG_PREFIX`:
+    ``dg_steps`` is notebook 02's ``steps``), the run's context (``source``, ``data_root``,
+    ``model``, ``device``) is shared, no targets (the seed is set per run); then the
+    ``preset`` on every field but those the user passed (``explicit``: parameter names;
+    None: the parameters whose values differ from the notebook's defaults)."""
     if explicit is None:
         explicit = explicit_parameters(params, "03_tta")
-    fields = {name: params[param] for name, param in DG_PARAMETERS.items()}
-    given = [name for name, param in DG_PARAMETERS.items() if param in set(explicit)]
-    return preset_config({**fields, "targets": ()}, params.get("preset", ""), given)
+    shared = {k: params[k] for k in SHARED if k in params}
+    cfg = config_of(TrainConfig, params, DG_PREFIX, **shared, targets=())
+    given = {k.removeprefix(DG_PREFIX) for k in explicit if k.startswith(DG_PREFIX)}
+    return with_preset(cfg, params.get("preset", ""), given | (set(shared) & set(explicit)))
 
 
 def tta_configs(params: Mapping[str, Any]) -> dict[str, TTAConfig]:

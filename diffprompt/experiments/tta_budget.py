@@ -12,8 +12,8 @@ from typing import Any
 import pandas as pd
 
 from diffprompt.dg.config import TrainConfig
-from diffprompt.experiments import config_of
 from diffprompt.experiments.tta import DGModel, check_targets
+from diffprompt.parameters import config_of
 from diffprompt.tta import PromptTTA, TTAConfig
 
 
