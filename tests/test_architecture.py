@@ -15,6 +15,7 @@ ALGORITHMS = (
     "diffprompt.dg",
     "diffprompt.tta",
     "diffprompt.probing",
+    "diffprompt.supervised",
     "diffprompt.domain_gap",
     "diffprompt.bootstrap",
 )

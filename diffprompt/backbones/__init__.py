@@ -2,7 +2,8 @@
 
 - ``diffusion``: a Stable Diffusion UNet read through forward hooks (any diffusers checkpoint).
 - ``comparators``: supervised and self-supervised backbones through transformers.
-- ``variants``: the embedded UNet pretrained, trained supervised, or with random weights.
+- ``variants``: the embedded UNet pretrained, supervised (stored and read back; trained by
+  :mod:`diffprompt.supervised`) or with random weights.
 - ``hub``: where a model comes from (bundled, local folder or hub id), offline-safe.
 - ``tokenizer``: a small CLIP tokenizer built from the project's caption words.
 - the embedded tiny Stable-Diffusion-style model: ``toy_sd_recipe`` (what is trained: the
