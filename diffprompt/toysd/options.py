@@ -1,9 +1,9 @@
 """Options of the embedded model's next recipes: what may make its text matter.
 
 The shipped toy-sd hardly listens to its prompt (its card: class words do not bind, scene
-prompts move the features by a few percent). :class:`~diffprompt.backbones.toy_sd_recipe.
-ToySDConfig` holds a field per option (neutral by default, so the shipped recipe is
-unchanged); this module holds what the options are made of:
+prompts move the features by a few percent). :class:`~diffprompt.toysd.recipe.ToySDConfig`
+holds a field per option (neutral by default, so the shipped recipe is unchanged); this
+module holds what the options are made of:
 
 - the pooled-text path (``text_embedding``): diffusers' "text" addition embedding, an
   attention pooling of the cross-attention context added to the timestep embedding, so the
@@ -12,7 +12,7 @@ unchanged); this module holds what the options are made of:
 - padding masking (``mask_padding``): cross-attention reads BOS..EOS only
   (:func:`padding_mask`, :func:`padding_masked`);
 - crop captions (``crop_size``): random crops captioned with the classes present in them,
-  from the labels' class shares (:func:`~diffprompt.backbones.toy_sd_recipe.training_shares`,
+  from the labels' class shares (:func:`~diffprompt.toysd.recipe.training_shares`,
   :func:`crop_caption`, :func:`random_crops`);
 - sharper query/key (``qk_init_scale``; ``qk_lr_mult`` in the optimizer's groups,
   :func:`scale_qk`, :func:`cross_attention_qk`);
@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # annotations only
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
-    from diffprompt.backbones.toy_sd_recipe import ToySDConfig
+    from diffprompt.toysd.recipe import ToySDConfig
 
 
 #: What the UNet stage can train alone (``ToySDConfig.train_parts``): the added pooled-text

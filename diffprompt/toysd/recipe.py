@@ -1,6 +1,6 @@
 """The embedded model's recipe: what is trained, on what, towards what objective.
 
-:mod:`diffprompt.backbones.toy_sd` pretrains the embedded model in two stages; this module
+:mod:`diffprompt.toysd.pretrain` pretrains the embedded model in two stages; this module
 holds the pieces those stages are made of, so that a reader finds the model itself in one
 place and the training machinery (stages, checkpoints, resume, command line) in the other:
 
@@ -28,7 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from diffprompt.backbones.tokenizer import caption_words
-from diffprompt.backbones.toy_sd_options import (
+from diffprompt.data import build_dataset
+from diffprompt.labels import CLASSES, NUM_CLASSES
+from diffprompt.prompts import prompt_corpus
+from diffprompt.text import tokenize
+from diffprompt.toysd.options import (
     PARTS,
     cross_attention_qk,
     padding_mask,
@@ -37,10 +41,6 @@ from diffprompt.backbones.toy_sd_options import (
     unet_options,
     zero_text_embedding,
 )
-from diffprompt.data import build_dataset
-from diffprompt.labels import CLASSES, NUM_CLASSES
-from diffprompt.prompts import prompt_corpus
-from diffprompt.text import tokenize
 
 if TYPE_CHECKING:  # annotations only: diffusers is imported where the components are built
     from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -115,7 +115,7 @@ class ToySDConfig:
     text_layers: int = 4
     text_heads: int = 4
     max_length: int = 64  # tokenizer model_max_length (captions are <= ~45 tokens)
-    train_text_encoder: bool = True  # jointly with the UNet (see diffprompt.backbones.toy_sd)
+    train_text_encoder: bool = True  # jointly with the UNet (see diffprompt.toysd.pretrain)
     # --- UNet training
     unet_steps: int = 9000  # the learning-rate schedule is laid out for this many steps
     unet_stop: int = 8000  # end the UNet stage after this many steps (0 = unet_steps); the
