@@ -17,6 +17,7 @@ from diffprompt.io import digest
 from diffprompt.labels import CLASSES
 from diffprompt.text import encode_scene, tokenize
 from diffprompt.toysd import candidates
+from diffprompt.toysd.config import OPTIONS, ToySDConfig, recorded_recipe
 from diffprompt.toysd.options import (
     crop_caption,
     load_components,
@@ -26,7 +27,6 @@ from diffprompt.toysd.options import (
     select_parts,
 )
 from diffprompt.toysd.pretrain import pretrain, recipe_hash
-from diffprompt.toysd.recipe import OPTIONS, ToySDConfig, recorded_recipe
 from diffprompt.toysd.text_use import meets_the_bar, prompt_sensitivity
 
 pytestmark = pytest.mark.usefixtures("one_thread")

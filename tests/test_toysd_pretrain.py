@@ -13,8 +13,9 @@ from test_toysd_recipe import H, W, math_isfinite, tiny
 
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.toysd import pretrain as toysd_pretrain
+from diffprompt.toysd.config import OPTIONS
 from diffprompt.toysd.pretrain import SAVE_DTYPE, ToySDConfig, pretrain
-from diffprompt.toysd.recipe import OPTIONS, PRETRAIN_SPLITS
+from diffprompt.toysd.recipe import PRETRAIN_SPLITS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,9 +1,11 @@
 """The embedded model's training project: a tiny Stable-Diffusion-style model pretrained on
 the miniature, how it is measured and described (shipped as ``diffprompt/assets/toy-sd``).
 
-- ``recipe``: what is trained: the configuration (``ToySDConfig``), data, components and
-  objective;
-- ``options``: what the options of the next recipes are made of;
+- ``config``: ``ToySDConfig``, the architecture and hyper-parameters of a recipe, and how a
+  recipe is recorded;
+- ``recipe``: what is trained: the data, components and objective;
+- ``options``: what the options of the next recipes are made of (``recipe`` builds with
+  them; both read ``config``, neither imports the other's configuration);
 - ``pretrain``: how: the training stages, checkpoints, the whole run and its command line
   (``python -m diffprompt.toysd.pretrain``);
 - ``eval``: evidence of what it learned; ``python -m diffprompt.toysd.eval`` writes its card;

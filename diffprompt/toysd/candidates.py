@@ -3,7 +3,7 @@ measure how much its text reaches its features against the shipped toy-sd.
 
 ``python -m diffprompt.toysd.candidates --recipe gpu10`` (``make embedded-candidate``)
 fine-tunes the shipped model with one of :data:`CANDIDATES` (a
-:class:`~diffprompt.toysd.recipe.ToySDConfig` with options set; ``--set`` overrides
+:class:`~diffprompt.toysd.config.ToySDConfig` with options set; ``--set`` overrides
 fields), checkpointing every few minutes with a usable model in ``<work>/model`` (a run cut
 short still leaves one, and a rerun resumes), and ends by measuring the candidate and the
 shipped model alike (:func:`~diffprompt.toysd.text_use.text_use`): table
@@ -32,8 +32,8 @@ from diffprompt.data.roots import resolve_data_root
 from diffprompt.preflight import parse_assignments
 from diffprompt.results import Run
 from diffprompt.runtime import resolve_device
+from diffprompt.toysd.config import ToySDConfig, recorded_recipe
 from diffprompt.toysd.pretrain import load_training_record, pretrain
-from diffprompt.toysd.recipe import ToySDConfig, recorded_recipe
 from diffprompt.toysd.text_use import meets_the_bar, text_use, text_use_table
 
 #: The features' blocks the measures read (all three up_blocks of toy-sd).

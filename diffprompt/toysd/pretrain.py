@@ -49,6 +49,7 @@ from diffprompt.io import atomic_path, atomic_write_text, digest
 from diffprompt.preflight import parse_assignments
 from diffprompt.runtime import resolve_device
 from diffprompt.text import tokenize
+from diffprompt.toysd.config import ToySDConfig, recorded_recipe
 from diffprompt.toysd.options import (
     crop_batch,
     load_components,
@@ -56,13 +57,11 @@ from diffprompt.toysd.options import (
     select_parts,
 )
 from diffprompt.toysd.recipe import (
-    ToySDConfig,
     build_components,
     count_parameters,
     denoising_loss,
     heldout_set,
     param_groups,
-    recorded_recipe,
     text_usage,
     training_images,
     training_shares,
