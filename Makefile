@@ -119,22 +119,22 @@ tta-budget-short: setup data
 # regenerate the embedded model into diffprompt/assets/toy-sd (about 25 min on one H100,
 # hours on a CPU; resumable from results/runs/toy_sd), then measure it and rewrite its card
 embedded-model: setup data
-	$(PY) -m diffprompt.backbones.toy_sd --device auto
+	$(PY) -m diffprompt.toysd.pretrain --device auto
 
-# a candidate embedded model (diffprompt.backbones.toy_sd_candidate): CANDIDATE=gpu10 fine-tunes
+# a candidate embedded model (diffprompt.toysd.candidates): CANDIDATE=gpu10 fine-tunes
 # toy-sd in about 10 min on one H100/H200 (checkpoints with a usable model every 2 min in
 # results/runs/candidates/gpu10.work/model), then measures its text use against toy-sd:
 # tables/toy_sd_text_use_<name>; CANDIDATE_ARGS passes options, e.g. "--set unet_batch=128"
 CANDIDATE ?= gpu10
 CANDIDATE_ARGS ?=
 embedded-candidate: setup data
-	$(PY) -m diffprompt.backbones.toy_sd_candidate --recipe $(CANDIDATE) --device $(DEVICE) \
+	$(PY) -m diffprompt.toysd.candidates --recipe $(CANDIDATE) --device $(DEVICE) \
 		$(CANDIDATE_ARGS)
 
 evidence: setup data
 	@mkdir -p $(RUNS)
 	$(VENV)/bin/papermill --log-output notebooks/06_embedded_model.ipynb $(RUNS)/06_embedded_model.ipynb
-	$(PY) -m diffprompt.backbones.toy_sd_eval
+	$(PY) -m diffprompt.toysd.eval
 
 test: setup lint browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

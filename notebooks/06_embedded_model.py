@@ -23,7 +23,7 @@
 # draws from captions. Its model card (`diffprompt/assets/toy-sd/README.md`) quotes these
 # numbers.
 #
-# With `retrain = True` it first regenerates the model with `diffprompt.backbones.toy_sd`
+# With `retrain = True` it first regenerates the model with `diffprompt.toysd.pretrain`
 # (deterministic for a seed on a given device type; hours on a CPU, minutes on a GPU) into
 # `retrain_dir`, and measures that one instead.
 
@@ -59,9 +59,11 @@ import pandas as pd
 
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.hub import resolve_model_folder
-from diffprompt.backbones.toy_sd import ToySDConfig, load_training_record, pretrain
-from diffprompt.backbones.toy_sd_candidate import measure
-from diffprompt.backbones.toy_sd_eval import (
+from diffprompt.data.roots import resolve_data_root
+from diffprompt.parameters import config_of
+from diffprompt.results import Run
+from diffprompt.toysd.candidates import measure
+from diffprompt.toysd.eval import (
     DEMO_CAPTIONS,
     evidence_attention,
     evidence_probe,
@@ -73,10 +75,8 @@ from diffprompt.backbones.toy_sd_eval import (
     training_figure,
     write_table,
 )
-from diffprompt.backbones.toy_sd_text_use import recorded_candidates, text_use, text_use_table
-from diffprompt.data.roots import resolve_data_root
-from diffprompt.parameters import config_of
-from diffprompt.results import Run
+from diffprompt.toysd.pretrain import ToySDConfig, load_training_record, pretrain
+from diffprompt.toysd.text_use import recorded_candidates, text_use, text_use_table
 
 root = resolve_data_root(data_root)
 run = Run("06_embedded_model", params, seed=seed, root=results_dir or None)
@@ -140,13 +140,14 @@ probes = write_table(run, "toy_sd_probe", evidence_probe(bb, root, probe_steps, 
 
 # %% [markdown]
 # ## How much does the prompt reach the features?
-# The measures a candidate recipe is judged by (`diffprompt.backbones.toy_sd_text_use`): the
+# The measures a candidate recipe is judged by (`diffprompt.toysd.text_use`): the
 # % change of the feature maps between scene prompts and against the empty prompt at
 # t = 1 (the features' timestep), 200 and 400; class-word binding (best of t = 1, 200);
 # the caption's loss gap at t <= 600; the probe. A candidate replaces toy-sd only with
 # binding >= 25 mIoU or scene-prompt sensitivity >= 25% at t = 1, the probe within 2
 # points. Rows: this model, the `candidates` measured here, and the candidates that
-# `toy_sd_candidate` runs measured (their run, device and git sha in "measured by").
+# `diffprompt.toysd.candidates` runs measured (their run, device and git sha in "measured
+# by").
 
 # %%
 # the probe above is this one unless the model masks padding (then read with trimmed prompts)

@@ -28,7 +28,6 @@ import torch
 from conftest import CS_IDS, H, W, build_fake_root, save_pipeline, stripes, tiny_sd_parts
 from conftest import write_palette as _write_palette
 
-from diffprompt.backbones import toy_sd_candidate
 from diffprompt.backbones.hub import ModelNotFoundError
 from diffprompt.backbones.tokenizer import caption_words
 from diffprompt.benchmarks import resolve_targets
@@ -46,6 +45,7 @@ from diffprompt.preflight import NotWritableError, ParameterError
 from diffprompt.probing import ProbeConfig, probe_sets
 from diffprompt.prompts import prompt_corpus
 from diffprompt.results import Run
+from diffprompt.toysd import candidates
 from diffprompt.tta import TTAConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -285,7 +285,7 @@ def _candidate(ctx: Ctx, *args: str) -> None:
         args = (*args[:i], *args[i + 1 :])
         sets = [*sets, *[a for a in args if "=" in a]]
         args = tuple(a for a in args if "=" not in a)
-    toy_sd_candidate.main([*where, "--device", "cpu", *args, *sets])
+    candidates.main([*where, "--device", "cpu", *args, *sets])
 
 
 CASES = [
@@ -709,7 +709,7 @@ CASES = [
         "candidate-unknown-recipe",
         "An unknown candidate recipe of the embedded model",
         "`--recipe gpu11`",
-        "toy_sd_candidate (make embedded-candidate)",
+        "toysd.candidates (make embedded-candidate)",
         lambda c: _candidate(c, "--recipe", "gpu11"),
         SystemExit,
         r"unknown candidate recipe 'gpu11'; choose from gpu10, gpu10-masked, cpu-textpath",
@@ -718,7 +718,7 @@ CASES = [
         "candidate-unknown-part",
         "A part to train that the recipe does not know",
         "`--set train_parts=unet,decoder`",
-        "toy_sd_candidate (ToySDConfig)",
+        "toysd.candidates (ToySDConfig)",
         lambda c: _candidate(c, "--set", "train_parts=unet,decoder"),
         SystemExit,
         r"train_parts \['decoder'\] unknown; choose from text_embedding, cross_attention",
@@ -727,7 +727,7 @@ CASES = [
         "candidate-missing-start-model",
         "A model to fine-tune that is not there",
         "`--set init_from=/models/no-such-toy`",
-        "toy_sd_candidate (before training)",
+        "toysd.candidates (before training)",
         lambda c: _candidate(c, "--set", f"init_from={c.scratch / 'no-such-toy'}"),
         ModelNotFoundError,
         r"no toy model to fine-tune \(init_from\) folder at .*no-such-toy",

@@ -136,7 +136,7 @@ def test_embedded_model_notebook_retrains_and_measures(mini_root, tmp_path):
     assert (first.astype(float) - second[first.index].astype(float)).abs().max() < 1e-6
     assert use.filter(like="scene vs").ge(0).all().all()
     # the model card is written from these tables
-    from diffprompt.backbones.toy_sd_eval import write_card
+    from diffprompt.toysd.eval import write_card
 
     card = write_card(model_dir, out).read_text()
     assert "Evidence" in card and "caption" in card

@@ -299,7 +299,7 @@ def test_comparator_loader_asks_for_safetensors():
 def test_pretraining_checkpoint_refuses_another_recipe(tmp_path):
     from dataclasses import replace
 
-    from diffprompt.backbones.toy_sd import ToySDConfig, _load, _save, recipe_hash
+    from diffprompt.toysd.pretrain import ToySDConfig, _load, _save, recipe_hash
 
     cfg = ToySDConfig()
     _save({"recipe_hash": recipe_hash(cfg), "x": torch.ones(2)}, tmp_path / "checkpoint.pt")
@@ -311,10 +311,10 @@ def test_pretraining_checkpoint_refuses_another_recipe(tmp_path):
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     """A save that dies half-way leaves the previous checkpoint whole and no temporary file."""
-    from diffprompt.backbones import toy_sd
+    from diffprompt.toysd import pretrain as toysd_pretrain
 
     path = tmp_path / "checkpoint.pt"
-    toy_sd._save({"a": torch.zeros(3)}, path)
+    toysd_pretrain._save({"a": torch.zeros(3)}, path)
 
     def dies(obj, f, *a, **k):
         Path(f).write_bytes(b"PK\x03\x04 half")
@@ -322,6 +322,6 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", dies)
     with pytest.raises(OSError, match="disk full"):
-        toy_sd._save({"a": torch.ones(3)}, path)
+        toysd_pretrain._save({"a": torch.ones(3)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.zeros(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

@@ -95,7 +95,7 @@ def resolve_model_folder(
         if not (folder / "model_index.json").is_file():
             raise ModelNotFoundError(
                 f"the bundled {what} {name!r} is missing from {folder}; reinstall the package "
-                "from a full checkout, or regenerate it with `python -m diffprompt.backbones.toy_sd`"
+                "from a full checkout, or regenerate it with `python -m diffprompt.toysd.pretrain`"
             )
     elif Path(name).expanduser().is_dir():
         folder = Path(name).expanduser()

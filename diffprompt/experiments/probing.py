@@ -13,7 +13,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from diffprompt.backbones.comparators import build_comparator
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
-from diffprompt.backbones.variants import SupervisedConfig, random_unet, train_supervised
+from diffprompt.backbones.variants import random_unet
 from diffprompt.data import build_dataset
 from diffprompt.data.roots import resolve_data_root
 from diffprompt.labels import NUM_CLASSES
@@ -28,6 +28,7 @@ from diffprompt.probing import (
     with_features,
 )
 from diffprompt.runtime import resolve_device
+from diffprompt.supervised import SupervisedConfig, train_supervised
 from diffprompt.viz import pca_figure as draw_pca
 
 #: What each embedded backbone saw before probing (said in notebook 01).

@@ -7,10 +7,10 @@ judged by (issue "an embedded model whose text matters").
   feature maps between scene prompts, and between a scene prompt and the empty prompt, at
   t = 1 (the features' timestep), 200 and 400 (same images, same noise);
 - class-word binding: the mIoU of the argmax over the 19 class words' cross-attention maps
-  (:func:`~diffprompt.backbones.toy_sd_eval.class_word_attention`, best of t = 1 and 200);
+  (:func:`~diffprompt.toysd.eval.class_word_attention`, best of t = 1 and 200);
 - the caption-vs-empty loss gap at t <= 600
-  (:func:`~diffprompt.backbones.toy_sd_eval.text_usage_by_timestep`);
-- the linear probe (:func:`~diffprompt.backbones.toy_sd_eval.probe`, GTA5 train -> val).
+  (:func:`~diffprompt.toysd.eval.text_usage_by_timestep`);
+- the linear probe (:func:`~diffprompt.toysd.eval.probe`, GTA5 train -> val).
 
 :func:`meets_the_bar` says whether a candidate may replace the shipped model: binding >=
 :data:`MIN_BINDING` or scene-prompt sensitivity at t = 1 >= :data:`MIN_SENSITIVITY`, with
@@ -32,7 +32,10 @@ import pandas as pd
 import torch
 
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
-from diffprompt.backbones.toy_sd_eval import (
+from diffprompt.data import build_dataset
+from diffprompt.prompts import sample_scene_prompts
+from diffprompt.text import encode_scene
+from diffprompt.toysd.eval import (
     SOURCE,
     _stack,
     class_word_attention,
@@ -40,9 +43,6 @@ from diffprompt.backbones.toy_sd_eval import (
     probe,
     text_usage_by_timestep,
 )
-from diffprompt.data import build_dataset
-from diffprompt.prompts import sample_scene_prompts
-from diffprompt.text import encode_scene
 
 #: What a candidate must reach (one of the first two) to replace the shipped model.
 MIN_BINDING = 25.0  # class-word attention argmax mIoU, GTA5 val
@@ -181,9 +181,10 @@ def text_use_table(measures: dict[str, dict[str, float]]) -> pd.DataFrame:
 
 
 def recorded_candidates(results: str | os.PathLike) -> pd.DataFrame:
-    """Return the candidates measured by ``toy_sd_candidate`` runs under ``results`` (their
-    tables ``toy_sd_text_use_<name>`` and manifests), one row per candidate with "measured
-    by" (run, device, git sha) and "meets the bar"; empty when there is none."""
+    """Return the candidates measured by :mod:`~diffprompt.toysd.candidates` runs under
+    ``results`` (their tables ``toy_sd_text_use_<name>`` and manifests), one row per
+    candidate with "measured by" (run, device, git sha) and "meets the bar"; empty when there
+    is none."""
     root = Path(results)
     rows = {}
     for csv in sorted((root / "tables").glob("toy_sd_text_use_*.csv")):

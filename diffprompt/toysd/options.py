@@ -1,9 +1,9 @@
 """Options of the embedded model's next recipes: what may make its text matter.
 
 The shipped toy-sd hardly listens to its prompt (its card: class words do not bind, scene
-prompts move the features by a few percent). :class:`~diffprompt.backbones.toy_sd_recipe.
-ToySDConfig` holds a field per option (neutral by default, so the shipped recipe is
-unchanged); this module holds what the options are made of:
+prompts move the features by a few percent). :class:`~diffprompt.toysd.config.ToySDConfig`
+holds a field per option (neutral by default, so the shipped recipe is unchanged); this
+module holds what the options are made of:
 
 - the pooled-text path (``text_embedding``): diffusers' "text" addition embedding, an
   attention pooling of the cross-attention context added to the timestep embedding, so the
@@ -12,12 +12,13 @@ unchanged); this module holds what the options are made of:
 - padding masking (``mask_padding``): cross-attention reads BOS..EOS only
   (:func:`padding_mask`, :func:`padding_masked`);
 - crop captions (``crop_size``): random crops captioned with the classes present in them,
-  from the labels' class shares (:func:`~diffprompt.backbones.toy_sd_recipe.training_shares`,
+  from the labels' class shares (:func:`~diffprompt.toysd.recipe.training_shares`,
   :func:`crop_caption`, :func:`random_crops`);
 - sharper query/key (``qk_init_scale``; ``qk_lr_mult`` in the optimizer's groups,
   :func:`scale_qk`, :func:`cross_attention_qk`);
 - fine-tuning from a saved toy model (``init_from``, :func:`load_components`), training only
-  some parts first (``train_parts``, ``parts_steps``; :data:`PARTS`, :func:`select_parts`).
+  some parts first (``train_parts``, ``parts_steps``; :data:`~diffprompt.toysd.config.PARTS`,
+  :func:`select_parts`).
 """
 
 from __future__ import annotations
@@ -37,13 +38,7 @@ if TYPE_CHECKING:  # annotations only
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
-    from diffprompt.backbones.toy_sd_recipe import ToySDConfig
-
-
-#: What the UNet stage can train alone (``ToySDConfig.train_parts``): the added pooled-text
-#: path, the cross-attention layers' projections (query, key, value, output), their query
-#: and key only, the whole UNet, the text encoder.
-PARTS = ("text_embedding", "cross_attention", "cross_attention_qk", "unet", "text_encoder")
+    from diffprompt.toysd.config import ToySDConfig
 
 
 def crop_caption(caption: str, shares: torch.Tensor, min_share: float) -> str:
@@ -237,7 +232,7 @@ def load_components(cfg: ToySDConfig, folder: str | os.PathLike) -> dict[str, An
 def part_parameters(
     unet: UNet2DConditionModel, text: CLIPTextModel, part: str
 ) -> list[torch.nn.Parameter]:
-    """Return the parameters of one of :data:`PARTS`."""
+    """Return the parameters of one of :data:`~diffprompt.toysd.config.PARTS`."""
     if part == "unet":
         return list(unet.parameters())
     if part == "text_encoder":

@@ -9,13 +9,16 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_toy_sd_recipe import tiny
+from test_toysd_recipe import tiny
 
-from diffprompt.backbones import toy_sd_candidate
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.hub import BUNDLED
-from diffprompt.backbones.toy_sd import pretrain, recipe_hash
-from diffprompt.backbones.toy_sd_options import (
+from diffprompt.io import digest
+from diffprompt.labels import CLASSES
+from diffprompt.text import encode_scene, tokenize
+from diffprompt.toysd import candidates
+from diffprompt.toysd.config import OPTIONS, ToySDConfig, recorded_recipe
+from diffprompt.toysd.options import (
     crop_caption,
     load_components,
     padding_mask,
@@ -23,11 +26,8 @@ from diffprompt.backbones.toy_sd_options import (
     random_crops,
     select_parts,
 )
-from diffprompt.backbones.toy_sd_recipe import OPTIONS, ToySDConfig, recorded_recipe
-from diffprompt.backbones.toy_sd_text_use import meets_the_bar, prompt_sensitivity
-from diffprompt.io import digest
-from diffprompt.labels import CLASSES
-from diffprompt.text import encode_scene, tokenize
+from diffprompt.toysd.pretrain import pretrain, recipe_hash
+from diffprompt.toysd.text_use import meets_the_bar, prompt_sensitivity
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -213,9 +213,7 @@ def test_the_bar():
 def test_the_candidate_command_trains_checkpoints_and_measures(base, tmp_path, capsys):
     out, results = tmp_path / "cand", tmp_path / "results"
     tiny_fields = {
-        k: v
-        for k, v in vars(tiny(base.root)).items()
-        if k not in toy_sd_candidate.CANDIDATES["gpu10"]
+        k: v for k, v in vars(tiny(base.root)).items() if k not in candidates.CANDIDATES["gpu10"]
     }
     sets = [
         f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
@@ -238,7 +236,7 @@ def test_the_candidate_command_trains_checkpoints_and_measures(base, tmp_path, c
     argv = ["--recipe", "gpu10", "--device", "cpu", "--out", str(out), "--results", str(results)]
     argv += ["--baseline", str(base.folder), "--images", "2", "--probe-steps", "2"]
     argv += ["--probe-images", "2,2", "--set", *sets]
-    toy_sd_candidate.main(argv)
+    candidates.main(argv)
     printed = capsys.readouterr().out
     assert "verdict: False" in printed  # a 4-step tiny model does not meet the bar
     rec = json.loads((out / "training.json").read_text())
@@ -285,8 +283,8 @@ def test_parts_alone_leave_the_rest_of_the_model_untouched(base, tmp_path):
 
 def test_the_candidate_command_rejects_bad_input_before_work(capsys):
     with pytest.raises(SystemExit, match="unknown candidate recipe 'gpu11'"):
-        toy_sd_candidate.main(["--recipe", "gpu11"])
+        candidates.main(["--recipe", "gpu11"])
     with pytest.raises(SystemExit, match="unknown ToySDConfig field"):
-        toy_sd_candidate.main(["--set", "unet_stepz=3"])
+        candidates.main(["--set", "unet_stepz=3"])
     with pytest.raises(SystemExit, match="probe-images"):
-        toy_sd_candidate.main(["--probe-images", "0,2"])
+        candidates.main(["--probe-images", "0,2"])

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from diffprompt.backbones.tokenizer import build_clip_tokenizer, caption_words
-from diffprompt.backbones.toy_sd_recipe import (
+from diffprompt.data import build_dataset
+from diffprompt.labels import CLASSES
+from diffprompt.toysd.recipe import (
     HELDOUT_SPLITS,
     PRETRAIN_SPLITS,
     ToySDConfig,
@@ -19,8 +21,6 @@ from diffprompt.backbones.toy_sd_recipe import (
     training_images,
     vocabulary_words,
 )
-from diffprompt.data import build_dataset
-from diffprompt.labels import CLASSES
 
 H, W = 64, 128
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from conftest import tiny_sd_parts
 
-from diffprompt.backbones import toy_sd_eval
 from diffprompt.backbones.diffusion import DiffusionBackbone
 from diffprompt.backbones.tokenizer import caption_words
-from diffprompt.backbones.toy_sd_eval import (
+from diffprompt.labels import CLASSES, SYNTHIA_EVAL_CLASSES
+from diffprompt.toysd import eval as toysd_eval
+from diffprompt.toysd.eval import (
     CLASS_WORDS,
     TABLES,
     class_prompt,
@@ -21,7 +22,6 @@ from diffprompt.backbones.toy_sd_eval import (
     probe,
     write_table,
 )
-from diffprompt.labels import CLASSES, SYNTHIA_EVAL_CLASSES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,13 +53,13 @@ class _Labeled(torch.utils.data.Dataset):
 
 def _spy_on_eval_classes(monkeypatch) -> list[tuple]:
     calls: list[tuple] = []
-    rule = toy_sd_eval.eval_classes
+    rule = toysd_eval.eval_classes
 
     def spy(source, dataset=None):
         calls.append((source, dataset))
         return rule(source, dataset)
 
-    monkeypatch.setattr(toy_sd_eval, "eval_classes", spy)
+    monkeypatch.setattr(toysd_eval, "eval_classes", spy)
     return calls
 
 

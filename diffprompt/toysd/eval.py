@@ -11,15 +11,15 @@ never used for training, so they are fair here):
 
 How much the text reaches the features (prompt sensitivity, with binding, the loss gap and
 the probe gathered per model, as candidate recipes are judged) is
-:mod:`diffprompt.backbones.toy_sd_text_use`.
+:mod:`diffprompt.toysd.text_use`.
 
 Every mIoU averages over :func:`diffprompt.benchmarks.eval_classes` of the data set the
 model is scored on, :data:`SOURCE` (all 19 classes for GTA5).
 
 Notebook ``06_embedded_model`` runs them all (the ``evidence_*`` functions) and writes
-tables, figures and a manifest to ``results/``; ``python -m
-diffprompt.backbones.toy_sd_eval`` then writes the model card (``README.md`` of the model
-folder, :mod:`diffprompt.backbones.toy_sd_card`) from them.
+tables, figures and a manifest to ``results/``; ``python -m diffprompt.toysd.eval`` then
+writes the model card (``README.md`` of the model folder, :mod:`diffprompt.toysd.card`) from
+them.
 """
 
 from __future__ import annotations
@@ -40,15 +40,15 @@ from torch.utils.data import Dataset
 
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.hub import ModelNotFoundError, resolve_model_folder
-from diffprompt.backbones.toy_sd import load_training_record
-from diffprompt.backbones.toy_sd_card import write_card
-from diffprompt.backbones.toy_sd_recipe import paired_losses
 from diffprompt.backbones.variants import random_unet
 from diffprompt.benchmarks import TARGETS, eval_classes
 from diffprompt.data import DEFAULT_SPLIT, build_dataset
 from diffprompt.evaluate import ConfusionMatrix, predicted_classes
 from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, colorize
 from diffprompt.text import encode_scene, encode_texts, word_positions
+from diffprompt.toysd.card import write_card
+from diffprompt.toysd.pretrain import load_training_record
+from diffprompt.toysd.recipe import paired_losses
 
 if TYPE_CHECKING:  # annotations only: diffusers and matplotlib are imported where used
     from diffusers import AutoencoderKL

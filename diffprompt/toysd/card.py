@@ -1,11 +1,11 @@
 """The embedded model's card: its recipe, its training and the evidence of what it learned.
 
 :func:`model_card` writes the card (markdown) from the training record the model is saved
-with (:func:`diffprompt.backbones.toy_sd.load_training_record`) and the evidence tables that
-notebook ``06_embedded_model`` measures with :mod:`diffprompt.backbones.toy_sd_eval`; its
+with (:func:`diffprompt.toysd.pretrain.load_training_record`) and the evidence tables that
+notebook ``06_embedded_model`` measures with :mod:`diffprompt.toysd.eval`; its
 assessment weighs the evidence against what the project asks of the model
 (:data:`MIN_ATTENTION_MIOU`, :data:`MIN_PROBE_GAIN`). :func:`write_card` stores it as the
-model folder's ``README.md`` (``python -m diffprompt.backbones.toy_sd_eval``).
+model folder's ``README.md`` (``python -m diffprompt.toysd.eval``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-from diffprompt.backbones.toy_sd import load_training_record
 from diffprompt.io import atomic_write_text
 from diffprompt.paths import results_root
+from diffprompt.toysd.pretrain import load_training_record
 
 #: What the project asks of the embedded model (issue "backbone and embedded model").
 MIN_ATTENTION_MIOU = 25.0  # class-word attention argmax, mIoU on the source (GTA5 val)
@@ -118,7 +118,7 @@ def model_card(
         "# toy-sd: the embedded Stable-Diffusion-style model",
         "",
         "A tiny latent diffusion model in diffusers format (AutoencoderKL, UNet2DConditionModel,",
-        "CLIPTextModel, CLIPTokenizer, DDPMScheduler), pretrained by `diffprompt.backbones.toy_sd`",
+        "CLIPTextModel, CLIPTokenizer, DDPMScheduler), pretrained by `diffprompt.toysd.pretrain`",
         "on the embedded miniature so that every notebook runs on a laptop CPU. It stands in",
         "for Stable Diffusion; it is not a replica of it.",
         "",
@@ -158,7 +158,7 @@ def model_card(
         + f", batch {r['unet_batch']}, AdamW lr {r['unet_lr']} (text {r['text_lr']}), caption "
         f"dropout {r['caption_dropout']}; last logged batch loss {last.loss:.4f}; "
         f"{last.seconds / 60:.1f} min.",
-        "- Regenerate: `python -m diffprompt.backbones.toy_sd --set "
+        "- Regenerate: `python -m diffprompt.toysd.pretrain --set "
         + " ".join(
             f"{k}={v}"
             for k, v in (

@@ -9,12 +9,13 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_toy_sd_recipe import H, W, math_isfinite, tiny
+from test_toysd_recipe import H, W, math_isfinite, tiny
 
-from diffprompt.backbones import toy_sd
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
-from diffprompt.backbones.toy_sd import SAVE_DTYPE, ToySDConfig, pretrain
-from diffprompt.backbones.toy_sd_recipe import OPTIONS, PRETRAIN_SPLITS
+from diffprompt.toysd import pretrain as toysd_pretrain
+from diffprompt.toysd.config import OPTIONS
+from diffprompt.toysd.pretrain import SAVE_DTYPE, ToySDConfig, pretrain
+from diffprompt.toysd.recipe import PRETRAIN_SPLITS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -134,7 +135,7 @@ def test_pretrain_writes_a_loadable_diffusers_model(reference, monkeypatch):
 def test_training_record(reference):
     cfg, out = reference.cfg, reference.out
     vae_cfg = json.loads((out / "vae" / "config.json").read_text())
-    rec = toy_sd.load_training_record(out)
+    rec = toysd_pretrain.load_training_record(out)
     recipe = json.loads(json.dumps(asdict(cfg)))
     # the recipe as recorded: the options at their neutral values are left out
     assert rec["recipe"] == {k: v for k, v in recipe.items() if k not in OPTIONS}
@@ -256,7 +257,7 @@ def fake_pretrain(monkeypatch):
         calls.append(dict(cfg=cfg, out=out, work=work, device=device, stop_after=stop_after))
         return None if stop_after else Path(out)
 
-    monkeypatch.setattr(toy_sd, "pretrain", fake)
+    monkeypatch.setattr(toysd_pretrain, "pretrain", fake)
     return calls
 
 
@@ -273,7 +274,7 @@ def test_cli_parses_overrides(fake_pretrain, tmp_path, capsys):
         "precision=fp32",
     ]
     where = ["--out", str(tmp_path / "m"), "--work", str(tmp_path / "w"), "--device", "cpu"]
-    toy_sd.main([*where, "--set", *overrides])
+    toysd_pretrain.main([*where, "--set", *overrides])
     (call,) = fake_pretrain
     cfg = call["cfg"]
     assert (call["out"], call["work"], call["device"]) == (
@@ -291,7 +292,7 @@ def test_cli_parses_overrides(fake_pretrain, tmp_path, capsys):
     changed = {k: getattr(cfg, k) for k in (o.split("=")[0] for o in overrides)}
     assert asdict(cfg) == {**asdict(ToySDConfig()), **changed}
     assert "wrote" in capsys.readouterr().out
-    toy_sd.main(["--set", "train_text_encoder=1", "--stop-after", "vae"])
+    toysd_pretrain.main(["--set", "train_text_encoder=1", "--stop-after", "vae"])
     assert fake_pretrain[-1]["cfg"].train_text_encoder is True
     assert fake_pretrain[-1]["stop_after"] == "vae"
 
@@ -301,5 +302,5 @@ def test_cli_parses_overrides(fake_pretrain, tmp_path, capsys):
 )
 def test_cli_rejects_bad_overrides(fake_pretrain, bad):
     with pytest.raises(SystemExit):
-        toy_sd.main(["--set", bad])
+        toysd_pretrain.main(["--set", bad])
     assert not fake_pretrain

@@ -6,8 +6,8 @@ from dataclasses import asdict
 import pandas as pd
 import pytest
 
-from diffprompt.backbones.toy_sd import ToySDConfig
-from diffprompt.backbones.toy_sd_card import (
+from diffprompt.labels import CLASSES
+from diffprompt.toysd.card import (
     CARD_TABLES,
     MIN_ATTENTION_MIOU,
     MIN_PROBE_GAIN,
@@ -15,11 +15,11 @@ from diffprompt.backbones.toy_sd_card import (
     model_card,
     write_card,
 )
-from diffprompt.labels import CLASSES
+from diffprompt.toysd.pretrain import ToySDConfig
 
 
 def training_record() -> dict:
-    """A training record as :func:`diffprompt.backbones.toy_sd.save_model` writes one."""
+    """A training record as :func:`diffprompt.toysd.pretrain.save_model` writes one."""
     log = [
         {"stage": "vae", "step": 1, "loss": 0.5, "seconds": 6.0},
         {"stage": "vae_done", "step": 1, "seconds": 120.0, "scaling_factor": 1.25},

@@ -16,10 +16,10 @@ their captions (never on an evaluation split):
    does, so the empty prompt is a meaningful unconditional context.
 
 What is trained (the configuration, data, components and objective) is in
-:mod:`diffprompt.backbones.toy_sd_recipe`; this module runs it: the two stages, their
-checkpoints and resume, the whole run, the saved model and the command line.
+:mod:`diffprompt.toysd.recipe`; this module runs it: the two stages, their checkpoints and
+resume, the whole run, the saved model and the command line.
 
-``python -m diffprompt.backbones.toy_sd`` regenerates it (deterministically on a given
+``python -m diffprompt.toysd.pretrain`` regenerates it (deterministically on a given
 device: same seed, same device type -> the same weights, bitwise on CPU); stages
 checkpoint and resume. The result is written to ``diffprompt/assets/toy-sd`` with its
 training log and model card.
@@ -44,30 +44,29 @@ import torch.nn.functional as F
 
 from diffprompt.backbones.hub import BUNDLED, resolve_model_folder
 from diffprompt.backbones.tokenizer import build_clip_tokenizer
-from diffprompt.backbones.toy_sd_options import (
-    crop_batch,
-    load_components,
-    padding_mask,
-    select_parts,
-)
-from diffprompt.backbones.toy_sd_recipe import (
-    ToySDConfig,
-    build_components,
-    count_parameters,
-    denoising_loss,
-    heldout_set,
-    param_groups,
-    recorded_recipe,
-    text_usage,
-    training_images,
-    training_shares,
-    vocabulary_words,
-)
 from diffprompt.data.roots import resolve_data_root
 from diffprompt.io import atomic_path, atomic_write_text, digest
 from diffprompt.preflight import parse_assignments
 from diffprompt.runtime import resolve_device
 from diffprompt.text import tokenize
+from diffprompt.toysd.config import ToySDConfig, recorded_recipe
+from diffprompt.toysd.options import (
+    crop_batch,
+    load_components,
+    padding_mask,
+    select_parts,
+)
+from diffprompt.toysd.recipe import (
+    build_components,
+    count_parameters,
+    denoising_loss,
+    heldout_set,
+    param_groups,
+    text_usage,
+    training_images,
+    training_shares,
+    vocabulary_words,
+)
 
 if TYPE_CHECKING:  # annotations only: diffusers is imported where the model is saved
     from diffusers import AutoencoderKL

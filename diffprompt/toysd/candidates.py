@@ -1,17 +1,16 @@
 """A candidate embedded model in one command: train it within a short GPU window, then
 measure how much its text reaches its features against the shipped toy-sd.
 
-``python -m diffprompt.backbones.toy_sd_candidate --recipe gpu10`` (``make
-embedded-candidate``) fine-tunes the shipped model with one of :data:`CANDIDATES` (a
-:class:`~diffprompt.backbones.toy_sd_recipe.ToySDConfig` with options set; ``--set``
-overrides fields), checkpointing every few minutes with a usable model in
-``<work>/model`` (a run cut short still leaves one, and a rerun resumes), and ends by
-measuring the candidate and the shipped model alike
-(:func:`~diffprompt.backbones.toy_sd_text_use.text_use`): table
+``python -m diffprompt.toysd.candidates --recipe gpu10`` (``make embedded-candidate``)
+fine-tunes the shipped model with one of :data:`CANDIDATES` (a
+:class:`~diffprompt.toysd.config.ToySDConfig` with options set; ``--set`` overrides
+fields), checkpointing every few minutes with a usable model in ``<work>/model`` (a run cut
+short still leaves one, and a rerun resumes), and ends by measuring the candidate and the
+shipped model alike (:func:`~diffprompt.toysd.text_use.text_use`): table
 ``results/tables/toy_sd_text_use_<name>`` and manifest ``toy_sd_candidate_<name>``, whose
 ``verdict`` says whether the candidate may replace toy-sd
-(:func:`~diffprompt.backbones.toy_sd_text_use.meets_the_bar`). The same command runs on a
-CPU at a tiny size (the test suite does: ``--set`` shrinks it).
+(:func:`~diffprompt.toysd.text_use.meets_the_bar`). The same command runs on a CPU at a
+tiny size (the test suite does: ``--set`` shrinks it).
 
 Nothing here replaces the shipped model: that stays a deliberate step (``--out
 diffprompt/assets/toy-sd`` after a candidate met the bar, then ``make paper evidence``).
@@ -29,13 +28,13 @@ import torch
 
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.hub import resolve_model_folder
-from diffprompt.backbones.toy_sd import load_training_record, pretrain
-from diffprompt.backbones.toy_sd_recipe import ToySDConfig, recorded_recipe
-from diffprompt.backbones.toy_sd_text_use import meets_the_bar, text_use, text_use_table
 from diffprompt.data.roots import resolve_data_root
 from diffprompt.preflight import parse_assignments
 from diffprompt.results import Run
 from diffprompt.runtime import resolve_device
+from diffprompt.toysd.config import ToySDConfig, recorded_recipe
+from diffprompt.toysd.pretrain import load_training_record, pretrain
+from diffprompt.toysd.text_use import meets_the_bar, text_use, text_use_table
 
 #: The features' blocks the measures read (all three up_blocks of toy-sd).
 BLOCKS = (0, 1, 2)
@@ -214,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if len(probe_images) != 2 or min(probe_images) < 1 or a.images < 1:
             raise ValueError("--images and both --probe-images counts must be >= 1")
     except ValueError as e:
-        raise SystemExit(f"toy_sd_candidate: {e}") from None
+        raise SystemExit(f"toysd.candidates: {e}") from None
     out = a.out or f"results/runs/candidates/{a.recipe}"
     result = run_candidate(
         a.recipe,
