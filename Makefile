@@ -100,21 +100,20 @@ $(RUNS)/05_paper_tables.ipynb: notebooks/05_paper_tables.ipynb diffprompt/paper.
 bench: setup data
 	$(PY) -m diffprompt.bench
 
-# the TTA budget study (notebook 03 with budget_steps: mIoU against 200 TTA steps, two
-# learning rates, both objectives, three seeds, ACDC night and Dark Zurich; about 20 min on
-# 2 cores): tables/tta_budget*, figures/tta_budget
+# the TTA budget study (notebook 07: mIoU against 200 TTA steps, two learning rates, both
+# objectives, three seeds, ACDC night and Dark Zurich; about 20 min on 2 cores):
+# tables/tta_budget*, figures/tta_budget
 tta-budget: setup data
 	@mkdir -p $(RUNS)
-	$(PAPERMILL) notebooks/03_tta.ipynb $(RUNS)/03_tta_budget.ipynb $(WITH_MODEL) \
-		-p preset "$(PRESET)" -p source cityscapes -p target acdc_night -p budget_steps 200
+	$(PAPERMILL) notebooks/07_tta_budget.ipynb $(RUNS)/07_tta_budget.ipynb $(WITH_MODEL) \
+		-p preset "$(PRESET)"
 
 # the short budgets (about 9 min): the same study to 25 steps, evaluated at 2, 6, 12 and 25;
 # tables/tta_budget_short*, figures/tta_budget_short
 tta-budget-short: setup data
 	@mkdir -p $(RUNS)
-	$(PAPERMILL) notebooks/03_tta.ipynb $(RUNS)/03_tta_budget_short.ipynb $(WITH_MODEL) \
-		-p preset "$(PRESET)" -p source cityscapes -p target acdc_night -p budget_steps 25 \
-		-p budget_every 25 -p budget_name tta_budget_short
+	$(PAPERMILL) notebooks/07_tta_budget.ipynb $(RUNS)/07_tta_budget_short.ipynb $(WITH_MODEL) \
+		-p preset "$(PRESET)" -p steps 25 -p eval_every 25 -p name tta_budget_short
 
 # regenerate the embedded model into diffprompt/assets/toy-sd (about 25 min on one H100,
 # hours on a CPU; resumable from results/runs/toy_sd), then measure it and rewrite its card

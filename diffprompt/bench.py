@@ -57,10 +57,10 @@ from diffprompt.data import build_dataset
 from diffprompt.data.roots import resolve_data_root
 from diffprompt.dg.config import LOSS_RESOLUTIONS, TrainConfig
 from diffprompt.dg.losses import mean_entropy
-from diffprompt.dg.runs import train_dg
+from diffprompt.dg.runs import dg_model, train_dg
 from diffprompt.evaluate import ConfusionMatrix
 from diffprompt.experiments.dg import dg_config
-from diffprompt.experiments.tta import dg_model, run_target, tta_configs, tta_dg_config
+from diffprompt.experiments.tta import TargetRows, run_target, tta_configs, tta_dg_config
 from diffprompt.fastpath import (
     ImageList,
     attention_backends,
@@ -236,14 +236,15 @@ def child_tta_miniature(target: str = "acdc_night") -> dict:
     t0 = time.perf_counter()
     dg = dg_model(tta_dg_config(params)[0], log=quiet)
     dg_s = time.perf_counter() - t0
-    res = run_target(dg, tta_configs(params)[target], params["objectives"], log=quiet)
-    rows = {r["method"]: round(r["mIoU"], 2) for r in res["rows"]}
+    rows = TargetRows(tuple(params["objectives"]))
+    res = run_target(dg, tta_configs(params)[target], rows, log=quiet)
+    mious = {r.table_row()["method"]: round(r.miou, 2) for r in res.rows}
     return {
         "target": target,
-        "tta_s": res["seconds"],
+        "tta_s": res.seconds,
         "dg_load_or_train_s": dg_s,
         "peak_rss_gb": peak_rss_gb(),
-        **{f"mIoU {k}": v for k, v in rows.items()},
+        **{f"mIoU {k}": v for k, v in mious.items()},
     }
 
 
@@ -410,7 +411,7 @@ def child_dg_step_miniature() -> dict:
         fast = (time.perf_counter() - t0) / steps
     # the naive step: features recomputed for the batch under each of the K prompts
     model = tr.model
-    x = torch.stack([tr.source[i]["image"] for i in range(cfg.batch_size)])
+    x = torch.stack([tr.data.source[i]["image"] for i in range(cfg.batch_size)])
     texts = ["a photo of a street at night", "a painting of a city in fog"][: cfg.num_prompts]
 
     def naive_step():

@@ -42,6 +42,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from diffprompt.io import digest, module_checksum, save_tensors, tensor_checksum
+from diffprompt.prompts import OWN_PROMPT, Prompt
 
 
 def image_identity(dataset, index: int) -> dict:
@@ -203,32 +204,28 @@ class FeatureCache:
                     "dtype": str(vae.dtype),
                 }
             )
-        self._ctx: dict[str, tuple[str, Tensor | None]] = {}
-        self._text_keys: dict[str, str] = {}  # per-image prompt text -> its context key
+        self._context_keys: dict[str | None, str] = {}  # a prompt text -> its context's key
         # image keys per data set object (held weakly: a new data set never inherits them)
         self._image_keys: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.hits = self.misses = 0
 
     # ------------------------------------------------------------------ keys
-    def context(self, scene_text: str | None) -> tuple[str, Tensor | None]:
-        """Return (key, context (1, N, D) or None) of a scene prompt text (None: the
-        prompts' default)."""
-        name = "\0default" if scene_text is None else scene_text
-        if name not in self._ctx:
+    def context_key(self, text: str | None) -> str:
+        """Return the key of the context of one image's scene text (None: the model's own
+        prompt): the checksum of that context (1, N, D), "none" for a backbone without one."""
+        if text not in self._context_keys:
             with torch.no_grad():
-                ctx = self.model.context(1, None if scene_text is None else [scene_text])
-            key = "none" if ctx is None else tensor_checksum(ctx.float())
-            self._ctx[name] = (key, ctx)
-        return self._ctx[name]
+                ctx = self.model.context(1, None if text is None else [text])
+            self._context_keys[text] = "none" if ctx is None else tensor_checksum(ctx.float())
+        return self._context_keys[text]
 
-    def text_key(self, text: str) -> str:
-        """Return the key of one image's own prompt text (a caption): the checksum of its
-        context, as :meth:`context`'s, keeping only the key (captions are many)."""
-        if text not in self._text_keys:
-            with torch.no_grad():
-                ctx = self.model.context(1, [text])
-            self._text_keys[text] = tensor_checksum(ctx.float())
-        return self._text_keys[text]
+    def _context_keys_of(self, dataset, indices, prompt: Prompt, texts=()) -> list[str]:
+        """The context keys of images ``indices`` under ``prompt`` (``texts``: its texts of
+        them, when known)."""
+        texts = prompt.texts(dataset, indices) if texts == () else texts
+        if texts is None:
+            return [self.context_key(None)] * len(indices)
+        return [self.context_key(t) for t in texts]
 
     def _group(self, key: str, module: nn.Module) -> str:
         """Return the folder of entries computed by ``module`` under key ``key``: the key and
@@ -317,38 +314,19 @@ class FeatureCache:
         self,
         dataset,
         indices: Sequence[int],
-        scene_text: str | None = None,
+        prompt: Prompt = OWN_PROMPT,
         device: torch.device | str = "cpu",
     ) -> dict[str, Tensor]:
         """Return the backbone's maps {name: (B, C, h, w)} of images ``indices`` of
-        ``dataset`` under ``scene_text`` (None: the default prompt; a text; or per-image
-        prompts, a :class:`diffprompt.captions.CaptionPrompt`: each image's entry is keyed by
-        its own context, and a chunk is computed with each image under its own), float32 on
-        ``device``."""
-        per_image = scene_text is not None and not isinstance(scene_text, str)
-        if per_image:
-            texts: dict[int, str] = {}
-
-            def text_of(i: int) -> str:
-                if i not in texts:
-                    texts[i] = scene_text.text(dataset, i)
-                return texts[i]
-
-            def ctx_key_of(i: int) -> str:
-                return self.text_key(text_of(i))
-
-        else:
-            ctx_key, ctx = self.context(scene_text)
-
-            def ctx_key_of(i: int) -> str:
-                return ctx_key
-
+        ``dataset`` under ``prompt`` (:class:`diffprompt.prompts.Prompt`; each image's entry
+        is keyed by its own context), float32 on ``device``."""
+        order = list(dict.fromkeys(int(i) for i in indices))
         bb = self.model.backbone
         group = self._group(self.backbone_key, bb)
         entries: dict[int, dict[str, Tensor]] = {}
         todo = []
-        for i in dict.fromkeys(int(i) for i in indices):
-            e = self._lookup(group, ctx_key_of(i), self.image_key(dataset, i))
+        for i, key in zip(order, self._context_keys_of(dataset, order, prompt), strict=True):
+            e = self._lookup(group, key, self.image_key(dataset, i))
             if e is None:
                 todo.append(i)
             else:
@@ -357,15 +335,16 @@ class FeatureCache:
         self.misses += len(todo)
         noise = bool(getattr(getattr(bb, "cfg", None), "noise", False))
         groups = [[i] for i in todo] if noise else self.chunks(dataset, todo)
-        for chunk in groups:
-            if per_image:  # each image of the chunk under its own prompt
-                with torch.no_grad():
-                    ctx = self.model.context(len(chunk), [text_of(i) for i in chunk])
+        for chunk in groups:  # each image of a chunk under its own text
+            texts = prompt.texts(dataset, chunk)
+            with torch.no_grad():
+                ctx = self.model.context(len(chunk), texts)
             f = self._compute(dataset, chunk, ctx, noise)
-            for n, i in enumerate(chunk):
+            keys = self._context_keys_of(dataset, chunk, prompt, texts)
+            for n, (i, key) in enumerate(zip(chunk, keys, strict=True)):
                 if i not in entries:
                     e = {name: m[n].to(self.dtype).cpu().clone() for name, m in f.items()}
-                    self._store(group, ctx_key_of(i), self.image_key(dataset, i), e)
+                    self._store(group, key, self.image_key(dataset, i), e)
                     entries[i] = e
         names = sorted(entries[int(indices[0])]) if len(indices) else []
         out = {}
@@ -373,3 +352,22 @@ class FeatureCache:
             stacked = torch.stack([entries[int(i)][name] for i in indices])
             out[name] = stacked.to(device, torch.float32)
         return out
+
+    def batch(
+        self, dataset, indices: Sequence[int], context: Tensor, latents: Tensor
+    ) -> dict[str, Tensor]:
+        """Return the backbone's maps {name: (B, C, h, w)} of images ``indices`` under
+        ``context`` (B, N, D) from their ``latents``, computed together as one batch (not in
+        the fixed chunks of :meth:`get`) and kept in memory for the session, keyed by the
+        backbone, the context's checksum and the images in order: TTA's evaluation batches
+        of a fixed prompt, which every seed's DG model shares."""
+        images = tuple(self.image_key(dataset, int(i)) for i in indices)
+        key = ("batch", self.backbone_key, tensor_checksum(context.float()), images)
+        entry = MEMORY.get(key)
+        if entry is None:
+            x = torch.zeros(len(latents), 3, 1, 1)  # the latents stand for the images
+            with torch.no_grad():
+                maps = self.model.backbone(x, context, latents=latents)
+            entry = {k: v.clone() for k, v in maps.items()}
+            MEMORY.put(key, entry)
+        return entry

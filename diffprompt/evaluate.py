@@ -8,7 +8,7 @@ predicted but absent from the ground truth has IoU 0 and counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 
 from diffprompt.benchmarks import eval_classes
 from diffprompt.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
+from diffprompt.prompts import OWN_PROMPT, Prompt
 
 
 def _flat_checked(
@@ -248,9 +249,9 @@ def evaluate_predictions(
     ``per_image=True``: the matrix also keeps one matrix per image, in the order of
     ``indices`` (``cm.per_image_matrices()``, (N, C, C)), from the same single pass.
 
-    A ``predict_fn`` whose ``needs_images`` attribute is false (:func:`predictor` with a
-    feature cache: it reads the maps by index) gets ``None`` for the images and the masks'
-    size as ``size``; only the labels are read then (``dataset.masks``, kept in memory)."""
+    A :class:`Predictor` that reads a feature cache (``needs_images`` false) gets ``None``
+    for the images and the masks' size as ``size``; only the labels are read then
+    (``dataset.masks``, kept in memory)."""
     indices = list(range(len(dataset))) if indices is None else list(indices)
     if not indices:
         raise ValueError(f"nothing to evaluate: {dataset!r} has no images")
@@ -273,60 +274,54 @@ def evaluate_predictions(
     return cm
 
 
-def prompt_texts(prompt, dataset, indices: Sequence[int]) -> list[str] | None:
-    """Return one text per image of ``indices`` for ``prompt``: None (the model's own
-    prompt) stays None, a scene text is repeated, per-image prompts (a
-    :class:`diffprompt.captions.CaptionPrompt`: ``texts(dataset, indices)``) give each
-    image its own."""
-    if prompt is None:
-        return None
-    if isinstance(prompt, str):
-        return [prompt] * len(indices)
-    return prompt.texts(dataset, indices)
-
-
-def predictor(
-    model,
-    cfg,
-    dataset,
-    cache=None,
-    scene_text=None,
-    device: torch.device | str = "cpu",
-) -> Callable[[torch.Tensor, Sequence[int]], torch.Tensor]:
-    """Return predict(images (B, 3, H, W), indices, size=None) -> class indices (B, H, W)
-    of ``model`` (a SegModel) on images of ``dataset``.
+class Predictor:
+    """predict(images (B, 3, H, W), indices, size=None) -> class indices (B, H, W) of
+    ``model`` (a SegModel) on images of ``dataset`` under ``prompt`` (a
+    :class:`diffprompt.prompts.Prompt`).
 
     With a feature cache (:class:`diffprompt.cache.FeatureCache`) the images' maps are read
-    from (or written to) it; else the model runs on the images, whole (padded to the
-    backbone's multiple) or by sliding window, as ``cfg`` (a TrainConfig: ``inference``,
-    ``eval_crop``, ``eval_stride``) says. ``scene_text``: the scene prompt (None: the
-    model's own), or per-image prompts (a :class:`diffprompt.captions.CaptionPrompt`).
-    With a cache the images themselves are not needed: ``predict.needs_images`` is false,
-    and ``predict(None, indices, size=(H, W))`` gives the same classes.
+    from (or written to) it by index, so the images themselves are not needed
+    (:attr:`needs_images` is false: ``predict(None, indices, size=(H, W))``); else the model
+    runs on the images, whole (padded to the backbone's multiple) or by sliding window, as
+    ``cfg`` (a TrainConfig: ``inference``, ``eval_crop``, ``eval_stride``) says.
     """
-    multiple = getattr(model.backbone, "multiple", 1)
 
-    def predict(
-        images: torch.Tensor | None, indices: Sequence[int], size: tuple[int, int] | None = None
+    def __init__(
+        self,
+        model,
+        cfg,
+        dataset,
+        cache=None,
+        prompt: Prompt = OWN_PROMPT,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.model, self.cfg, self.dataset, self.cache = model, cfg, dataset, cache
+        self.prompt, self.device = prompt, device
+        self.needs_images = cache is None
+        self.multiple = getattr(model.backbone, "multiple", 1)
+
+    def __call__(
+        self,
+        images: torch.Tensor | None,
+        indices: Sequence[int],
+        size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        if cache is not None:
-            feats = cache.get(dataset, indices, scene_text, device)
+        if self.cache is not None:
+            feats = self.cache.get(self.dataset, indices, self.prompt, self.device)
             size = tuple(images.shape[-2:]) if size is None else tuple(size)
-            return predicted_classes(model(feats=feats, size=size))
-        texts = prompt_texts(scene_text, dataset, indices)
+            return predicted_classes(self.model(feats=feats, size=size))
+        texts = self.prompt.texts(self.dataset, indices)
 
         def logits_fn(x: torch.Tensor) -> torch.Tensor:
-            return model(x.to(device), scene_texts=texts)
+            return self.model(x.to(self.device), scene_texts=texts)
 
+        cfg = self.cfg
         if cfg.inference == "slide":
             logits = predict_slide(
-                logits_fn, images, cfg.eval_crop, cfg.eval_stride, NUM_CLASSES, multiple
+                logits_fn, images, cfg.eval_crop, cfg.eval_stride, NUM_CLASSES, self.multiple
             )
             return predicted_classes(logits)
-        return predicted_classes(predict_whole(logits_fn, images, multiple))
-
-    predict.needs_images = cache is None
-    return predict
+        return predicted_classes(predict_whole(logits_fn, images, self.multiple))
 
 
 def miou_rows(

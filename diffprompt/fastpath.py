@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from diffprompt.prompts import Prompts
+from diffprompt.prompts import OWN_PROMPT, Prompt, Prompts
 from diffprompt.text import clear_category_cache
 
 
@@ -69,12 +69,12 @@ def naive_features(
 
 @torch.no_grad()
 def fast_features(
-    cache, dataset, indices: Sequence[int], scene_text: str | None = None
+    cache, dataset, indices: Sequence[int], prompt: Prompt = OWN_PROMPT
 ) -> dict[str, Tensor]:
     """Return the maps of images ``indices`` of ``dataset`` by the fast path: the context of
-    ``scene_text`` and the images' latents from ``cache`` (a :class:`FeatureCache`; computed
-    on first use), then the truncated UNet. The maps themselves are not cached."""
-    _, ctx = cache.context(scene_text)
+    ``prompt`` and the images' latents from ``cache`` (a :class:`FeatureCache`; computed on
+    first use), then the truncated UNet. The maps themselves are not cached."""
+    ctx = cache.model.context(len(indices), prompt.texts(dataset, indices))
     z = cache.latents(dataset, indices)
     bb = cache.model.backbone
     return bb(None, ctx, latents=z.to(bb.unet.device, bb.unet.dtype))

@@ -60,12 +60,6 @@ NOTEBOOK_RANGES: dict[str, str] = {
     "gap_images": ">= 1",
     # 02_dg_training
     "num_processes": ">= 1",
-    # 03_tta
-    "budget_steps": ">= 0",
-    "budget_every": ">= 1",
-    "budget_points": "int >= 1",
-    "budget_lrs": "float > 0",
-    "budget_eval_images": ">= 0",
     # 04_prompt_ablations
     "ks": "int >= 1",
     "lambdas": "float >= 0",
@@ -82,6 +76,9 @@ NOTEBOOK_RANGES: dict[str, str] = {
     "height": ">= 1",
     "width": ">= 1",
     "max_images": ">= 0",
+    # 07_tta_budget
+    "lrs": "float > 0",
+    "points": "int >= 1",
 }
 
 

@@ -13,6 +13,11 @@ Following VPD and the paper, the UNet's cross-attention context is the concatena
 :class:`Prompts` puts the pieces together from a :class:`PromptConfig`. The text encoder is
 frozen and never becomes a submodule, so ``Prompts.parameters()`` and its state dict only
 hold what is learned.
+
+What a batch is prompted with is a :class:`Prompt`: the model's own scene prompt
+(:data:`OWN_PROMPT`), one scene text for every image (:class:`SceneText`) or one per image
+(:class:`diffprompt.captions.CaptionPrompt`); the trainer, the predictor, the feature cache
+and TTA take any of them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +43,37 @@ from diffprompt.text import (
 
 #: The scene prompt the head is trained and tested with by default (ours).
 DEFAULT_SCENE_TEXT = "a photo of an urban street scene"
+
+
+class Prompt(Protocol):
+    """What the UNet is prompted with for images of a data set."""
+
+    def texts(self, dataset, indices: Sequence[int]) -> list[str] | None:
+        """One scene text per image of ``indices``, or None: the model's own scene prompt."""
+        ...
+
+
+@dataclass(frozen=True)
+class OwnPrompt:
+    """The scene prompt the model was built with (its :class:`PromptConfig`), for every image."""
+
+    def texts(self, dataset, indices: Sequence[int]) -> None:
+        return None
+
+
+#: The model's own scene prompt.
+OWN_PROMPT = OwnPrompt()
+
+
+@dataclass(frozen=True)
+class SceneText:
+    """One scene text for every image."""
+
+    text: str
+
+    def texts(self, dataset, indices: Sequence[int]) -> list[str]:
+        return [self.text] * len(indices)
+
 
 #: Domain descriptors the scene prompt is randomized over (in the spirit of DIDEX's
 #: condition list). Each composed prompt draws one entry per key.

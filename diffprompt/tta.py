@@ -22,9 +22,10 @@ instead of the training scene prompt: every image keeps its caption, whose condi
 (e.g. "at night") become one learned span shared by the target (:class:`diffprompt.prompts.
 LearnedSpan`), initialised from the condition phrase the fit images' captions use most.
 
-Baselines: TENT (entropy minimisation of the affine parameters of the normalisation
-layers, Wang et al., ICLR 2021, :meth:`PromptTTA.tent`) and a hand-written target prompt
-(zero-shot prompting, :meth:`PromptTTA.with_scene_text`).
+:class:`TargetScorer` reads and scores the target images for every method (the latents from
+the DG run's feature cache; the maps of a fixed prompt kept by it, :meth:`diffprompt.cache.
+FeatureCache.batch`). Baselines: a hand-written target prompt (zero-shot prompting,
+:func:`with_scene_text`) and TENT (:mod:`diffprompt.tent`).
 """
 
 from __future__ import annotations
@@ -44,16 +45,15 @@ from torch import nn
 
 from diffprompt.backbones.diffusion import DiffusionBackbone
 from diffprompt.benchmarks import GROUPS, TARGETS, eval_classes
-from diffprompt.cache import MEMORY
 from diffprompt.captions import CaptionBook, CaptionPrompt, condition_phrase
 from diffprompt.data import UNLABELED_SPLITS, SegDataset, available_splits, build_dataset
 from diffprompt.dg.losses import mean_entropy
-from diffprompt.evaluate import ConfusionMatrix, predicted_classes, prompt_texts
-from diffprompt.io import did_you_mean, tensor_checksum
+from diffprompt.evaluate import ConfusionMatrix, predicted_classes
+from diffprompt.io import did_you_mean
 from diffprompt.labels import CLASSES
 from diffprompt.model import SegModel
 from diffprompt.preflight import check_values
-from diffprompt.prompts import LearnedSpan, Prompts, assemble_conditioning
+from diffprompt.prompts import OWN_PROMPT, LearnedSpan, Prompt, Prompts, assemble_conditioning
 from diffprompt.settings import as_declared, setting
 
 OBJECTIVES = ("denoise", "entropy", "both")
@@ -136,7 +136,8 @@ CAPTION_SPAN = "in daylight"
 @dataclass(frozen=True)
 class CaptionStart:
     """Where TTA from the caption starts: each image's caption (``book``) with its condition
-    words replaced by ``phrase``, the learned span's init (:func:`caption_start`)."""
+    words replaced by ``phrase``, the learned span's init (:func:`caption_start`); a
+    :class:`diffprompt.prompts.Prompt`."""
 
     book: CaptionBook
     phrase: str
@@ -230,12 +231,146 @@ def denoising_loss(
     return F.mse_loss(pred, target.to(pred.device))
 
 
-def _batches(order: Sequence[int], batch_size: int, steps: int, offset: int = 1):
+def cycled_batches(order: Sequence[int], batch_size: int, steps: int, offset: int = 1):
     """Yield, for steps ``offset .. offset + steps - 1``, the step and its batch: the next
     ``batch_size`` items of ``order``, cycling."""
     for step in range(offset, offset + steps):
         start = ((step - offset) * batch_size) % len(order)
         yield step, [order[(start + j) % len(order)] for j in range(batch_size)]
+
+
+# ---------------------------------------------------------------------------------------
+# Reading and scoring the target
+# ---------------------------------------------------------------------------------------
+
+#: Evaluation batches hold this many fit batches: evaluation keeps no gradients, so twice a
+#: fit batch fits the memory one adaptation step takes (ours).
+EVAL_BATCH_SCALE = 2
+
+#: A batch's context: (dataset, indices) -> (B, N, D).
+ContextOf = Callable[[Any, Sequence[int]], torch.Tensor]
+
+
+def prompted(model: SegModel, prompt: Prompt = OWN_PROMPT) -> ContextOf:
+    """Return the context of a batch under ``model`` prompted with ``prompt``."""
+    return lambda dataset, idx: model.context(len(idx), prompt.texts(dataset, idx))
+
+
+class TargetScorer:
+    """Reads and scores target images for TTA and its baselines: their VAE latents (from the
+    DG run's feature cache when there is one, else encoded by ``backbone``), a model's maps
+    and class predictions under a batch's context, and the dataset-level confusion matrix
+    over a labeled set. ``cfg``: its ``source`` decides the classes mIoU averages, its
+    ``batch_size`` the evaluation batches (:data:`EVAL_BATCH_SCALE` fit batches)."""
+
+    def __init__(self, backbone: DiffusionBackbone, cfg: TTAConfig, cache=None) -> None:
+        self.backbone, self.cache, self.source = backbone, cache, cfg.source
+        self.batch_size = cfg.batch_size * EVAL_BATCH_SCALE
+
+    def latents(self, dataset, idx: Sequence[int]) -> torch.Tensor:
+        """VAE latents (b, c, h, w) of target images."""
+        if self.cache is not None and self.cache.latent_key:
+            return self.cache.latents(dataset, idx).to(self.backbone.unet.device)
+        x = torch.stack([dataset[i]["image"] for i in idx])
+        return self.backbone.encode(x)
+
+    @staticmethod
+    def maps(model: SegModel, z: torch.Tensor, ctx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The backbone's maps of latents ``z`` under the context ``ctx`` (B, N, D)."""
+        x = torch.zeros(len(z), 3, 1, 1)  # the latents stand for the images
+        return model.backbone(x, ctx, latents=z)
+
+    def miou(self, cm: ConfusionMatrix, dataset) -> float:
+        """The mIoU (%) of a confusion matrix on ``dataset``, over
+        :func:`diffprompt.benchmarks.eval_classes` of the DG model's source."""
+        return cm.miou(eval_classes(self.source, dataset))
+
+    @torch.no_grad()
+    def predict(
+        self,
+        model: SegModel,
+        dataset,
+        idx: Sequence[int],
+        context_of: ContextOf | None = None,
+        fixed: bool = False,
+    ) -> torch.Tensor:
+        """Return class indices (b, H, W) of target images under ``model`` and the context
+        ``context_of`` gives (None: the model's own). ``fixed``: the context does not change
+        while a session runs (no adaptation, a hand-written prompt, each image's caption), so
+        the maps are kept by the feature cache and shared across seeds, whose DG models
+        share the frozen backbone (:meth:`diffprompt.cache.FeatureCache.batch`)."""
+        z = self.latents(dataset, idx)
+        ctx = (context_of or prompted(model))(dataset, idx)
+        f = model.backbone.vae_factor
+        size = (z.shape[-2] * f, z.shape[-1] * f)
+        if fixed and self.cache is not None and model.backbone is self.cache.model.backbone:
+            feats = self.cache.batch(dataset, idx, ctx, z)
+        else:
+            feats = self.maps(model, z, ctx)
+        return predicted_classes(model.decode(feats, size)).cpu()
+
+    def evaluate(
+        self,
+        model: SegModel,
+        dataset,
+        indices: Sequence[int],
+        context_of: ContextOf | None = None,
+        fixed: bool = False,
+    ) -> ConfusionMatrix:
+        """Dataset-level confusion matrix of ``model`` over ``indices`` of a labeled set
+        (each image's matrix kept, for the bootstrap); ``context_of`` and ``fixed`` as
+        :meth:`predict`."""
+        cm = ConfusionMatrix(per_image=True)
+        b = self.batch_size
+        for s in range(0, len(indices), b):
+            idx = list(indices[s : s + b])
+            cm.update(self.predict(model, dataset, idx, context_of, fixed), dataset.masks(idx))
+        return cm
+
+
+def prompted_copy(model: SegModel, **changes: Any) -> SegModel:
+    """Return a SegModel on ``model``'s backbone with a copy of its head, whose prompts are
+    its prompt configuration with ``changes``, holding its prompts' trained state."""
+    bb = model.backbone
+    device = bb.unet.device
+    cfg = dataclasses.replace(model.prompts.cfg, **changes)
+    prompts = Prompts(bb.text_encoder, bb.tokenizer, CLASSES, cfg).to(device)
+    missing, unexpected = prompts.load_state_dict(model.prompts.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("scene_prompt.") for k in missing)
+    return SegModel(bb, copy.deepcopy(model.head), prompts).to(device)
+
+
+def with_scene_text(model: SegModel, text: str) -> SegModel:
+    """Return a copy of a DG model conditioned on another fixed scene prompt (the
+    hand-written target prompt: zero-shot prompting)."""
+    return prompted_copy(model, scene_text=text, learnable_scene=False).eval()
+
+
+# ---------------------------------------------------------------------------------------
+# The learned prompt: how far it moved, its nearest words
+# ---------------------------------------------------------------------------------------
+
+
+def nearest_words(learned, tokenizer, k: int = 3) -> list[dict[str, Any]]:
+    """Per word position of a learned prompt (:class:`diffprompt.prompts.
+    LearnableScenePrompt` or :class:`~diffprompt.prompts.LearnedSpan`): its init word, the
+    k nearest vocabulary tokens and how far its embedding moved (relative L2)."""
+    init = [tokenizer.decode([int(i)]) for i in learned.init_ids]
+    near = learned.nearest_words(tokenizer, k, whole_words=True)
+    return [
+        {"position": i + 1, "init word": w, "nearest": ", ".join(n), "relative change": float(d)}
+        for i, (w, n, d) in enumerate(zip(init, near, learned.drift(), strict=True))
+    ]
+
+
+def movement(learned, tokenizer) -> dict[str, Any]:
+    """How far a learned prompt is from its init: "relative change" (the mean over word
+    positions of the relative L2 change) and "nearest" (each position's nearest word)."""
+    words = nearest_words(learned, tokenizer, 1)
+    return {
+        "relative change": sum(w["relative change"] for w in words) / max(1, len(words)),
+        "nearest": " ".join(w["nearest"] for w in words),
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,24 +382,21 @@ class PromptTTA:
     """Learns the scene prompt of a trained DG model on unlabeled target images.
 
     ``model``: the trained DG SegModel (frozen backbone, trained head, category tokens and
-    the scene prompt it was trained with); ``cache``: a
-    :class:`diffprompt.cache.FeatureCache` of that model whose VAE latents are reused (None:
-    encoded each time); ``transform``: what the target images get when
-    :meth:`target_sets` opens them (the DG run's evaluation transform). :attr:`tta_model`
-    is a copy of the model whose scene prompt is a :class:`LearnableScenePrompt`
-    initialised from the training scene prompt, sharing the frozen backbone and the head.
-    With ``start`` (:class:`CaptionStart`) the scene tokens of each image are its caption
-    encoded with the learned span (:attr:`span`) in place of its condition words instead.
+    the scene prompt it was trained with); ``scorer``: reads and scores the target images
+    (:class:`TargetScorer`). :attr:`tta_model` is a copy of the model whose scene prompt is
+    a :class:`diffprompt.prompts.LearnableScenePrompt` initialised from the training scene
+    prompt, sharing the frozen backbone. With ``start`` (:class:`CaptionStart`) the scene
+    tokens of each image are its caption encoded with the learned span (:attr:`span`) in
+    place of its condition words instead.
     """
 
     def __init__(
         self,
         model: SegModel,
         cfg: TTAConfig,
-        cache=None,
-        transform=None,
-        log: Callable[[str], None] = print,
+        scorer: TargetScorer,
         start: CaptionStart | None = None,
+        log: Callable[[str], None] = print,
     ):
         if model.prompts is None or model.prompts.cfg.tokens != "scene":
             raise ValueError(
@@ -272,10 +404,9 @@ class PromptTTA:
                 "the empty prompt or the category tokens only): train it with prompt_mode "
                 "fixed, random or random_consistency"
             )
-        self.dg, self.cfg, self.cache, self.transform, self.log = model, cfg, cache, transform, log
-        self.device = model.backbone.unet.device
+        self.dg, self.cfg, self.scorer, self.log = model, cfg, scorer, log
         self.start, self.span = start, None
-        self.tta_model = self._with_prompts(learnable_scene=start is None)
+        self.tta_model = prompted_copy(model, learnable_scene=start is None)
         self.tta_model.requires_grad_(False)
         if start is None:
             self.learned = self.tta_model.prompts.scene_prompt
@@ -286,24 +417,8 @@ class PromptTTA:
         self.words.requires_grad_(True)
         self.tta_model.eval()
 
-    def _with_prompts(self, **changes: Any) -> SegModel:
-        """Return a SegModel on the DG model's backbone and head whose prompts are the DG
-        prompts' configuration with ``changes``, holding the DG prompts' trained state."""
-        bb = self.dg.backbone
-        cfg = dataclasses.replace(self.dg.prompts.cfg, **changes)
-        prompts = Prompts(bb.text_encoder, bb.tokenizer, CLASSES, cfg).to(self.device)
-        missing, unexpected = prompts.load_state_dict(self.dg.prompts.state_dict(), strict=False)
-        assert not unexpected and all(k.startswith("scene_prompt.") for k in missing)
-        return SegModel(bb, copy.deepcopy(self.dg.head), prompts).to(self.device)
-
-    # ------------------------------------------------------------------ pieces
-    def target_sets(self, root, eval_split: str = "val") -> TargetSets:
-        """Return the target's fit and evaluation sets (:func:`target_sets`), opened with
-        this adapter's transform."""
-        return target_sets(self.cfg, root, eval_split, self.transform)
-
     def reset(self) -> None:
-        """Put the learned prompt back to the training scene prompt."""
+        """Put the learned prompt back to its init."""
         self.learned.reset()
 
     def trainable(self) -> list[nn.Parameter]:
@@ -311,69 +426,34 @@ class PromptTTA:
         params = [*self.tta_model.parameters(), *(self.span.parameters() if self.span else ())]
         return [p for p in params if p.requires_grad]
 
-    def context(self, model: SegModel, dataset, idx: Sequence[int]) -> torch.Tensor:
-        """The context (B, N, D) of a batch under ``model``: for the adapted model with a
-        caption start, [category tokens ; each image's caption with the learned span]."""
-        if model is not self.tta_model or self.span is None:
-            return model.context(len(idx))
+    def context(self, dataset, idx: Sequence[int]) -> torch.Tensor:
+        """The adapted model's context (B, N, D) of a batch: [category tokens ; learned
+        scene prompt], or with a caption start [category tokens ; each image's caption with
+        the learned span]."""
+        if self.span is None:
+            return self.tta_model.context(len(idx))
         scene = self.span(self.start.texts(dataset, idx))
-        category = model.prompts.category_tokens()
+        category = self.tta_model.prompts.category_tokens()
         return assemble_conditioning(category, scene.to(category.device), len(idx))
 
-    def miou(self, cm: ConfusionMatrix, dataset) -> float:
-        """Return the mIoU (%) of a confusion matrix on ``dataset``, over
-        :func:`diffprompt.benchmarks.eval_classes` of the DG model's source."""
-        return cm.miou(eval_classes(self.cfg.source, dataset))
+    def predict(self, dataset, idx: Sequence[int]) -> torch.Tensor:
+        """Class indices (b, H, W) of target images under the adapted model."""
+        return self.scorer.predict(self.tta_model, dataset, idx, self.context)
 
-    def latents(self, dataset, idx: Sequence[int]) -> torch.Tensor:
-        """VAE latents (b, c, h, w) of target images (from the cache when there is one)."""
-        if self.cache is not None and self.cache.latent_key:
-            return self.cache.latents(dataset, idx).to(self.device)
-        x = torch.stack([dataset[i]["image"] for i in idx])
-        return self.dg.backbone.encode(x)
-
-    @staticmethod
-    def _features(
-        model: SegModel, z: torch.Tensor, ctx: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        """The backbone's maps of latents ``z`` under ``ctx`` (None: the model's current
-        context)."""
-        x = torch.zeros(len(z), 3, 1, 1)  # the latents stand for the images
-        ctx = model.context(len(z)) if ctx is None else ctx
-        return model.backbone(x, ctx, latents=z)
-
-    def _fixed_features(
-        self, model: SegModel, dataset, idx: Sequence[int], z: torch.Tensor, prompts=None
-    ):
-        """The maps of a batch under a model whose context is fixed (no adaptation, a
-        hand-written prompt) on the DG model's backbone, kept for the session in
-        :data:`diffprompt.cache.MEMORY`: every seed's DG model shares its frozen backbone
-        and prompt, so "no adaptation" of seeds 1, 2, ... reads the maps of seed 0. The key
-        is the backbone's (:attr:`FeatureCache.backbone_key`), the context's checksum and
-        the batch's images in order: a batch is computed exactly as :meth:`_features` would,
-        so the maps are the same bytes either way. ``prompts``: per-image prompts (a
-        :class:`diffprompt.captions.CaptionPrompt`) in place of the model's scene prompt."""
-        ctx = model.context(len(z), prompt_texts(prompts, dataset, idx))
-        if self.cache is None or model.backbone is not self.dg.backbone:
-            return self._features(model, z, ctx)
-        images = tuple(self.cache.image_key(dataset, int(i)) for i in idx)
-        key = ("tta-fixed", self.cache.backbone_key, tensor_checksum(ctx.float()), images)
-        entry = MEMORY.get(key)
-        if entry is None:
-            entry = {k: v.clone() for k, v in self._features(model, z, ctx).items()}
-            MEMORY.put(key, entry)
-        return entry
+    def evaluate(self, dataset, indices: Sequence[int]) -> ConfusionMatrix:
+        """The adapted model's confusion matrix over ``indices`` of a labeled set."""
+        return self.scorer.evaluate(self.tta_model, dataset, indices, self.context)
 
     def loss(self, objective: str, dataset, idx: Sequence[int], g: torch.Generator) -> dict:
         """Return {"loss", "denoise", "entropy"} of one batch of target images."""
         model = self.tta_model
-        z = self.latents(dataset, idx)
-        ctx = self.context(model, dataset, idx)
+        z = self.scorer.latents(dataset, idx)
+        ctx = self.context(dataset, idx)
         out = {}
         if objective in ("denoise", "both"):
             out["denoise"] = denoising_loss(model.backbone, z, ctx, g, self.cfg.denoise_t)
         if objective in ("entropy", "both"):  # at the head's resolution
-            out["entropy"] = mean_entropy(model.decode(self._features(model, z, ctx), None))
+            out["entropy"] = mean_entropy(model.decode(self.scorer.maps(model, z, ctx), None))
         total = out.get("denoise", 0.0) + self.cfg.entropy_weight * out.get("entropy", 0.0)
         return {"loss": total, **out}
 
@@ -392,48 +472,16 @@ class PromptTTA:
         opt.step()
         return {k: float(v.detach()) for k, v in out.items()}
 
-    @torch.no_grad()
-    def predict(
-        self, model: SegModel, dataset, idx: Sequence[int], fixed: bool = False, prompts=None
-    ) -> torch.Tensor:
-        """Return class indices (b, H, W) of target images under ``model`` (latents cached).
-        ``fixed``: the model's context does not change (no adaptation, a hand-written
-        prompt, per-image ``prompts`` such as each image's caption), so its maps are shared
-        across seeds (:meth:`_fixed_features`)."""
-        z = self.latents(dataset, idx)
-        f = model.backbone.vae_factor
-        size = (z.shape[-2] * f, z.shape[-1] * f)
-        if fixed or prompts is not None:
-            feats = self._fixed_features(model, dataset, idx, z, prompts)
-        else:
-            feats = self._features(model, z, self.context(model, dataset, idx))
-        return predicted_classes(model.decode(feats, size)).cpu()
-
-    def evaluate(
-        self,
-        model: SegModel,
-        dataset,
-        indices: Sequence[int],
-        fixed: bool = False,
-        prompts=None,
-    ) -> ConfusionMatrix:
-        """Dataset-level confusion matrix of ``model`` over ``indices`` of a labeled set
-        (each image's matrix kept, for the bootstrap); ``fixed`` and ``prompts`` as
-        :meth:`predict`."""
-        cm = ConfusionMatrix(per_image=True)
-        b = self.cfg.batch_size * 2
-        for s in range(0, len(indices), b):
-            idx = list(indices[s : s + b])
-            cm.update(self.predict(model, dataset, idx, fixed, prompts), dataset.masks(idx))
-        return cm
-
-    def _enable_checkpointing(self) -> None:
+    def _start(self) -> tuple[torch.optim.Optimizer, torch.Generator]:
+        """Reset the prompt; return its optimizer and the run's generator."""
+        self.reset()
         unet = self.tta_model.backbone.unet
         if self.cfg.gradient_checkpointing and hasattr(unet, "enable_gradient_checkpointing"):
             unet.enable_gradient_checkpointing()
             unet.train()  # diffusers checkpoints only in training mode; no dropout in SD
+        opt = torch.optim.Adam([self.words], lr=self.cfg.lr)
+        return opt, torch.Generator().manual_seed(self.cfg.seed)
 
-    # ------------------------------------------------------------------ fitting
     def fit_offline(
         self,
         objective: str,
@@ -441,31 +489,29 @@ class PromptTTA:
         fit_idx: Sequence[int],
         eval_set,
         eval_idx: Sequence[int],
-        start: ConfusionMatrix | None = None,
+        start_miou: float | None = None,
         eval_at: Collection[int] = (),
     ) -> tuple[ConfusionMatrix, list[dict]]:
         """Learn the prompt on ``fit_idx`` of the unlabeled set for ``cfg.steps`` steps, then
-        evaluate on ``eval_idx``. ``start``: the confusion matrix of the unadapted model (the
-        curve's step 0; computed when not given). The curve is evaluated every
+        evaluate on ``eval_idx``. ``start_miou``: the unadapted model's mIoU (the curve's
+        step 0; evaluated when None). The curve is evaluated every
         ``cfg.eval_every`` steps, at the steps of ``eval_at`` and at the end (evaluating
         draws nothing from the generator: the fit is the same whatever is evaluated).
         Returns (confusion matrix, curve rows: step, mIoU, losses, the prompt's
-        :meth:`movement`)."""
+        :func:`movement`)."""
         cfg = self.cfg
-        self.reset()
-        self._enable_checkpointing()
-        opt = torch.optim.Adam([self.words], lr=cfg.lr)
-        g = torch.Generator().manual_seed(cfg.seed)
-        cm = start if start is not None else self.evaluate(self.tta_model, eval_set, eval_idx)
-        curve = [{"step": 0, "mIoU": self.miou(cm, eval_set), **self.movement()}]
+        opt, g = self._start()
+        if start_miou is None:
+            start_miou = self.scorer.miou(self.evaluate(eval_set, eval_idx), eval_set)
+        curve = [{"step": 0, "mIoU": start_miou, **self.movement()}]
         t0 = time.time()
         order = [fit_idx[i] for i in torch.randperm(len(fit_idx), generator=g).tolist()]
-        for step, batch in _batches(order, cfg.batch_size, cfg.steps):
+        for step, batch in cycled_batches(order, cfg.batch_size, cfg.steps):
             losses = self.step(opt, objective, fit_set, batch, g)
             every = cfg.eval_every and step % cfg.eval_every == 0
             if every or step in eval_at or step == cfg.steps:
-                cm = self.evaluate(self.tta_model, eval_set, eval_idx)
-                miou = self.miou(cm, eval_set)
+                cm = self.evaluate(eval_set, eval_idx)
+                miou = self.scorer.miou(cm, eval_set)
                 curve.append({"step": step, "mIoU": miou, **losses, **self.movement()})
                 self.log(
                     f"TTA {objective} step {step}/{cfg.steps}: loss {losses['loss']:.4f}, "
@@ -478,91 +524,20 @@ class PromptTTA:
         """Adapt while the labeled images stream in: each batch first updates the prompt
         (``online_steps`` steps on that batch, no labels), then is predicted."""
         cfg = self.cfg
-        self.reset()
-        self._enable_checkpointing()
-        opt = torch.optim.Adam([self.words], lr=cfg.lr)
-        g = torch.Generator().manual_seed(cfg.seed)
+        opt, g = self._start()
         cm = ConfusionMatrix(per_image=True)
         for s in range(0, len(eval_idx), cfg.batch_size):
             idx = list(eval_idx[s : s + cfg.batch_size])
             for _ in range(cfg.online_steps):
                 self.step(opt, objective, eval_set, idx, g)
             self.tta_model.eval()
-            cm.update(self.predict(self.tta_model, eval_set, idx), eval_set.masks(idx))
+            cm.update(self.predict(eval_set, idx), eval_set.masks(idx))
         return cm
 
     def movement(self) -> dict[str, Any]:
-        """Return how far the learned prompt is from its init: "relative change" (the mean
-        over word positions of the relative L2 change) and "nearest" (the nearest
-        vocabulary word of each position, joined by spaces)."""
-        words = self.nearest_words(1)
-        return {
-            "relative change": sum(w["relative change"] for w in words) / max(1, len(words)),
-            "nearest": " ".join(w["nearest"] for w in words),
-        }
+        """How far the learned prompt is from its init (:func:`movement`)."""
+        return movement(self.learned, self.dg.backbone.tokenizer)
 
     def nearest_words(self, k: int = 3) -> list[dict[str, Any]]:
-        """Per learned word position: the init word, the k nearest vocabulary tokens and how
-        far the learned embedding moved (relative L2)."""
-        sp = self.learned
-        tok = self.dg.backbone.tokenizer
-        init = [tok.decode([int(i)]) for i in sp.init_ids]
-        near = sp.nearest_words(tok, k, whole_words=True)
-        drift = sp.drift()
-        return [
-            {
-                "position": i + 1,
-                "init word": w,
-                "nearest": ", ".join(n),
-                "relative change": float(d),
-            }
-            for i, (w, n, d) in enumerate(zip(init, near, drift, strict=True))
-        ]
-
-    # ------------------------------------------------------------------ baselines
-    def tent(
-        self, fit_set, fit_idx: Sequence[int], eval_set, eval_idx: Sequence[int]
-    ) -> tuple[ConfusionMatrix, nn.Module]:
-        """TENT: minimise the prediction entropy on the fit images over the affine
-        parameters of the normalisation layers (head, and UNet with ``tent_scope="all"``),
-        everything else frozen, for ``cfg.steps`` steps; then evaluate. A copy of the DG
-        model is adapted; returns (confusion matrix, the adapted copy)."""
-        cfg, dg = self.cfg, self.dg
-        bb = dg.backbone
-        if cfg.tent_scope == "all":
-            unet = type(bb.unet).from_config(bb.unet.config).to(bb.unet.device, bb.unet.dtype)
-            unet.load_state_dict(bb.unet.state_dict())
-            bb = DiffusionBackbone(
-                bb.vae,
-                unet,
-                bb.text_encoder,
-                bb.tokenizer,
-                bb.scheduler,
-                copy.deepcopy(bb.cfg),
-                origin=bb.origin,
-            )
-        model = SegModel(bb, copy.deepcopy(dg.head), dg.prompts)
-        norms = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d)
-        scopes = [model.head] + ([bb.unet] if cfg.tent_scope == "all" else [])
-        model.requires_grad_(False)
-        layers = [m for scope in scopes for m in scope.modules() if isinstance(m, norms)]
-        params = [p for m in layers for p in m.parameters(recurse=False)]
-        for p in params:
-            p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=cfg.lr / 10)
-        g = torch.Generator().manual_seed(cfg.seed)
-        order = [fit_idx[i] for i in torch.randperm(len(fit_idx), generator=g).tolist()]
-        model.eval()
-        for _, idx in _batches(order, cfg.batch_size, cfg.steps):
-            with torch.enable_grad():
-                feats = self._features(model, self.latents(fit_set, idx))
-                loss = mean_entropy(model.decode(feats, None))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-            opt.step()
-        model.requires_grad_(False)
-        return self.evaluate(model, eval_set, eval_idx), model
-
-    def with_scene_text(self, text: str) -> SegModel:
-        """Return a copy of the DG model conditioned on another (fixed) scene prompt."""
-        return self._with_prompts(scene_text=text, learnable_scene=False).eval()
+        """Per learned word position: its init, nearest words and drift (:func:`nearest_words`)."""
+        return nearest_words(self.learned, self.dg.backbone.tokenizer, k)

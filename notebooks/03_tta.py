@@ -27,9 +27,11 @@
 #
 # `papermill notebooks/03_tta.ipynb out.ipynb -p target acdc_night`; `-p target all`
 # runs every target. The DG model of the parameters below is taken from results/ when
-# notebook 02 trained it (same configuration), otherwise it is trained first.
+# notebook 02 trained it (same configuration), otherwise it is trained first. How the table
+# changes with a longer or faster adaptation is notebook 07 (the TTA budget).
 
 # %% tags=["parameters"]
+# --- the adaptation
 target: str = "adverse"  # a target, "adverse" (ACDC and Dark Zurich) or "all"
 objectives: list = ["denoise", "entropy"]  # TTA objectives, one row each
 settings: list = ["offline"]  # "offline" (fit, then evaluate) and/or "online" (streaming)
@@ -38,14 +40,18 @@ lr: float = 0.001  # Adam learning rate of the scene prompt's word embeddings
 fit_images: int = 12  # unlabeled target images to fit on (0: all)
 batch_size: int = 2  # target images per TTA step
 eval_images: int = 20  # labeled target images evaluated (0: all; ACDC has 60, Dark Zurich 200)
-eval_every: int = 0  # mIoU every N steps for the curve (0: before and after only)
-entropy_weight: float = 1.0  # weight of the entropy term in "both"
+seeds: list = [0, 1, 2]  # one DG model and one TTA run per seed (head, batches, noise)
+# --- the rows beside it
 tent: bool = True  # run the TENT baseline
 zero_shot: bool = True  # run the hand-written target prompt baseline
 caption_rows: bool = True  # the DG model prompted with each target image caption (TADP)
 caption_tta: list = ["denoise"]  # TTA objectives that start from each image caption (caption_rows)
 captions_file: str = ""  # caption rows on real data: JSON {image name: caption} or CSV
 captioner: str = ""  # caption rows: hub id or folder of a BLIP captioner (none: no captioner)
+entropy_weight: float = 1.0  # weight of the entropy term in "both"
+eval_every: int = 0  # mIoU every N steps for the curve (0: before and after only)
+gradient_checkpointing: bool = False  # recompute UNet activations (memory for full-size SD)
+# --- the DG model adapted (notebook 02's settings, named dg_<setting>)
 source: str = "cityscapes"  # DG model: source domain (the paper: Cityscapes -> adverse)
 data_root: str = "miniature"  # "miniature" (embedded) or a data folder
 model: str = "toy-sd"  # diffusion backbone: bundled name, diffusers folder or hub id
@@ -59,16 +65,8 @@ dg_lr: float = 0.03  # DG: the head's learning rate (as notebook 02's lr)
 dg_eval_every: int = 100  # DG: source-val mIoU every N steps, the training curve (0: none)
 dg_missing: str = "train"  # no trained DG model in results/: "train" it or raise an "error"
 dg_checkpoint: str = ""  # a DG checkpoint file to use instead of the one in results/
-gradient_checkpointing: bool = False  # recompute UNet activations (memory for full-size SD)
+# --- where it runs
 device: str = "auto"  # "auto", "cpu", "cuda", ...
-seeds: list = [0, 1, 2]  # one DG model and one TTA run per seed (head, batches, noise)
-budget_steps: int = 0  # the budget study: TTA steps of each curve (0: no study)
-budget_every: int = 50  # its mIoU every N steps
-budget_points: list = [2, 6, 12]  # its mIoU also at these steps (the short budgets)
-budget_name: str = "tta_budget"  # the name of its tables, figure and manifest
-budget_lrs: list = [0.001, 0.01]  # its learning rates
-budget_targets: list = ["acdc_night", "darkzurich"]  # its targets
-budget_eval_images: int = 40  # labeled images per target evaluated along its curves (0: all)
 results_dir: str = ""  # results folder ("": results/ of the repository)
 
 # %%
@@ -78,36 +76,30 @@ params = check_parameters(globals())  # a wrong type or an unknown parameter sto
 
 # %%
 from diffprompt.dg import config_dict
+from diffprompt.dg.runs import dg_models
 from diffprompt.experiments.stats import format_ci
 from diffprompt.experiments.tta import (
     check_targets,
     dg_curves,
-    dg_models,
     record_target,
     run_target,
     seed_rows,
     seed_summary,
+    target_rows,
     tta_captions,
     tta_configs,
     tta_dg_config,
     tta_seed_config,
     tta_statistics,
 )
-from diffprompt.experiments.tta_budget import (
-    best_budget,
-    budget_configs,
-    budget_study,
-    budget_table,
-    check_budget,
-)
 from diffprompt.results import Run
-from diffprompt.viz import dg_curve_figure, tta_budget_figure, tta_change_figure
+from diffprompt.viz import dg_curve_figure, tta_change_figure
 
 dg_cfg, preset_choice = tta_dg_config(params)  # the parameters you passed win over the preset
 print(preset_choice)
 tta_cfgs = tta_configs(params)
 targets = list(tta_cfgs)
-captions = tta_captions(params, results_dir)  # the caption rows (None: without them)
+rows = target_rows(params, tta_captions(params, results_dir))  # which rows each table holds
 check_targets(
     tta_cfgs,
     objectives,
@@ -116,10 +108,9 @@ check_targets(
     dg_missing,
     dg_checkpoint,
     results_dir,
-    captions,
+    rows.captions,
     caption_tta,
 )
-check_budget(params, objectives, dg_cfg, results_dir)  # the budget study's targets and name
 
 # %% [markdown]
 # ## The DG models, one per seed (from results/, or trained now)
@@ -154,13 +145,8 @@ results = {
         t: run_target(
             dgs[s],
             tta_seed_config(tta_cfgs[t], s),
-            objectives,
-            settings,
-            tent,
-            zero_shot,
+            rows,
             examples=s == seeds[0],  # the prediction figure shows the first seed
-            captions=captions,
-            caption_objectives=caption_tta,
         )
         for t in targets
     }
@@ -176,8 +162,8 @@ for t in targets:
         dg_config=config_dict(dg_cfg),
         dg_preset=preset_choice.record(),
         dg_config_hashes={s: dg.hash for s, dg in dgs.items()},
-        fit_split=first["fit_split"],
-        tta_seconds={s: round(results[s][t]["seconds"], 1) for s in seeds},
+        fit_split=first.fit_split,
+        tta_seconds={s: round(results[s][t].seconds, 1) for s in seeds},
     )
 summary = seed_summary(stats)
 if len(targets) > 1:  # every target at once: the summary tables beside the per-target ones
@@ -193,35 +179,3 @@ summary.round(2)
 
 # %%
 tables[targets[0]]
-
-# %% [markdown]
-# ## The TTA budget (with `budget_steps > 0`)
-# mIoU against TTA steps for every objective and learning rate of `budget_lrs`, at every
-# seed, on `budget_targets`, with how far the learned prompt moved (relative change of its
-# word embeddings, nearest vocabulary words) along the way: does a longer or faster
-# adaptation change the conclusion of the table above?
-
-# %%
-if budget_steps:
-    curves = budget_study(
-        dgs,
-        budget_configs(params),
-        objectives,
-        budget_lrs,
-        budget_steps,
-        budget_every,
-        budget_eval_images,
-        points=budget_points,
-    )
-    run = Run(f"03_{budget_name}", params, seed=seeds[0], root=results_dir or None)
-    run.table(
-        curves.set_index(["target", "objective", "lr", "seed", "step"]),
-        f"{budget_name}_runs",
-        float_format="%.4f",
-    )
-    budget = budget_table(curves)
-    run.table(budget, budget_name, float_format="%.3f")
-    run.figure(tta_budget_figure(curves), budget_name)
-    best = best_budget(curves)
-    run.finish(best=best, best_within_default=best_budget(curves, max_steps=steps))
-    print("best budget:", best)

@@ -35,9 +35,9 @@ from diffprompt.captions import CaptionError
 from diffprompt.data import DatasetError, DatasetNotFoundError
 from diffprompt.dg import CheckpointError, ConfigMismatchError, TrainConfig, Trainer
 from diffprompt.dg.__main__ import main as dg_main
-from diffprompt.dg.runs import dg_run_dir, train_dg
+from diffprompt.dg.runs import dg_model, dg_run_dir, train_dg
 from diffprompt.domain_gap import GapConfig, run_domain_gap
-from diffprompt.experiments.tta import check_targets, dg_model
+from diffprompt.experiments.tta import check_targets
 from diffprompt.experiments.tta_budget import check_budget
 from diffprompt.labels import CLASSES
 from diffprompt.paths import REPO_ROOT
@@ -259,11 +259,11 @@ def _tta(
     dg_model(dg_cfg, None, missing, log=quiet)
 
 
-def _budget(ctx: Ctx, **params) -> None:
-    """What notebook 03 checks of its budget study before any work."""
+def _budget(ctx: Ctx, name: str = "tta_budget", targets=("acdc_night",)) -> None:
+    """What notebook 07 checks of its budget study before any work."""
     dg_cfg = ctx.cfg(source="cityscapes", targets=(), prompt_mode="random_consistency")
-    full = {"budget_steps": 25, "budget_targets": ["acdc_night"], **params}
-    check_budget(full, ["denoise"], dg_cfg)
+    cfgs = {t: TTAConfig(target=t) for t in targets}
+    check_budget(name, cfgs, ["denoise"], dg_cfg)
 
 
 def _probe(ctx: Ctx, **over) -> None:
@@ -652,18 +652,18 @@ CASES = [
     Case(
         "budget-name-with-a-path",
         "A TTA budget study whose name is a path",
-        "`-p budget_steps 25 -p budget_name ../tta`",
-        "check_budget (notebook 03)",
-        lambda c: _budget(c, budget_name="../tta"),
+        "`-p name ../tta`",
+        "check_budget (notebook 07)",
+        lambda c: _budget(c, name="../tta"),
         ValueError,
-        r"budget_name '\.\./tta' names the study's files: use letters, digits and underscores",
+        r"name '\.\./tta' names the study's files: use letters, digits and underscores",
     ),
     Case(
         "budget-unknown-target",
         "A TTA budget study on an unknown target",
-        '`-p budget_steps 25 -y "budget_targets: [acdc_nite]"`',
-        "check_budget (notebook 03)",
-        lambda c: _budget(c, budget_targets=["acdc_nite"]),
+        '`-y "targets: [acdc_nite]"`',
+        "check_budget (notebook 07)",
+        lambda c: _budget(c, targets=["acdc_nite"]),
         ValueError,
         r"unknown target 'acdc_nite'; valid targets:.*Did you mean 'acdc_night'",
     ),

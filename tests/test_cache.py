@@ -15,6 +15,7 @@ from diffprompt.data import build_dataset
 from diffprompt.dg.config import TrainConfig
 from diffprompt.io import digest
 from diffprompt.probing import features_of
+from diffprompt.prompts import SceneText
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,7 +30,7 @@ def test_feature_cache_equals_direct_features_and_reads_disk(tiny_sd, mini_root,
         ref = m.features(torch.stack([ds[i]["image"] for i in (0, 1, 2)]))
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], atol=2e-3, rtol=2e-3)  # stored in fp16
-    other = fc.get(ds, [0], "a photo at night")
+    other = fc.get(ds, [0], SceneText("a photo at night"))
     assert not torch.equal(other["s0"], got["s0"][:1])  # another prompt, another key
     C.MEMORY.clear()
     calls = []

@@ -11,10 +11,11 @@ from diffprompt import cache as C
 from diffprompt.build import build_model
 from diffprompt.data import build_dataset
 from diffprompt.dg.config import TrainConfig
-from diffprompt.dg.data import open_eval_sets, open_source
+from diffprompt.dg.data import open_run_data
 from diffprompt.dg.runs import train_dg
 from diffprompt.dg.sampling import prompt_pool
 from diffprompt.paths import cache_dir
+from diffprompt.prompts import OWN_PROMPT, SceneText
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,16 +84,17 @@ def test_a_warm_cache_gives_the_numbers_of_a_cold_one(tiny_sd, mini_root, tmp_pa
     warm_dir = tmp_path / "warm"
     other = build_model(dataclasses.replace(cfg, fpn_width=4, head_width=4))  # same backbone
     fc = C.FeatureCache(other, cache_dir(warm_dir))
-    source, train_idx = open_source(cfg, mini_root)
-    texts = [*prompt_pool(cfg), cfg.scene_text, None]
+    data = open_run_data(cfg)
+    source, train_idx = data.source, data.train_indices
+    prompts = [*map(SceneText, prompt_pool(cfg)), SceneText(cfg.scene_text), OWN_PROMPT]
     # overlapping images, in other batches (of 3, in another order) than the run's
     order = list(reversed(range(1, min(len(source), len(train_idx) + 2))))
-    for text in texts:
+    for prompt in prompts:
         for s in range(0, len(order), 3):
-            fc.get(source, order[s : s + 3], text)
-    for ds in open_eval_sets(cfg, mini_root).values():
-        for text in texts:
-            fc.get(ds, list(reversed(range(min(len(ds), 3)))), text)
+            fc.get(source, order[s : s + 3], prompt)
+    for ds in data.eval_sets.values():
+        for prompt in prompts:
+            fc.get(ds, list(reversed(range(min(len(ds), 3)))), prompt)
     assert fc.misses > 0
     C.MEMORY.clear()  # the run reads what the other one left on disk
     warm = run(warm_dir)

@@ -23,6 +23,7 @@ from diffprompt.dg import trainer as trainer_module
 from diffprompt.dg.config import TrainConfig, check_config, config_hash
 from diffprompt.dg.sampling import caption_pool, prompt_pool
 from diffprompt.dg.trainer import Trainer
+from diffprompt.prompts import SceneText
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -221,7 +222,7 @@ def test_cached_caption_features_are_each_images_own(tiny_sd, mini_root):
         z = cache.latents(ds, list(range(n)))
         ctx = model.context(n, prompt.texts(ds, range(n)))  # the chunk, each under its own
         ref = model.backbone(None, ctx, latents=z)
-        fixed = cache.get(ds, [0, 1, 2], "a photo of a street")
+        fixed = cache.get(ds, [0, 1, 2], SceneText("a photo of a street"))
     for name in got:
         assert torch.equal(got[name], ref[name][:3].to(cache.dtype).float()), name
         assert not torch.equal(got[name], fixed[name])
@@ -259,17 +260,21 @@ def test_caption_modes_train_and_evaluate(tiny_sd, mini_root, mode, cached, monk
     )
     t = Trainer(cfg, log=lambda _: None)
     seen = []
-    original = trainer_module.caption_prompt
-    monkeypatch.setattr(
-        trainer_module, "caption_prompt", lambda c, p: seen.append(original(c, p)) or seen[-1]
-    )
+    original = trainer_module.step_prompts
+
+    def recording(*args):
+        drawn = original(*args)
+        seen.extend(drawn)
+        return drawn
+
+    monkeypatch.setattr(trainer_module, "step_prompts", recording)
     t.fit()
     assert all(isinstance(p, CaptionPrompt) for p in seen)
     if mode == "caption":
         assert {p.variant for p in seen} == {"caption"}
     else:  # K = 2 variants a step, condition words replaced by pool phrases
         assert len(seen) == 2 * cfg.steps and all(p.variant.startswith("replace:") for p in seen)
-    assert isinstance(t.test_scene(), CaptionPrompt) and t.test_scene().variant == "caption"
+    assert isinstance(t.test_prompt(), CaptionPrompt) and t.test_prompt().variant == "caption"
     cms = t.evaluate()
     assert len(cms) == 2 and "acdc_night" in cms
     assert all(cm.mat.sum() > 0 for cm in cms.values())
@@ -278,21 +283,22 @@ def test_caption_modes_train_and_evaluate(tiny_sd, mini_root, mode, cached, monk
 def test_tta_caption_rows_prompt_each_image_with_its_own_caption(tiny_sd, mini_root):
     """TADP's test-time setting in notebook 03: the DG model's scene prompt replaced by each
     target image's own caption; its maps are those of the backbone under that context."""
-    from diffprompt.tta import PromptTTA, TTAConfig
+    from diffprompt.tta import TargetScorer, TTAConfig, prompted
 
     model = build_model(TrainConfig(model=str(tiny_sd), prompt_mode="fixed")).eval()
     cache = C.FeatureCache(model)
-    tta = PromptTTA(model, TTAConfig(target="acdc_night", steps=1), cache, log=lambda _: None)
+    scorer = TargetScorer(model.backbone, TTAConfig(target="acdc_night"), cache)
     ds = build_dataset("acdc_night", "val", mini_root)
     idx = [0, 1]
     prompt = CaptionPrompt(CaptionBook(), "caption")
     z = cache.latents(ds, idx)
     with torch.no_grad():
-        own = tta._fixed_features(model, ds, idx, z, prompt)
+        own = cache.batch(ds, idx, prompted(model, prompt)(ds, idx), z)
         ref = model.backbone(None, model.context(2, prompt.texts(ds, idx)), latents=z)
-        scene = tta._fixed_features(model, ds, idx, z)
+        scene = cache.batch(ds, idx, prompted(model)(ds, idx), z)
     for k in ref:
         assert torch.equal(own[k], ref[k])
         assert not torch.equal(own[k], scene[k])
-    stripped = tta.evaluate(model, ds, idx, prompts=CaptionPrompt(CaptionBook(), "stripped"))
+    stripped = CaptionPrompt(CaptionBook(), "stripped")
+    stripped = scorer.evaluate(model, ds, idx, prompted(model, stripped), fixed=True)
     assert stripped.mat.sum() == sum(int((ds.masks([i]) != 255).sum()) for i in idx)

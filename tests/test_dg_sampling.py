@@ -12,7 +12,7 @@ from diffprompt.dg.sampling import (
     step_generator,
     step_prompts,
 )
-from diffprompt.prompts import vocabulary
+from diffprompt.prompts import OWN_PROMPT, SceneText, vocabulary
 
 
 def test_vocabulary_size_and_prompt_pool():
@@ -54,13 +54,15 @@ def test_flips_and_prompts_are_functions_of_seed_and_position():
     assert flips.dtype == torch.bool and 10 < int(flips.sum()) < 54
     assert torch.equal(sample_flips(0, range(32, 64)), flips[32:])
     assert not sample_flips(0, range(8), enabled=False).any()
-    pool = ["a", "b", "c", "d"]
+    pool = [SceneText(t) for t in "abcd"]
     vocab = vocabulary()
-    assert step_prompts(0, 5, 1, pool, vocab) == [None]
+    assert step_prompts(0, 5, 1, pool, vocab) == [OWN_PROMPT]
+    assert step_prompts(0, 5, 1, pool, vocab, pool[2]) == [pool[2]]
     drawn = step_prompts(0, 5, 2, pool, vocab)
     assert len(set(drawn)) == 2 and set(drawn) <= set(pool)
     assert step_prompts(0, 5, 2, pool, vocab) == drawn
     fresh = step_prompts(0, 5, 3, [], vocab)
-    assert len(fresh) == 3 and all(isinstance(p, str) and p for p in fresh)
+    assert len(fresh) == 3 and all(isinstance(p, SceneText) and p.text for p in fresh)
+    assert fresh[0].texts(None, [7, 8]) == [fresh[0].text] * 2
     a, b = step_generator(0, 1, 2), step_generator(0, 2, 1)
     assert torch.rand(1, generator=a) != torch.rand(1, generator=b)  # keys do not commute

@@ -308,12 +308,6 @@ def test_tta_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
             dg_batch_size=2,
             dg_missing="error",
             seeds=[0],
-            budget_steps=3,
-            budget_every=3,
-            budget_points=[1],
-            budget_lrs=[0.001],
-            budget_targets=["acdc_night"],
-            budget_eval_images=2,
             results_dir=str(out),
         ),
         kernel_name="python3",
@@ -326,10 +320,34 @@ def test_tta_notebook_runs_with_tiny_parameters(mini_root, tiny_sd, tmp_path):
     assert checkpoint.stat().st_mtime_ns == written and len(list(run_dir.parent.iterdir())) == 2
     online = pd.read_csv(out / "tables" / "tta_acdc_night.csv", index_col=0)
     assert online.loc["TTA prompt: entropy (online)", "setting"] == "online"
-    # the budget study: its curves at budget_points and every budget_every steps
+    # the budget study (notebook 07) on the same DG model: its curves at its points and
+    # every eval_every steps
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "07_tta_budget.ipynb"),
+        str(tmp_path / "07.ipynb"),
+        parameters=dict(
+            targets=["acdc_night"],
+            objectives=["entropy"],
+            lrs=[0.001],
+            steps=3,
+            eval_every=3,
+            points=[1],
+            eval_images=2,
+            fit_images=2,
+            seeds=[0],
+            data_root=str(mini_root),
+            model=str(tiny_sd),
+            dg_steps=2,
+            dg_batch_size=2,
+            dg_missing="error",
+            results_dir=str(out),
+        ),
+        kernel_name="python3",
+        progress_bar=False,
+    )
     budget = pd.read_csv(out / "tables" / "tta_budget_runs.csv")
     assert sorted(set(budget["step"])) == [0, 1, 3] and set(budget["objective"]) == {"entropy"}
-    best = json.loads((out / "manifests" / "03_tta_budget.json").read_text())
+    best = json.loads((out / "manifests" / "07_tta_budget.json").read_text())
     assert best["best"]["steps"] in (1, 3) and best["best_within_default"]["steps"] == 1
 
 

@@ -15,10 +15,12 @@ from diffprompt.dg.checkpoint import (
     save_checkpoint,
 )
 from diffprompt.dg.config import TrainConfig, config_hash
-from diffprompt.dg.runs import dg_run_dir, train_dg
+from diffprompt.dg.runs import dg_model, dg_run_dir, train_dg
 from diffprompt.experiments.tta import (
     METHODS,
-    dg_model,
+    Row,
+    TargetResult,
+    TargetRows,
     paper_setting,
     run_target,
     summary_table,
@@ -27,11 +29,15 @@ from diffprompt.experiments.tta import (
 from diffprompt.tta import (
     CAPTION_SPAN,
     PromptTTA,
+    TargetScorer,
     TTAConfig,
     caption_start,
     check_tta,
     denoising_loss,
     fit_split,
+    prompted,
+    target_sets,
+    with_scene_text,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,8 +75,13 @@ def _snapshot(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def adapter(dg, cfg, cache=None, **kw):
+    """A PromptTTA of the DG model ``dg`` (a SegModel) with its scorer."""
+    return PromptTTA(dg, cfg, TargetScorer(dg.backbone, cfg, cache), log=quiet, **kw)
+
+
 def test_a_tta_step_changes_only_the_prompt_words(trained):
-    tta = PromptTTA(trained.model, TTAConfig(target="acdc_night"), trained.cache, log=quiet)
+    tta = adapter(trained.model, TTAConfig(target="acdc_night"), trained.cache)
     assert tta.trainable() == [tta.words]
     ds = build_dataset("acdc_night", "test", trained.root)
     bb = trained.model.backbone
@@ -95,10 +106,10 @@ def test_a_tta_step_changes_only_the_prompt_words(trained):
 
 def test_denoise_lowers_the_diffusion_loss_on_the_target(trained):
     cfg = TTAConfig(target="acdc_night", steps=15, lr=5e-2, batch_size=2, fit_images=2)
-    tta = PromptTTA(trained.model, cfg, log=quiet)  # no cache: latents encoded each time
+    tta = adapter(trained.model, cfg)  # no cache: latents encoded each time
     fit = build_dataset("acdc_night", "test", trained.root)
     idx = [0, 1]
-    z = tta.latents(fit, idx)
+    z = tta.scorer.latents(fit, idx)
 
     def loss():
         ctx = tta.tta_model.context(2)
@@ -114,29 +125,29 @@ def test_denoise_lowers_the_diffusion_loss_on_the_target(trained):
 
 
 def test_the_tta_model_starts_as_the_dg_model(trained):
-    tta = PromptTTA(trained.model, TTAConfig(target="acdc_night"), trained.cache, log=quiet)
+    tta = adapter(trained.model, TTAConfig(target="acdc_night"), trained.cache)
     ds = build_dataset("acdc_night", "val", trained.root)
-    assert torch.equal(tta.predict(tta.tta_model, ds, [0, 1]), tta.predict(tta.dg, ds, [0, 1]))
+    assert torch.equal(tta.predict(ds, [0, 1]), tta.scorer.predict(tta.dg, ds, [0, 1]))
     text = "a photo of an urban street scene at night"
-    zero_shot = tta.with_scene_text(text)
+    zero_shot = with_scene_text(trained.model, text)
     assert zero_shot.prompts.cfg.scene_text == text
     torch.testing.assert_close(zero_shot.context(1)[:, :19], trained.model.context(1)[:, :19])
     assert not torch.allclose(zero_shot.context(1), trained.model.context(1))
 
 
 def test_fixed_prompt_maps_are_shared_across_seeds_and_equal_the_direct_ones(trained, results):
-    """No adaptation and the hand-written prompt read their maps from the session's memory:
-    another seed's DG model (the same frozen backbone, another head) computes no UNet pass
-    and gets exactly the matrices of the direct path."""
+    """No adaptation and the hand-written prompt read their maps from the feature cache's
+    session memory: another seed's DG model (the same frozen backbone, another head)
+    computes no UNet pass and gets exactly the matrices of the direct path."""
     from diffprompt.cache import MEMORY, FeatureCache
 
     MEMORY.clear()
     cfg = TTAConfig(target="acdc_night", batch_size=1)
     ds = build_dataset("acdc_night", "val", trained.root)
     idx = [0, 1]
-    tta = PromptTTA(trained.model, cfg, trained.cache, log=quiet)
-    direct = tta.evaluate(tta.dg, ds, idx)
-    assert torch.equal(tta.evaluate(tta.dg, ds, idx, fixed=True).mat, direct.mat)
+    scorer = TargetScorer(trained.model.backbone, cfg, trained.cache)
+    direct = scorer.evaluate(trained.model, ds, idx)
+    assert torch.equal(scorer.evaluate(trained.model, ds, idx, fixed=True).mat, direct.mat)
     path = dg_run_dir(trained.cfg, results) / CHECKPOINT
     other = load_dg_model(trained.cfg, path, "cpu")  # as seed 1: its own objects, same backbone
     with torch.no_grad():
@@ -144,15 +155,15 @@ def test_fixed_prompt_maps_are_shared_across_seeds_and_equal_the_direct_ones(tra
             p.add_(0.05 * torch.randn_like(p))
     calls = []
     other.backbone.register_forward_hook(lambda *a: calls.append(1))
-    tta1 = PromptTTA(other, cfg, FeatureCache(other, trained.cache.folder), log=quiet)
-    shared = tta1.evaluate(tta1.dg, ds, idx, fixed=True)
+    scorer1 = TargetScorer(other.backbone, cfg, FeatureCache(other, trained.cache.folder))
+    shared = scorer1.evaluate(other, ds, idx, fixed=True)
     assert not calls  # read from memory
-    assert torch.equal(shared.mat, tta1.evaluate(tta1.dg, ds, idx).mat)
+    assert torch.equal(shared.mat, scorer1.evaluate(other, ds, idx).mat)
     assert calls  # the direct path runs the UNet
     assert not torch.equal(shared.mat, direct.mat)  # another head, other predictions
-    zero_shot = tta1.with_scene_text("a photo of an urban street scene at night")
-    z_shared = tta1.evaluate(zero_shot, ds, idx, fixed=True)
-    assert torch.equal(z_shared.mat, tta1.evaluate(zero_shot, ds, idx).mat)
+    zero_shot = with_scene_text(other, "a photo of an urban street scene at night")
+    z_shared = scorer1.evaluate(zero_shot, ds, idx, fixed=True)
+    assert torch.equal(z_shared.mat, scorer1.evaluate(zero_shot, ds, idx).mat)
 
 
 def test_run_target_writes_every_row(trained):
@@ -160,20 +171,25 @@ def test_run_target_writes_every_row(trained):
         target="acdc_night", steps=2, batch_size=2, fit_images=2, eval_images=2, eval_every=1
     )
     before = _snapshot(trained.model)
-    res = run_target(trained, cfg, settings=("offline", "online"), log=quiet)
-    rows = [(r["id"], r["setting"]) for r in res["rows"]]
+    res = run_target(trained, cfg, TargetRows(settings=("offline", "online")), log=quiet)
+    rows = [(r.id, r.setting) for r in res.rows]
     assert rows[:3] == [("none", "-"), ("target_prompt", "-"), ("tent", "offline")]
     assert len(rows) == 3 + 3 * 2 and {m for m, _ in rows} <= set(METHODS)
     assert (
-        res["rows"][1]["method"]
+        res.rows[1].table_row()["method"]
         == 'hand-written prompt "a photo of an urban street scene at night"'
     )
-    assert res["fit_split"] == "test (unlabeled)"
-    assert [r["fit images"] for r in res["rows"][:4]] == [0, 0, 2, 2]
-    assert {r["objective"] for r in res["curves"]} == {"denoise", "entropy", "both"}
-    near = res["nearest"]["denoise"]
+    assert res.fit_split == "test (unlabeled)"
+    assert [r.fit_images for r in res.rows[:4]] == [0, 0, 2, 2]
+    assert {r["objective"] for r in res.curves} == {"denoise", "entropy", "both"}
+    near = res.nearest["denoise"]
     assert [r["init word"] for r in near] == ["a", "photo", "of", "an", "urban", "street", "scene"]
-    assert len(res["examples"]) == len(rows)
+    assert all(r.example is not None and r.example.shape == (64, 128) for r in res.rows)
+    assert all(r.matrices.shape == (2, 19, 19) for r in res.rows)
+    quiet_rows = run_target(trained, cfg, TargetRows(("denoise",), tent=False), quiet, False)
+    assert all(r.example is None for r in quiet_rows.rows)
+    # the rows that fit nothing are the same bytes at another call (maps shared)
+    assert quiet_rows.rows[0].miou == res.rows[0].miou
     table = target_table(res)
     assert list(table.columns) == ["setting", "mIoU", "fit images", "fit split"]
     assert table["fit split"].tolist()[:3] == ["-", "-", "test (unlabeled)"]
@@ -191,45 +207,36 @@ def test_tta_from_the_caption_starts_at_each_images_caption_and_learns_one_span(
     assert caption_start(book, fit, [0], "in the dark").phrase == "in the dark"
     fog = build_dataset("acdc_fog", "test", trained.root)
     assert caption_start(book, fog, [0]).phrase == "in fog"
-    tta = PromptTTA(
-        trained.model, TTAConfig(target="acdc_night"), trained.cache, log=quiet, start=start
-    )
+    tta = adapter(trained.model, TTAConfig(target="acdc_night"), trained.cache, start=start)
     assert tta.trainable() == [tta.words] and tta.span is not None
     assert [r["init word"] for r in tta.nearest_words()] == ["at", "night"]
     # before fitting it is the DG model prompted with each image's own caption
     own = CaptionPrompt(book, "caption")
     idx = [0, 1]
     assert start.texts(ev, idx) == own.texts(ev, idx)
-    ctx = tta.context(tta.tta_model, ev, idx)
+    ctx = tta.context(ev, idx)
     torch.testing.assert_close(ctx, trained.model.context(2, own.texts(ev, idx)))
     assert ctx.shape == trained.model.context(2).shape
-    same = tta.predict(tta.tta_model, ev, idx) == tta.predict(tta.dg, ev, idx, prompts=own)
+    caption = prompted(trained.model, own)
+    same = tta.predict(ev, idx) == tta.scorer.predict(tta.dg, ev, idx, caption, fixed=True)
     assert same.float().mean() > 0.999
     # a step moves the span's words only; each image keeps its own caption around them
     dg_before, words = _snapshot(trained.model), tta.words.detach().clone()
     opt = torch.optim.Adam([tta.words], lr=1e-2)
     tta.step(opt, "both", fit, idx, torch.Generator().manual_seed(0))
     assert not torch.equal(tta.words, words)
-    moved = tta.context(tta.tta_model, ev, idx)
+    moved = tta.context(ev, idx)
     assert not torch.allclose(moved, ctx)
     n_cat = trained.model.prompts.num_category_tokens
     torch.testing.assert_close(moved[:, :n_cat], ctx[:, :n_cat])  # the category tokens
     assert all(torch.equal(dg_before[k], v) for k, v in trained.model.state_dict().items())
     tta.reset()
-    torch.testing.assert_close(tta.context(tta.tta_model, ev, idx), ctx)
+    torch.testing.assert_close(tta.context(ev, idx), ctx)
     # the rows of a target's table, its curve and the span's nearest words
     cfg = TTAConfig(target="acdc_night", steps=2, batch_size=2, fit_images=2, eval_images=2)
-    res = run_target(
-        trained,
-        cfg,
-        ("denoise",),
-        tent=False,
-        zero_shot=False,
-        log=quiet,
-        captions=book,
-        caption_objectives=("entropy",),
-    )
-    ids = [r["id"] for r in res["rows"]]
+    rows = TargetRows(("denoise",), tent=False, zero_shot=False, captions=book)
+    res = run_target(trained, cfg, dataclasses.replace(rows, caption_objectives=("entropy",)))
+    ids = [r.id for r in res.rows]
     assert ids == [
         "none",
         "target_caption",
@@ -238,11 +245,11 @@ def test_tta_from_the_caption_starts_at_each_images_caption_and_learns_one_span(
         "caption_entropy",
     ]
     assert paper_setting("caption_entropy") == "TTA"
-    assert {r["objective"] for r in res["curves"]} == {"denoise", "caption entropy"}
-    assert [r["init word"] for r in res["nearest"]["caption entropy"]] == ["at", "night"]
-    own_row = res["rows"][1]
-    step0 = [c for c in res["curves"] if c["objective"] == "caption entropy"][0]
-    assert step0["step"] == 0 and abs(step0["mIoU"] - own_row["mIoU"]) < 0.5
+    assert {r["objective"] for r in res.curves} == {"denoise", "caption entropy"}
+    assert [r["init word"] for r in res.nearest["caption entropy"]] == ["at", "night"]
+    own_row = res.rows[1]
+    step0 = [c for c in res.curves if c["objective"] == "caption entropy"][0]
+    assert step0["step"] == 0 and abs(step0["mIoU"] - own_row.miou) < 0.5
     assert CAPTION_SPAN == "in daylight"
 
 
@@ -259,7 +266,7 @@ def test_splits_and_errors(trained, mini_root, tiny_sd):
         check_tta(TTAConfig(steps=0), ["denoise"], ["offline"])
     null = build_model(TrainConfig(model=str(tiny_sd), prompt_mode="null", fpn_width=8))
     with pytest.raises(ValueError, match="no scene prompt|has none"):
-        PromptTTA(null, TTAConfig())
+        adapter(null, TTAConfig())
 
 
 def test_dg_models_from_results_or_a_checkpoint(trained, results, tmp_path):
@@ -289,13 +296,12 @@ def test_summary_table_keeps_the_row_order_and_joins_the_hand_written_prompts():
     def result(text, values):
         ids = ["none", "target_prompt", "prompt_denoise", "prompt_denoise"]
         settings = ["-", "-", "offline", "online"]
-        labels = ["no adaptation", f'hand-written prompt "{text}"', "TTA prompt: denoise"] * 2
-        return {
-            "rows": [
-                {"id": i, "method": m, "setting": s, "mIoU": v}
-                for i, m, s, v in zip(ids, labels, settings, values, strict=False)
-            ]
-        }
+        labels = ["", f'hand-written prompt "{text}"', "", ""]
+        rows = [
+            Row(i, s, v, 0, None, label)
+            for i, s, v, label in zip(ids, settings, values, labels, strict=True)
+        ]
+        return TargetResult(rows, "test", (None, None))
 
     out = summary_table(
         {
@@ -321,17 +327,17 @@ def test_budget_study_curves_points_and_the_best_budget(trained):
 
     from diffprompt.experiments.tta_budget import best_budget, budget_study, budget_table
 
-    cfg = TTAConfig(target="acdc_night", batch_size=2, fit_images=2)
+    cfg = TTAConfig(
+        target="acdc_night", batch_size=2, fit_images=2, steps=4, eval_every=2, eval_images=2
+    )
     dgs = {0: trained, 1: trained}
-    curves = budget_study(dgs, {"acdc_night": cfg}, ["denoise"], [1e-2], 4, 2, 2, quiet, (1,))
+    curves = budget_study(dgs, {"acdc_night": cfg}, ["denoise"], [1e-2], (1,), quiet)
     assert list(curves["step"].unique()) == [0, 1, 2, 4] and len(curves) == 2 * 4
     assert (curves[curves["step"] == 0]["change"] == 0).all()
     assert (curves["images"] == 2).all() and curves["relative change"].iloc[-1] > 0
     # the same fit without the extra points: its words and final mIoU are the same
-    tta = PromptTTA(
-        trained.model, dataclasses.replace(cfg, steps=4, lr=1e-2), trained.cache, log=quiet
-    )
-    sets = tta.target_sets(trained.root)
+    tta = adapter(trained.model, dataclasses.replace(cfg, lr=1e-2), trained.cache)
+    sets = target_sets(cfg, trained.root, "val")
     _, plain = tta.fit_offline("denoise", sets.fit, [0, 1], sets.evaluation, [0, 1])
     last = curves[(curves["seed"] == 0) & (curves["step"] == 4)].iloc[0]
     assert plain[-1]["mIoU"] == last["mIoU"]

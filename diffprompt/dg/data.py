@@ -1,14 +1,15 @@
-"""The data of a DG run: the source split it trains on, the sets it is evaluated on, the
-transform their images get, and the checks that run before the model is built."""
+"""The data of a DG run (:class:`RunData`): the source split it trains on, the sets it is
+evaluated on, its training curve's set and its captions, opened and checked by
+:func:`open_run_data` before the model is built."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from diffprompt.captions import CaptionBook
 from diffprompt.data import SegDataset, available_splits, build_dataset
+from diffprompt.data.roots import resolve_data_root
 from diffprompt.data.transforms import Compose, Resize, ToFloat
 from diffprompt.dg.config import CAPTION_MODES, TrainConfig, source_split
 from diffprompt.preflight import check_crop, check_files
@@ -24,79 +25,112 @@ def image_transform(cfg: TrainConfig, for_eval: bool = False) -> Compose | None:
     return Compose([Resize(cfg.train_size), ToFloat()])
 
 
-def open_source(cfg: TrainConfig, root: str | os.PathLike) -> tuple[SegDataset, list[int]]:
-    """Return (the source split a run trains on, the indices it draws from: the first
-    ``max_train_images``, 0 = all); a split without labels or images is a ValueError."""
+@dataclass
+class CurveSet:
+    """The images the training curve is scored on."""
+
+    name: str  # "<source> val" or "<source> held-out"
+    dataset: SegDataset
+    indices: list[int]
+
+
+@dataclass
+class RunData:
+    """Everything a DG run reads, opened and checked before any model is built."""
+
+    root: Path  # the data root
+    source: SegDataset  # the split trained on
+    train_indices: list[int]  # its images drawn from (the first max_train_images)
+    eval_sets: dict[str, SegDataset]  # {name: labeled set}, the source's val split first
+    max_eval_images: int  # images scored per evaluation set (0 = all)
+    curve: CurveSet | None = None  # the training curve's set (eval_every)
+    captions: CaptionBook | None = None  # the caption modes' captions (else None)
+
+    def eval_count(self, dataset: SegDataset) -> int:
+        """How many images of ``dataset`` are scored: the first ``max_eval_images`` (0 = all)."""
+        m = self.max_eval_images
+        return min(len(dataset), m) if m else len(dataset)
+
+
+def open_run_data(cfg: TrainConfig, folder=None, device="cpu") -> RunData:
+    """Return the :class:`RunData` of ``cfg``: the source split (the first
+    ``max_train_images`` drawn from), the source's val split where it exists on disk (named
+    "<source> (source val)", with ``eval_source``) and every target's ``target_split``; the
+    training curve's set (with ``eval_every``: the source's val split, else the source
+    images after those trained on, SYNTHIA having no val split; its first ``curve_images``);
+    in a caption mode its captions (``folder``: where a captioner's are kept; ``device``:
+    where it runs).
+
+    Before returning, the files a run will use are read (see :mod:`diffprompt.preflight`),
+    its crop checked against the source images, every evaluation set checked to be labeled,
+    and in a caption mode every image it trains on, is scored on or draws its curve from
+    checked to have a caption: a bad file, split or caption stops the run before it trains.
+    """
+    root = resolve_data_root(cfg.data_root)
+    train_tf, eval_tf = image_transform(cfg), image_transform(cfg, for_eval=True)
     split = source_split(cfg)
-    source = build_dataset(cfg.source, split, root, transform=image_transform(cfg))
+    source = build_dataset(cfg.source, split, root, transform=train_tf)
     if not source.labeled:
         raise ValueError(f"the source split {cfg.source}/{split} has no labels")
-    limit = cfg.max_train_images
-    n = min(limit, len(source)) if limit else len(source)
+    n = min(cfg.max_train_images, len(source)) if cfg.max_train_images else len(source)
     if n == 0:
         raise ValueError(f"the source split {cfg.source}/{split} is empty")
-    return source, list(range(n))
-
-
-def open_eval_sets(cfg: TrainConfig, root: str | os.PathLike) -> dict[str, SegDataset]:
-    """Return {name: data set} a run is evaluated on: the source's val split when
-    ``eval_source`` and it exists on disk (named "<source> (source val)"), then every
-    target's ``target_split``."""
-    out = {}
-    if cfg.eval_source and "val" in available_splits(cfg.source, Path(root)):
-        out[f"{cfg.source} (source val)"] = build_dataset(
-            cfg.source, "val", root, transform=image_transform(cfg)
-        )
+    has_val = "val" in available_splits(cfg.source, Path(root))
+    source_val = build_dataset(cfg.source, "val", root, transform=train_tf) if has_val else None
+    eval_sets = {}
+    if cfg.eval_source and source_val is not None:
+        eval_sets[f"{cfg.source} (source val)"] = source_val
     for target in cfg.targets:
-        out[target] = build_dataset(
-            target, cfg.target_split, root, transform=image_transform(cfg, for_eval=True)
-        )
-    return out
+        eval_sets[target] = build_dataset(target, cfg.target_split, root, transform=eval_tf)
+    data = RunData(root, source, list(range(n)), eval_sets, cfg.max_eval_images)
+    _check_files(data, cfg.crop, cfg.train_size)
+    if cfg.eval_every:
+        data.curve = _curve_set(data, source_val, cfg.source, cfg.curve_images)
+    if cfg.prompt_mode in CAPTION_MODES:
+        book = CaptionBook(cfg.caption_source, cfg.captions_file, cfg.captioner, folder, device)
+        data.captions = _checked_captions(book, data)
+    return data
 
 
-def curve_set(
-    cfg: TrainConfig,
-    root: str | os.PathLike,
-    source: SegDataset,
-    train_indices: list[int],
-) -> tuple[str, SegDataset, list[int]] | None:
-    """Return (name, data set, indices) of the training curve (``cfg.eval_every``): the
-    source's val split where it exists, else the source images after the ``train_indices``
-    (held out from training; SYNTHIA has no val split); the first ``curve_images`` of them
-    (0 = all). None without ``eval_every`` or when no source image is held out."""
-    if not cfg.eval_every:
-        return None
-    if "val" in available_splits(cfg.source, Path(root)):
-        ds = build_dataset(cfg.source, "val", root, transform=image_transform(cfg))
-        name, indices = f"{cfg.source} val", list(range(len(ds)))
-    else:
-        ds = source
-        name, indices = f"{cfg.source} held-out", list(range(len(train_indices), len(ds)))
-    if not indices:
-        return None
-    return name, ds, indices[: cfg.curve_images] if cfg.curve_images else indices
-
-
-def check_run_data(
-    cfg: TrainConfig,
-    source: SegDataset,
-    train_indices: list[int],
-    eval_sets: dict[str, SegDataset],
-    eval_count: Callable[[SegDataset], int],
-) -> None:
-    """Read the files a run will use (the source images it trains on, the images it
-    evaluates) and check that its crop fits the source images and that every evaluation
-    set is labeled, so that a bad file or split stops the run before it trains (see
-    :mod:`diffprompt.preflight`)."""
-    summary = check_files(source, train_indices)
-    check_crop(cfg.crop, summary.image_sizes, cfg.train_size)
-    for name, ds in eval_sets.items():
+def _check_files(data: RunData, crop, train_size) -> None:
+    """Read the source images a run trains on and the images it evaluates; check that the
+    crop fits the source images and that every evaluation set is labeled."""
+    summary = check_files(data.source, data.train_indices)
+    check_crop(crop, summary.image_sizes, train_size)
+    for name, ds in data.eval_sets.items():
         if not ds.labeled:
             raise ValueError(
                 f"{name}: split {ds.split!r} has no labels to evaluate on; set target_split "
                 "to a labeled split (e.g. 'val')"
             )
-        check_files(ds, range(eval_count(ds)))
+        check_files(ds, range(data.eval_count(ds)))
+
+
+def _curve_set(
+    data: RunData, source_val: SegDataset | None, source: str, limit: int
+) -> CurveSet | None:
+    """The training curve's set: the source's val split, else the held-out source images
+    (None when none is held out); its first ``limit`` images (0 = all)."""
+    if source_val is not None:
+        curve = CurveSet(f"{source} val", source_val, list(range(len(source_val))))
+    else:
+        held_out = list(range(len(data.train_indices), len(data.source)))
+        curve = CurveSet(f"{source} held-out", data.source, held_out)
+    if not curve.indices:
+        return None
+    curve.indices = curve.indices[:limit] if limit else curve.indices
+    return curve
+
+
+def _checked_captions(book: CaptionBook, data: RunData) -> CaptionBook:
+    """``book``, after checking that every image the run trains on, is scored on or draws
+    its training curve from has a caption (a CaptionError names the first that has none)."""
+    book.check(data.source, data.train_indices)
+    for ds in data.eval_sets.values():
+        book.check(ds, range(data.eval_count(ds)))
+    if data.curve is not None:
+        book.check(data.curve.dataset, data.curve.indices)
+    return book
 
 
 def check_sizes(cfg: TrainConfig, source: SegDataset, multiple: int) -> None:
@@ -120,21 +154,3 @@ def check_sizes(cfg: TrainConfig, source: SegDataset, multiple: int) -> None:
             "train_size=(h, w) (a multiple) to cache features, or cache_features=False with "
             "a crop"
         )
-
-
-def run_captions(
-    cfg: TrainConfig, folder, device, source, train_indices, eval_sets, eval_count, curve
-) -> CaptionBook | None:
-    """Return the captions of a run in a caption mode (None in the others), after checking
-    before any work that every image it trains on, is scored on or draws its training curve
-    from has one (a CaptionError names the first that has none)."""
-    if cfg.prompt_mode not in CAPTION_MODES:
-        return None
-    captions = CaptionBook(cfg.caption_source, cfg.captions_file, cfg.captioner, folder, device)
-    captions.check(source, train_indices)
-    for ds in eval_sets.values():
-        captions.check(ds, range(eval_count(ds)))
-    if curve is not None:
-        _, ds, indices = curve
-        captions.check(ds, indices)
-    return captions

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -19,11 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffprompt.captions import REPLACEMENTS
+from diffprompt.captions import REPLACEMENTS, CaptionBook, CaptionPrompt
 from diffprompt.data.transforms import Compose, RandomCrop, RandomScale
 from diffprompt.dg.config import CAPTION_RANDOM_MODES, RANDOM_MODES, TrainConfig
 from diffprompt.labels import IGNORE_INDEX
-from diffprompt.prompts import SCENE_TEMPLATE, sample_scene_prompts, vocabulary
+from diffprompt.prompts import (
+    OWN_PROMPT,
+    SCENE_TEMPLATE,
+    Prompt,
+    SceneText,
+    sample_scene_prompts,
+    vocabulary,
+)
 
 #: The streams of randomness, one key each, so that they never share draws.
 PERMUTATION, PROMPTS, FLIPS, CROPS = 1, 2, 3, 4
@@ -127,17 +135,33 @@ def caption_pool(cfg: TrainConfig) -> list[str]:
 
 
 def step_prompts(
-    seed: int, step: int, k: int, pool: list[str], vocab: dict[str, tuple[str, ...]]
-) -> list[str | None]:
-    """Return the K scene prompts of ``step`` ([None] for K = 1: the model's own prompt):
-    K of the pool without repeats, or K fresh prompts from ``vocab`` when the pool is empty."""
+    seed: int,
+    step: int,
+    k: int,
+    pool: Sequence[Prompt],
+    vocab: dict[str, tuple[str, ...]],
+    single: Prompt = OWN_PROMPT,
+) -> list[Prompt]:
+    """Return the K prompts of ``step`` ([``single``] for K = 1: the model's own prompt, or
+    each image's caption): K of the pool without repeats, or K fresh scene prompts from
+    ``vocab`` when the pool is empty."""
     if k == 1:
-        return [None]
+        return [single]
     g = step_generator(seed, PROMPTS, step)
     if pool:
         order = torch.randperm(len(pool), generator=g)[: min(k, len(pool))]
         return [pool[int(i)] for i in order]
-    return sample_scene_prompts(k, g, vocab, SCENE_TEMPLATE)
+    return [SceneText(t) for t in sample_scene_prompts(k, g, vocab, SCENE_TEMPLATE)]
+
+
+def run_prompts(cfg: TrainConfig, captions: CaptionBook | None = None) -> tuple[list, Prompt]:
+    """Return (the pool a step draws its K prompts from, the prompt of a single-prompt step)
+    of a run: scene texts (:func:`prompt_pool`) and the model's own prompt; in the caption
+    modes (``captions`` given) each image's caption under the variants of
+    :func:`caption_pool`, and the caption as it is."""
+    if captions is None:
+        return [SceneText(t) for t in prompt_pool(cfg)], OWN_PROMPT
+    return [CaptionPrompt(captions, v) for v in prompt_pool(cfg)], CaptionPrompt(captions)
 
 
 def augmented_batch(

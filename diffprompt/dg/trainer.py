@@ -33,8 +33,7 @@ from tqdm.auto import tqdm
 
 from diffprompt.build import build_model
 from diffprompt.cache import FeatureCache
-from diffprompt.captions import CaptionBook, CaptionPrompt
-from diffprompt.data.roots import resolve_data_root
+from diffprompt.captions import CaptionPrompt
 from diffprompt.dg import checkpoint as ckpt
 from diffprompt.dg.config import (
     TrainConfig,
@@ -43,32 +42,19 @@ from diffprompt.dg.config import (
     config_hash,
     effective_prompts,
 )
-from diffprompt.dg.data import (
-    check_run_data,
-    check_sizes,
-    curve_set,
-    open_eval_sets,
-    open_source,
-    run_captions,
-)
+from diffprompt.dg.data import RunData, check_sizes, open_run_data
 from diffprompt.dg.losses import dg_loss
 from diffprompt.dg.sampling import (
     BatchShare,
     augmented_batch,
-    prompt_pool,
+    run_prompts,
     sample_flips,
     sample_indices,
     step_prompts,
 )
-from diffprompt.evaluate import (
-    ConfusionMatrix,
-    evaluate_predictions,
-    miou_rows,
-    predictor,
-    prompt_texts,
-)
+from diffprompt.evaluate import ConfusionMatrix, Predictor, evaluate_predictions, miou_rows
 from diffprompt.labels import IGNORE_INDEX
-from diffprompt.prompts import vocabulary
+from diffprompt.prompts import OWN_PROMPT, Prompt, SceneText, vocabulary
 from diffprompt.runtime import progress_mode, resolve_device
 
 
@@ -94,16 +80,6 @@ class TrainState:
     seconds: float = 0.0
 
 
-def caption_prompt(captions: CaptionBook | None, prompt: str | None):
-    """The prompt a step's draw stands for: in the caption modes (``captions`` given) each
-    image's caption (None: as it is; else a caption variant of
-    :func:`diffprompt.dg.sampling.caption_pool`), otherwise the scene text itself (None:
-    the model's own)."""
-    if captions is None:
-        return prompt
-    return CaptionPrompt(captions, "caption" if prompt is None else prompt)
-
-
 class Trainer:
     """Trains a SegModel's head on the source domain as a :class:`TrainConfig` says.
 
@@ -112,6 +88,7 @@ class Trainer:
     >>> t.evaluate()       # {target: ConfusionMatrix}
 
     ``out_dir=None`` keeps nothing on disk (no checkpoints; features cached in memory).
+    ``data``: the run's :class:`diffprompt.dg.data.RunData` (None: opened and checked here).
     """
 
     def __init__(
@@ -122,6 +99,7 @@ class Trainer:
         backbone=None,
         cache_dir: str | os.PathLike | None = None,
         accelerator: Accelerator | None = None,
+        data: RunData | None = None,
     ):
         check_config(cfg)
         self.cfg, self.log = cfg, log
@@ -141,26 +119,12 @@ class Trainer:
             cfg.batch_size, cfg.grad_accum, self.acc.num_processes, self.acc.process_index
         )
         self.device = self.acc.device
-        self.root = resolve_data_root(cfg.data_root)
-        self.source, self.train_indices = open_source(cfg, self.root)
-        self._eval_sets = open_eval_sets(cfg, self.root)
-        check_run_data(cfg, self.source, self.train_indices, self._eval_sets, self.eval_count)
-        self.curve = curve_set(cfg, self.root, self.source, self.train_indices)
-        self.captions = run_captions(  # the caption modes' captions, checked (else None)
-            cfg,
-            cache_dir,
-            self.device,
-            self.source,
-            self.train_indices,
-            self._eval_sets,
-            self.eval_count,
-            self.curve,
-        )
+        self.data = data or open_run_data(cfg, cache_dir, self.device)
         self.model = build_model(cfg, self.device, backbone)
         self.multiple = getattr(self.model.backbone, "multiple", 1)
-        check_sizes(cfg, self.source, self.multiple)
+        check_sizes(cfg, self.data.source, self.multiple)
         self.k, self.lam = effective_prompts(cfg)
-        self.pool = prompt_pool(cfg)
+        self.pool, self.single = run_prompts(cfg, self.data.captions)
         self.vocab = vocabulary(cfg.vocabulary_size)
         self.cache = None
         if cfg.cache_features:
@@ -179,27 +143,26 @@ class Trainer:
         """Return (logits (K, b, C, h, w) at the head's resolution, target (b, H, W)) of this
         process's share of one micro-batch."""
         positions = self.share.positions(step, micro_batch)
-        idx = sample_indices(self.cfg.seed, positions, self.train_indices)
-        drawn = step_prompts(self.cfg.seed, step, self.k, self.pool, self.vocab)
-        prompts = [caption_prompt(self.captions, p) for p in drawn]
+        source = self.data.source
+        idx = sample_indices(self.cfg.seed, positions, self.data.train_indices)
+        prompts = step_prompts(self.cfg.seed, step, self.k, self.pool, self.vocab, self.single)
         flips = sample_flips(self.cfg.seed, positions, self.cfg.flip)
         b, k = len(idx), len(prompts)
         if self.cache is not None:  # maps of each prompt from the cache, flipped with labels
-            y = self.source.masks(idx)
-            per_prompt = [self.cache.get(self.source, idx, p, self.device) for p in prompts]
+            y = source.masks(idx)
+            per_prompt = [self.cache.get(source, idx, p, self.device) for p in prompts]
             feats = {name: torch.cat([m[name] for m in per_prompt]) for name in per_prompt[0]}
             flip = flips.repeat(k).to(self.device)[:, None, None, None]  # (K*b, 1, 1, 1)
             feats = {name: torch.where(flip, v.flip(-1), v) for name, v in feats.items()}
             logits = self.ddp_model(feats=feats, native=True)  # one head pass for the K prompts
         else:  # augmented images, VAE once, the UNet under the K prompts in one batch
-            x, y = augmented_batch(self.source, idx, positions, self.cfg, self.multiple)
+            x, y = augmented_batch(source, idx, positions, self.cfg, self.multiple)
             x = torch.where(flips[:, None, None, None], x.flip(-1), x).to(self.device)
             z = self.acc.unwrap_model(self.ddp_model).backbone.encode(x)
-            texts = None  # K prompts, each one text per image (None: the model's own)
-            if prompts != [None]:
-                texts = [t for p in prompts for t in prompt_texts(p, self.source, idx)]
+            texts = [p.texts(source, idx) for p in prompts]  # K lists (None: the model's own)
+            joined = None if None in texts else [t for each in texts for t in each]
             xk, zk = x.repeat(k, 1, 1, 1), z.repeat(k, 1, 1, 1)
-            logits = self.ddp_model(xk, scene_texts=texts, latents=zk, native=True)
+            logits = self.ddp_model(xk, scene_texts=joined, latents=zk, native=True)
         y = torch.where(flips[:, None, None], y.flip(-1), y)
         return logits.unflatten(0, (k, b)), y.to(self.device)
 
@@ -288,7 +251,7 @@ class Trainer:
             s = self.state.step
             lr = self.sched.get_last_lr()[0]
             entry = {"step": s, **sums, "lr": lr, "seconds": round(time.time() - t0, 2)}
-            if self.curve is not None and (s % cfg.eval_every == 0 or s == cfg.steps):
+            if self.data.curve is not None and (s % cfg.eval_every == 0 or s == cfg.steps):
                 entry["curve_mIoU"] = self.curve_miou()
             self.state.log.append(entry)
             if bar is not None:
@@ -296,7 +259,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{sums['loss']:.3f}")
             elif acc.is_main_process and (s % cfg.log_every == 0 or s in (1, cfg.steps)):
                 curve = (
-                    f" {self.curve[0]} mIoU {entry['curve_mIoU']:.2f}"
+                    f" {self.data.curve.name} mIoU {entry['curve_mIoU']:.2f}"
                     if "curve_mIoU" in entry
                     else ""
                 )
@@ -345,35 +308,31 @@ class Trainer:
     def curve_miou(self) -> float:
         """Return the mIoU (%) of the model as it is on the curve set (:func:`curve_set`),
         leaving it in training mode (the global RNG untouched: dropout is off in eval)."""
-        name, ds, indices = self.curve
+        curve = self.data.curve
+        ds, indices = curve.dataset, curve.indices
         self.ddp_model.eval()
         cm = evaluate_predictions(self.predictor(ds), ds, indices, self.cfg.eval_batch)
         self.ddp_model.train()
-        return miou_rows({name: cm}, {name: ds}, self.cfg.source, {name: len(indices)})[0]["mIoU"]
+        counts = {curve.name: len(indices)}
+        return miou_rows({curve.name: cm}, {curve.name: ds}, self.cfg.source, counts)[0]["mIoU"]
 
-    def test_scene(self) -> str | CaptionPrompt | None:
-        """The scene prompt used at test time (None: the model's own); in the caption modes
-        each test image's caption (``test_caption``: as it is, or without its condition
-        words)."""
-        if self.captions is not None:
-            return CaptionPrompt(self.captions, self.cfg.test_caption)
+    def test_prompt(self) -> Prompt:
+        """The prompt of the test images: the model's own scene prompt, or
+        ``test_scene_text`` where it differs; in the caption modes each test image's caption
+        (``test_caption``: as it is, or without its condition words)."""
+        if self.data.captions is not None:
+            return CaptionPrompt(self.data.captions, self.cfg.test_caption)
         text = self.cfg.test_scene_text
-        return text if text and text != self.cfg.scene_text else None
+        return SceneText(text) if text and text != self.cfg.scene_text else OWN_PROMPT
 
-    def predictor(self, dataset):
+    def predictor(self, dataset) -> Predictor:
         """Return predict(images, indices) -> class indices (B, H, W) for ``dataset``."""
         model = self.acc.unwrap_model(self.ddp_model)
-        return predictor(model, self.cfg, dataset, self.cache, self.test_scene(), self.device)
+        return Predictor(model, self.cfg, dataset, self.cache, self.test_prompt(), self.device)
 
     def eval_sets(self) -> dict[str, Any]:
         """Return {name: dataset} of what :meth:`evaluate` scores (source val first)."""
-        return dict(self._eval_sets)
-
-    def eval_count(self, dataset) -> int:
-        """Return how many images of ``dataset`` are evaluated (the first ``max_eval_images``,
-        0 = all)."""
-        m = self.cfg.max_eval_images
-        return min(len(dataset), m) if m else len(dataset)
+        return dict(self.data.eval_sets)
 
     @torch.no_grad()
     def evaluate(self, sets: Mapping[str, Any] | None = None) -> dict[str, ConfusionMatrix]:
@@ -383,7 +342,7 @@ class Trainer:
         self.ddp_model.eval()
         out = {}
         for name, ds in sets.items():
-            n = self.eval_count(ds)
+            n = self.data.eval_count(ds)
             out[name] = evaluate_predictions(
                 self.predictor(ds), ds, range(n), self.cfg.eval_batch, per_image=True
             )
@@ -397,5 +356,5 @@ class Trainer:
     ) -> list[dict[str, Any]]:
         """Return {"target", "mIoU", "images", "classes"} per evaluated set
         (:func:`diffprompt.evaluate.miou_rows`)."""
-        counts = {name: self.eval_count(ds) for name, ds in sets.items()}
+        counts = {name: self.data.eval_count(ds) for name, ds in sets.items()}
         return miou_rows(cms, sets, self.cfg.source, counts)

@@ -24,6 +24,7 @@ from diffprompt.dg.sampling import caption_pool, prompt_pool
 from diffprompt.experiments.stats import ci_rows
 from diffprompt.parameters import config_of
 from diffprompt.paths import cache_dir
+from diffprompt.prompts import SceneText
 from diffprompt.results import format_mean_std
 from diffprompt.runtime import resolve_device
 
@@ -187,7 +188,7 @@ def prompt_sensitivity(
     ref = caches["fixed"].get(ds, idx)
     pool = prompt_pool(dataclasses.replace(base, prompt_mode="random_consistency"))
     others = {
-        f"scene prompt {i + 1} of the pool": caches["fixed"].get(ds, idx, p)
+        f"scene prompt {i + 1} of the pool": caches["fixed"].get(ds, idx, SceneText(p))
         for i, p in enumerate(pool[:4])
     }
     others["category tokens only"] = caches["category"].get(ds, idx)

@@ -172,7 +172,7 @@ def curve_table(trainers: Mapping[tuple[str, int], Trainer]) -> pd.DataFrame:
     images) every ``eval_every`` steps, one row per (method, seed, step)."""
     rows = []
     for (mode, seed), trainer in trainers.items():
-        name = trainer.curve[0] if trainer.curve is not None else ""
+        name = trainer.data.curve.name if trainer.data.curve is not None else ""
         for e in trainer.state.log:
             if "curve_mIoU" in e:
                 rows.append(

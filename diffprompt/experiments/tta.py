@@ -1,84 +1,86 @@
 """Notebook 03: the DG model TTA starts from, every row of a target's table, the summary.
 
-Each row of a target's table is a method (:data:`METHODS`, by id) in a setting: "-" (no
-fitting: no adaptation, the hand-written target prompt), "offline" or "online"
-(:data:`diffprompt.tta.SETTINGS`). Rows carry the method's id; labels are looked up, never
-parsed.
+Each row of a target's table (:class:`Row`) is a method (:data:`METHODS`, by id) in a
+setting: "-" (nothing fitted: no adaptation, the hand-written target prompt, each image's
+caption), "offline" or "online" (:data:`diffprompt.tta.SETTINGS`). :func:`run_target` runs
+them by family (:func:`fixed_rows`, :func:`tent_row`, :func:`learned_rows`); labels are
+looked up by id, never parsed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
+import torch
 
 from diffprompt.benchmarks import TARGET_PROMPTS, eval_classes, resolve_targets
-from diffprompt.cache import FeatureCache
 from diffprompt.captions import CaptionBook, CaptionPrompt
 from diffprompt.data.roots import resolve_data_root
-from diffprompt.dg.checkpoint import CHECKPOINT, load_dg_model, read_checkpoint
 from diffprompt.dg.config import (
     RANDOM_MODES,
     PresetChoice,
     TrainConfig,
     check_config,
-    config_hash,
     with_preset,
 )
-from diffprompt.dg.data import image_transform
-from diffprompt.dg.runs import dg_run_dir, train_dg
+from diffprompt.dg.runs import DGModel
 from diffprompt.experiments.stats import ci_rows, format_ci
-from diffprompt.model import SegModel
 from diffprompt.parameters import DG_PREFIX, SHARED, config_of, explicit_parameters
 from diffprompt.paths import cache_dir, results_root
 from diffprompt.preflight import check_files, check_writable
-from diffprompt.runtime import resolve_device
+from diffprompt.prompts import OWN_PROMPT
+from diffprompt.tent import tent
 from diffprompt.tta import (
     OBJECTIVES,
     PromptTTA,
+    TargetScorer,
+    TargetSets,
     TTAConfig,
     caption_start,
     check_tta,
+    prompted,
     target_sets,
+    with_scene_text,
 )
 from diffprompt.viz import tta_curve_figure, tta_prediction_figure
 
-#: Every method of a TTA table: id -> (label in a target's table, label in the summary,
-#: short name in the prediction figure, setting in the paper's T4: "DG" without
-#: adaptation, else "TTA"). The hand-written prompt's label in a target's table also quotes
-#: the target's prompt.
-METHODS: dict[str, tuple[str, str, str, str]] = {
-    "none": ("no adaptation", "no adaptation", "no adaptation", "DG"),
-    "target_prompt": (
-        "hand-written prompt",
-        "hand-written target prompt",
-        "hand-written prompt",
-        "DG",
+
+class Method(NamedTuple):
+    """How a method of the TTA tables is named."""
+
+    table: str  # its label in a target's table
+    summary: str  # its label in the summary (and T4)
+    short: str  # its name in the prediction figure
+    paper: str  # its setting in the paper's T4: "DG" (no adaptation) or "TTA"
+
+
+#: Every method of a TTA table, by id. The hand-written prompt's label in a target's table
+#: also quotes the target's prompt.
+METHODS: dict[str, Method] = {
+    "none": Method("no adaptation", "no adaptation", "no adaptation", "DG"),
+    "target_prompt": Method(
+        "hand-written prompt", "hand-written target prompt", "hand-written prompt", "DG"
     ),
-    "target_caption": (
-        "own caption",
-        "each image's own caption",
-        "own caption",
-        "DG",
-    ),
-    "target_caption_stripped": (
+    "target_caption": Method("own caption", "each image's own caption", "own caption", "DG"),
+    "target_caption_stripped": Method(
         "own caption, condition words removed",
         "own caption, conditions removed",
         "caption, no conditions",
         "DG",
     ),
-    "tent": ("TENT (normalisation affine)", "TENT (normalisation affine)", "TENT", "TTA"),
-    "prompt_denoise": ("TTA prompt: denoise", "TTA prompt: denoise", "TTA denoise", "TTA"),
-    "prompt_entropy": ("TTA prompt: entropy", "TTA prompt: entropy", "TTA entropy", "TTA"),
-    "prompt_both": ("TTA prompt: both", "TTA prompt: both", "TTA both", "TTA"),
+    "tent": Method("TENT (normalisation affine)", "TENT (normalisation affine)", "TENT", "TTA"),
+    "prompt_denoise": Method("TTA prompt: denoise", "TTA prompt: denoise", "TTA denoise", "TTA"),
+    "prompt_entropy": Method("TTA prompt: entropy", "TTA prompt: entropy", "TTA entropy", "TTA"),
+    "prompt_both": Method("TTA prompt: both", "TTA prompt: both", "TTA both", "TTA"),
     **{
-        f"caption_{o}": (
+        f"caption_{o}": Method(
             f"TTA from own caption: {o}",
             f"TTA from own caption: {o}",
             f"caption TTA {o}",
@@ -87,7 +89,6 @@ METHODS: dict[str, tuple[str, str, str, str]] = {
         for o in OBJECTIVES
     },
 }
-TABLE_LABEL, SUMMARY_LABEL, SHORT_LABEL, PAPER_SETTING = range(4)
 
 
 # ---------------------------------------------------------------------------------------
@@ -96,16 +97,16 @@ TABLE_LABEL, SUMMARY_LABEL, SHORT_LABEL, PAPER_SETTING = range(4)
 
 
 def tta_dg_config(
-    params: Mapping[str, Any], explicit: Iterable[str] | None = None
+    params: Mapping[str, Any], explicit: Iterable[str] | None = None, notebook: str = "03_tta"
 ) -> tuple[TrainConfig, PresetChoice]:
-    """Return the TrainConfig of the DG model notebook 03 adapts and what its preset did:
+    """Return the TrainConfig of the DG model a TTA notebook adapts and what its preset did:
     every ``dg_<field>`` parameter sets that field (:data:`diffprompt.parameters.DG_PREFIX`:
     ``dg_steps`` is notebook 02's ``steps``), the run's context (``source``, ``data_root``,
     ``model``, ``device``) is shared, no targets (the seed is set per run); then the
     ``preset`` on every field but those the user passed (``explicit``: parameter names;
-    None: the parameters whose values differ from the notebook's defaults)."""
+    None: the parameters whose values differ from ``notebook``'s defaults)."""
     if explicit is None:
-        explicit = explicit_parameters(params, "03_tta")
+        explicit = explicit_parameters(params, notebook)
     shared = {k: params[k] for k in SHARED if k in params}
     cfg = config_of(TrainConfig, params, DG_PREFIX, **shared, targets=())
     given = {k.removeprefix(DG_PREFIX) for k in explicit if k.startswith(DG_PREFIX)}
@@ -118,6 +119,19 @@ def tta_configs(params: Mapping[str, Any]) -> dict[str, TTAConfig]:
     "adverse", or "all")."""
     targets = resolve_targets(params["target"])
     return {t: config_of(TTAConfig, params, target=t) for t in targets}
+
+
+def target_rows(params: Mapping[str, Any], captions: CaptionBook | None) -> TargetRows:
+    """Return the rows of notebook 03's target tables (:class:`TargetRows`) from its
+    parameters and its captions (:func:`tta_captions`)."""
+    return TargetRows(
+        objectives=tuple(params["objectives"]),
+        settings=tuple(params["settings"]),
+        tent=params["tent"],
+        zero_shot=params["zero_shot"],
+        captions=captions,
+        caption_objectives=tuple(params["caption_tta"]),
+    )
 
 
 def tta_seed_config(cfg: TTAConfig, seed: int) -> TTAConfig:
@@ -189,86 +203,6 @@ def tta_captions(params: Mapping[str, Any], results_dir=None) -> CaptionBook | N
     return CaptionBook("auto", file, captioner, cache_dir(results_dir or None))
 
 
-# ---------------------------------------------------------------------------------------
-# The DG model TTA starts from
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class DGModel:
-    """A trained DG model and what TTA needs of its run."""
-
-    model: SegModel
-    cfg: TrainConfig
-    root: Path  # the data root
-    cache: FeatureCache | None  # the run's feature cache (its VAE latents are reused)
-    transform: Any  # what the run's evaluation images get
-    step: int  # the step its checkpoint reached
-    log: list = dataclasses.field(default_factory=list)  # its training log (the curve)
-
-    @property
-    def hash(self) -> str:
-        return config_hash(self.cfg)
-
-
-def dg_model(
-    cfg: TrainConfig,
-    results_dir=None,
-    missing: str = "train",
-    checkpoint: str = "",
-    log: Callable[[str], None] = print,
-) -> DGModel:
-    """Return the trained DG model TTA starts from.
-
-    ``checkpoint``: a checkpoint file to load (its configuration must equal ``cfg``, else a
-    ConfigMismatchError names the fields that differ). Otherwise the finished run of
-    ``cfg`` in results/runs/dg is loaded; when there is none, ``missing="train"`` trains it
-    first (notebook 02's recipe) and ``missing="error"`` raises FileNotFoundError.
-    """
-    if missing not in ("train", "error"):
-        raise ValueError(f"missing must be 'train' or 'error', got {missing!r}")
-    root = resolve_data_root(cfg.data_root)
-    transform = image_transform(cfg, for_eval=True)
-    path = Path(checkpoint) if checkpoint else dg_run_dir(cfg, results_dir) / CHECKPOINT
-    if not path.is_file() and (checkpoint or missing == "error"):
-        raise FileNotFoundError(
-            f"no trained DG model for this configuration at {path}: run notebook 02 with the "
-            "same parameters, or pass missing='train'"
-        )
-    if not path.is_file():
-        trainer = train_dg(cfg, results_dir, log=log)
-        state = trainer.state
-        return DGModel(trainer.model, cfg, root, trainer.cache, transform, state.step, state.log)
-    model = load_dg_model(cfg, path, resolve_device(cfg.device))
-    state = json.loads(read_checkpoint(path)["state"])
-    cache = None
-    if cfg.cache_features:
-        cache = FeatureCache(model, cache_dir(results_dir))
-    return DGModel(model, cfg, root, cache, transform, state["step"], state["log"])
-
-
-def dg_models(
-    cfg: TrainConfig,
-    seeds: Sequence[int],
-    results_dir=None,
-    missing: str = "train",
-    checkpoint: str = "",
-    log: Callable[[str], None] = print,
-) -> dict[int, DGModel]:
-    """Return {seed: :func:`dg_model` of ``cfg`` at that seed} (``checkpoint``: one file,
-    only with a single seed)."""
-    if checkpoint and len(seeds) != 1:
-        raise ValueError(
-            "dg_checkpoint is one DG model: pass it with a single seed (-y 'seeds: [0]')"
-        )
-    return {
-        int(s): dg_model(
-            dataclasses.replace(cfg, seed=int(s)), results_dir, missing, checkpoint, log
-        )
-        for s in seeds
-    }
-
-
 def dg_curves(dgs: Mapping[int, DGModel]) -> pd.DataFrame:
     """Return the DG runs' training curves (as :func:`diffprompt.experiments.dg.curve_table`)."""
     rows = [
@@ -292,116 +226,187 @@ def dg_curves(dgs: Mapping[int, DGModel]) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TargetRows:
+    """Which rows a target's table holds beside no adaptation."""
+
+    objectives: Sequence[str] = ("denoise", "entropy", "both")  # learned-prompt rows
+    settings: Sequence[str] = ("offline",)  # each learned-prompt row in these settings
+    tent: bool = True  # the TENT baseline
+    zero_shot: bool = True  # the hand-written target prompt
+    captions: CaptionBook | None = None  # the DG model prompted with each image's caption
+    caption_objectives: Sequence[str] = ()  # TTA from each image's caption (needs captions)
+
+
+@dataclass
+class Row:
+    """One row of a target's TTA table."""
+
+    id: str  # the method (:data:`METHODS`)
+    setting: str  # "-" (nothing fitted), "offline" or "online"
+    miou: float  # mIoU (%) on the evaluated images
+    fit_images: int  # the images adapted on
+    matrices: np.ndarray  # (N, C, C): each evaluated image's confusion matrix (bootstrap)
+    label: str = ""  # the table's label where it is not the method's own
+    example: torch.Tensor | None = None  # the shown image's predicted classes (H, W)
+
+    def table_row(self) -> dict[str, Any]:
+        """The row as a target's table shows it."""
+        label = self.label or METHODS[self.id].table
+        return {
+            "method": label,
+            "setting": self.setting,
+            "mIoU": self.miou,
+            "fit images": self.fit_images,
+        }
+
+
+@dataclass
+class TargetResult:
+    """Every row of one target's table, and what its figures and tables need besides."""
+
+    rows: list[Row]
+    fit_split: str  # which split was fitted on, and whether it has labels
+    example: tuple[torch.Tensor, torch.Tensor]  # the shown image (3, H, W) and its labels
+    curves: list[dict] = dataclasses.field(default_factory=list)  # offline mIoU by step
+    nearest: dict[str, list[dict]] = dataclasses.field(default_factory=dict)  # learned words
+    seconds: float = 0.0  # wall time
+
+
+@dataclass
+class Target:
+    """One target as TTA sees it: its sets, the indices fitted on and evaluated, the scorer,
+    and the image of the prediction figure (``shown``: None, no figure)."""
+
+    sets: TargetSets
+    scorer: TargetScorer
+    shown: int | None
+
+    @property
+    def fit_idx(self) -> list[int]:
+        return list(range(self.sets.n_fit))
+
+    @property
+    def eval_idx(self) -> list[int]:
+        return list(range(self.sets.n_eval))
+
+    def row(self, method, setting, cm, predict, label="") -> Row:
+        """The row of a method whose confusion matrix is ``cm``; ``predict(dataset, idx)``
+        gives its classes of the shown image."""
+        ev = self.sets.evaluation
+        fitted = {"-": 0, "offline": self.sets.n_fit, "online": self.sets.n_eval}[setting]
+        example = None if self.shown is None else predict(ev, [self.shown])[0]
+        miou = self.scorer.miou(cm, ev)
+        return Row(method, setting, miou, fitted, cm.per_image_matrices(), label, example)
+
+
+def fixed_rows(dg: DGModel, target: Target, rows: TargetRows, name: str) -> list[Row]:
+    """The rows that fit nothing: no adaptation, the hand-written target prompt, and the DG
+    model prompted with each image's own caption, as it is and without its condition words.
+    Their maps are shared across seeds (the DG models' backbone and prompts are the same)."""
+    ev, idx, scorer = target.sets.evaluation, target.eval_idx, target.scorer
+    models = [("none", dg.model, OWN_PROMPT, "")]
+    if rows.zero_shot:
+        text = TARGET_PROMPTS[name]
+        label = f'{METHODS["target_prompt"].table} "{text}"'
+        models.append(("target_prompt", with_scene_text(dg.model, text), OWN_PROMPT, label))
+    if rows.captions is not None:
+        models.append(("target_caption", dg.model, CaptionPrompt(rows.captions, "caption"), ""))
+        stripped = CaptionPrompt(rows.captions, "stripped")
+        models.append(("target_caption_stripped", dg.model, stripped, ""))
+    out = []
+    for method, model, prompt, label in models:
+        context_of = prompted(model, prompt)
+        cm = scorer.evaluate(model, ev, idx, context_of, fixed=True)
+
+        def predict(ds, i, model=model, context_of=context_of):
+            return scorer.predict(model, ds, i, context_of, fixed=True)
+
+        out.append(target.row(method, "-", cm, predict, label))
+    return out
+
+
+def tent_row(dg: DGModel, cfg: TTAConfig, target: Target) -> Row:
+    """The TENT row (:func:`diffprompt.tent.tent`): a copy of the DG model adapted on the
+    fit images, then scored."""
+    adapted = tent(dg.model, cfg, target.scorer, target.sets.fit, target.fit_idx)
+    cm = target.scorer.evaluate(adapted, target.sets.evaluation, target.eval_idx)
+    return target.row("tent", "offline", cm, lambda ds, i: target.scorer.predict(adapted, ds, i))
+
+
+def learned_rows(
+    adapter: PromptTTA, objective: str, method: str, target: Target, settings, start=None
+) -> tuple[list[Row], list[dict], list[dict]]:
+    """The rows of one learned prompt (one per setting), its offline curve (``start``: the
+    curve's step 0, None: evaluated) and its nearest words: (rows, curve, nearest)."""
+    sets = target.sets
+    rows, curve, nearest = [], [], []
+    for setting in settings:
+        if setting == "offline":
+            fit = (objective, sets.fit, target.fit_idx, sets.evaluation, target.eval_idx)
+            cm, curve = adapter.fit_offline(*fit, start)
+            nearest = adapter.nearest_words()
+        else:
+            cm = adapter.fit_online(objective, sets.evaluation, target.eval_idx)
+        rows.append(target.row(method, setting, cm, adapter.predict))
+    return rows, curve, nearest
+
+
 def run_target(
     dg: DGModel,
     cfg: TTAConfig,
-    objectives: Sequence[str] = ("denoise", "entropy", "both"),
-    settings: Sequence[str] = ("offline",),
-    tent: bool = True,
-    zero_shot: bool = True,
+    rows: TargetRows = TargetRows(),
     log: Callable[[str], None] = print,
     examples: bool = True,
-    captions: CaptionBook | None = None,
-    caption_objectives: Sequence[str] = (),
-) -> dict[str, Any]:
-    """Run every row of one target's TTA table (with ``captions``, also the DG model
-    prompted with each target image's own caption in place of its scene prompt, as is and
-    without its condition words: TADP's test-time setting; and with ``caption_objectives``,
-    TTA that starts from each image's caption and learns its condition words, one span for
-    the target: :class:`diffprompt.tta.CaptionStart`). Returns {"rows": [{"id", "method",
-    "setting", "mIoU", "fit images"}], "curves": rows, "nearest": {objective: rows},
-    "fit_split": note, "examples": [(id, setting, prediction (H, W))] (empty with
-    ``examples=False``: the prediction figure shows one seed), "example": (image, mask),
-    "seconds": wall time}."""
-    check_tta(cfg, objectives, settings)
+) -> TargetResult:
+    """Run every row of one target's TTA table (:class:`TargetRows`: the learned prompts,
+    TENT, the hand-written prompt, the DG model prompted with each image's own caption, as
+    is and without its condition words, TADP's test-time setting, and TTA that starts from
+    each image's caption and learns its condition words, one span for the target:
+    :class:`diffprompt.tta.CaptionStart`). ``examples``: each row's prediction of the first
+    evaluated image, for the prediction figure (one seed shows it)."""
+    check_tta(cfg, rows.objectives, rows.settings)
     t0 = time.time()
-    tta = PromptTTA(dg.model, cfg, dg.cache, dg.transform, log)
-    sets = tta.target_sets(dg.root, dg.cfg.target_split)
+    sets = target_sets(cfg, dg.root, dg.cfg.target_split, dg.transform)
     if sets.n_fit == 0 or sets.n_eval == 0:
         raise ValueError(f"{cfg.target}: no images to fit on ({sets.note}) or to evaluate on")
-    fit_set, eval_set = sets.fit, sets.evaluation
-    fit_idx, eval_idx = list(range(sets.n_fit)), list(range(sets.n_eval))
-    rows, curves, nearest, example_rows = [], [], {}, []
-    shown = 0  # the evaluation image of the prediction figure
-    fitted = {"-": 0, "offline": sets.n_fit, "online": sets.n_eval}
-
-    def add(method: str, setting: str, cm, model, label=None, prompts=None, by=None) -> None:
-        """Add a row; its example prediction by the adapter ``by`` (None: ``tta``) that
-        knows the model's context."""
-        rows.append(
-            {
-                "id": method,
-                "method": label or METHODS[method][TABLE_LABEL],
-                "setting": setting,
-                "mIoU": tta.miou(cm, eval_set),
-                "fit images": fitted[setting],
-                "cms": cm.per_image_matrices(),
-            }
-        )
-        if examples:
-            shown_classes = (by or tta).predict(model, eval_set, [shown], prompts=prompts)[0]
-            example_rows.append((method, setting, shown_classes))
-
-    base = tta.evaluate(tta.dg, eval_set, eval_idx, fixed=True)  # maps shared across seeds
-    add("none", "-", base, tta.dg)
-    log(f"{cfg.target}: no adaptation {rows[-1]['mIoU']:.2f} mIoU ({sets.n_eval} images)")
-    if zero_shot:
-        text = TARGET_PROMPTS[cfg.target]
-        zs = tta.with_scene_text(text)
-        label = f'{METHODS["target_prompt"][TABLE_LABEL]} "{text}"'
-        add("target_prompt", "-", tta.evaluate(zs, eval_set, eval_idx, fixed=True), zs, label)
-    if captions is not None:
-        for method, variant in (
-            ("target_caption", "caption"),
-            ("target_caption_stripped", "stripped"),
-        ):
-            prompt = CaptionPrompt(captions, variant)
-            cm = tta.evaluate(tta.dg, eval_set, eval_idx, prompts=prompt)
-            add(method, "-", cm, tta.dg, prompts=prompt)
-            log(f"{cfg.target}: {METHODS[method][TABLE_LABEL]} {rows[-1]['mIoU']:.2f} mIoU")
-    if tent:
-        add("tent", "offline", *tta.tent(fit_set, fit_idx, eval_set, eval_idx))
-
-    def fit(adapter: PromptTTA, objective: str, method: str, name: str, at_start) -> None:
-        """One learned-prompt row per setting; the offline curve and nearest words as
-        ``name``; ``at_start``: the curve's step 0 (None: evaluated)."""
-        for setting in settings:
-            if setting == "offline":
-                cm, curve = adapter.fit_offline(
-                    objective, fit_set, fit_idx, eval_set, eval_idx, at_start
-                )
-                curves.extend({"objective": name, **c} for c in curve)
-                nearest[name] = adapter.nearest_words()
-            else:
-                cm = adapter.fit_online(objective, eval_set, eval_idx)
-            add(method, setting, cm, adapter.tta_model, by=adapter)
-            log(f"{cfg.target}: {METHODS[method][TABLE_LABEL]} ({setting}) {rows[-1]['mIoU']:.2f}")
-
-    for objective in objectives:
-        fit(tta, objective, f"prompt_{objective}", objective, base)
-    if captions is not None and caption_objectives:
-        start = caption_start(captions, fit_set, fit_idx, cfg.caption_span)
+    target = Target(sets, TargetScorer(dg.model.backbone, cfg, dg.cache), 0 if examples else None)
+    out = fixed_rows(dg, target, rows, cfg.target)
+    for r in out:
+        log(f"{cfg.target}: {METHODS[r.id].table} {r.miou:.2f} mIoU ({sets.n_eval} images)")
+    if rows.tent:
+        out.append(tent_row(dg, cfg, target))
+    shown = sets.evaluation[0]
+    result = TargetResult(out, sets.note, (shown["image"], shown["mask"]))
+    learned = []
+    if rows.objectives:  # one adapter: each fit starts from the training scene prompt
+        adapter = PromptTTA(dg.model, cfg, target.scorer, log=log)
+        learned += [(adapter, o, f"prompt_{o}", o) for o in rows.objectives]
+    if rows.captions is not None and rows.caption_objectives:
+        start = caption_start(rows.captions, sets.fit, target.fit_idx, cfg.caption_span)
         log(f"{cfg.target}: TTA from own caption, span init {start.phrase!r}")
-        ctta = PromptTTA(dg.model, cfg, dg.cache, dg.transform, log, start)
-        for objective in caption_objectives:
-            fit(ctta, objective, f"caption_{objective}", f"caption {objective}", None)
-    sample = eval_set[shown]
-    return {
-        "rows": rows,
-        "curves": curves,
-        "nearest": nearest,
-        "fit_split": sets.note,
-        "examples": example_rows,
-        "example": (sample["image"], sample["mask"]),
-        "seconds": time.time() - t0,
-    }
+        adapter = PromptTTA(dg.model, cfg, target.scorer, start, log)
+        learned += [(adapter, o, f"caption_{o}", f"caption {o}") for o in rows.caption_objectives]
+    for adapter, objective, method, name in learned:
+        at_start = out[0].miou if adapter.start is None else None  # no adaptation: step 0
+        fitted, curve, nearest = learned_rows(
+            adapter, objective, method, target, rows.settings, at_start
+        )
+        for r in fitted:
+            log(f"{cfg.target}: {METHODS[method].table} ({r.setting}) {r.miou:.2f}")
+        result.rows += fitted
+        result.curves += [{"objective": name, **c} for c in curve]
+        if nearest:
+            result.nearest[name] = nearest
+    result.seconds = time.time() - t0
+    return result
 
 
 def target_table(result: Mapping[str, Any]) -> pd.DataFrame:
     """Return a target's table: mIoU per method (index: its label) with its setting, the
     images fitted on and the split they came from."""
-    table = pd.DataFrame(result["rows"]).drop(columns=["id", "cms"]).set_index("method")
-    table["fit split"] = [result["fit_split"] if s != "-" else "-" for s in table["setting"]]
+    table = pd.DataFrame([r.table_row() for r in result.rows]).set_index("method")
+    table["fit split"] = [result.fit_split if s != "-" else "-" for s in table["setting"]]
     return table
 
 
@@ -415,27 +420,28 @@ def record_target(
     tokens of each learned word), figures tta_<target>_curve and tta_<target>_predictions
     (of ``result``, one seed). Returns the main table."""
     table = target_table(result)
-    caption = f"{target}: mIoU (%) on its labeled split; fitted on {result['fit_split']}."
+    caption = f"{target}: mIoU (%) on its labeled split; fitted on {result.fit_split}."
     if stats is not None:
         part = stats.xs(target, level="target")
-        shown = format_ci(part, ["method"], METHODS["none"][SUMMARY_LABEL])
+        shown = format_ci(part, ["method"], METHODS["none"].summary)
         shown.insert(0, "setting", part["setting"].to_numpy())
         table = shown
         caption += " Mean ± std over seeds, 95% bootstrap CIs over images (seeds pooled)."
     run.table(table, f"tta_{target}", caption=caption)
-    if result["curves"]:
-        curve = pd.DataFrame(result["curves"]).set_index(["objective", "step"])
+    if result.curves:
+        curve = pd.DataFrame(result.curves).set_index(["objective", "step"])
         run.table(curve, f"tta_{target}_curve", float_format="%.4f")
-        run.figure(tta_curve_figure(result["curves"], target), f"tta_{target}_curve", ("png",))
-    near = [{"objective": o, **r} for o, rows in result["nearest"].items() for r in rows]
+        run.figure(tta_curve_figure(result.curves, target), f"tta_{target}_curve", ("png",))
+    near = [{"objective": o, **r} for o, rows in result.nearest.items() for r in rows]
     if near:
         near_table = pd.DataFrame(near).set_index(["objective", "position"])
         run.table(near_table, f"tta_{target}_nearest", float_format="%.4f")
     panels = {}
-    for method, setting, prediction in result["examples"]:
-        name = METHODS[method][SHORT_LABEL]
-        panels[name if setting != "online" else f"{name} (online)"] = prediction
-    figure = tta_prediction_figure(result["example"], panels, target)
+    for r in result.rows:
+        if r.example is not None:
+            name = METHODS[r.id].short
+            panels[name if r.setting != "online" else f"{name} (online)"] = r.example
+    figure = tta_prediction_figure(result.example, panels, target)
     run.figure(figure, f"tta_{target}_predictions", formats=("png",), dpi=90)
     return table
 
@@ -447,12 +453,12 @@ def summary_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     cols, ids = {}, {}
     for target, result in results.items():
         keys, values = [], []
-        for row in result["rows"]:
-            label = METHODS[row["id"]][SUMMARY_LABEL]
-            key = f"{label} (online)" if row["setting"] == "online" else label
-            ids[key] = row["id"]
+        for row in result.rows:
+            label = METHODS[row.id].summary
+            key = f"{label} (online)" if row.setting == "online" else label
+            ids[key] = row.id
             keys.append(key)
-            values.append(row["mIoU"])
+            values.append(row.miou)
         cols[target] = pd.Series(values, index=keys)
     order = list(dict.fromkeys(k for c in cols.values() for k in c.index))
     out = pd.DataFrame(cols).reindex(order)
@@ -464,7 +470,7 @@ def summary_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
 
 def paper_setting(method_id: str) -> str:
     """Return the setting of a method in the paper's T4: "DG" (no adaptation) or "TTA"."""
-    return METHODS[method_id][PAPER_SETTING]
+    return METHODS[method_id].paper
 
 
 # ---------------------------------------------------------------------------------------
@@ -479,18 +485,18 @@ def seed_rows(results: Mapping[int, Mapping[str, Mapping[str, Any]]]) -> list[di
     rows = []
     for seed, per_target in results.items():
         for target, result in per_target.items():
-            for r in result["rows"]:
-                label = METHODS[r["id"]][SUMMARY_LABEL]
-                method = f"{label} (online)" if r["setting"] == "online" else label
+            for r in result.rows:
+                label = METHODS[r.id].summary
+                method = f"{label} (online)" if r.setting == "online" else label
                 rows.append(
                     {
                         "method": method,
-                        "id": r["id"],
-                        "setting": r["setting"],
+                        "id": r.id,
+                        "setting": r.setting,
                         "target": target,
                         "seed": seed,
-                        "mIoU": r["mIoU"],
-                        "cms": r["cms"],
+                        "mIoU": r.miou,
+                        "cms": r.matrices,
                     }
                 )
     return rows
@@ -505,7 +511,7 @@ def tta_statistics(rows: Sequence[Mapping[str, Any]], source: str) -> pd.DataFra
     out = ci_rows(
         rows,
         ["method", "target"],
-        {"method": METHODS["none"][SUMMARY_LABEL]},
+        {"method": METHODS["none"].summary},
         classes=lambda keys: eval_classes(source, keys["target"]),
     )
     ids = {r["method"]: (r["id"], r["setting"]) for r in rows}

@@ -1,4 +1,4 @@
-"""Notebook 03's TTA budget study: mIoU against TTA steps, learning rates and objectives,
+"""Notebook 07: the TTA budget study, mIoU against TTA steps, learning rates and objectives,
 with how far the learned prompt moves."""
 
 from __future__ import annotations
@@ -12,32 +12,33 @@ from typing import Any
 import pandas as pd
 
 from diffprompt.dg.config import TrainConfig
-from diffprompt.experiments.tta import DGModel, check_targets
+from diffprompt.dg.runs import DGModel
+from diffprompt.experiments.tta import check_targets
 from diffprompt.parameters import config_of
-from diffprompt.tta import PromptTTA, TTAConfig
+from diffprompt.tta import PromptTTA, TargetScorer, TTAConfig, target_sets
 
 
 def budget_configs(params: Mapping[str, Any]) -> dict[str, TTAConfig]:
-    """Return {target: TTAConfig} of the budget study's ``budget_targets`` (notebook 03's
-    other TTA parameters; steps, lr, seed and evaluation set by :func:`budget_study`)."""
-    return {t: config_of(TTAConfig, params, target=t) for t in params["budget_targets"]}
+    """Return {target: TTAConfig} of notebook 07's ``targets`` (its other parameters named
+    like TTAConfig fields set them; the learning rate and seed are set per curve)."""
+    return {t: config_of(TTAConfig, params, target=t) for t in params["targets"]}
 
 
 def check_budget(
-    params: Mapping[str, Any], objectives: Sequence[str], dg_cfg: TrainConfig, results_dir=None
+    name: str,
+    cfgs: Mapping[str, TTAConfig],
+    objectives: Sequence[str],
+    dg_cfg: TrainConfig,
+    results_dir=None,
 ) -> None:
-    """Check notebook 03's budget study before any work (when ``budget_steps`` asks for
-    one): its targets as :func:`check_targets` does, and ``budget_name``, which names files
-    (letters, digits and underscores only)."""
-    if not params.get("budget_steps"):
-        return
-    name = str(params.get("budget_name", "tta_budget"))
+    """Check the budget study before any work: its targets as :func:`check_targets` does,
+    and ``name``, which names its files (letters, digits and underscores only)."""
     if not re.fullmatch(r"[A-Za-z0-9_]+", name):
         raise ValueError(
-            f"budget_name {name!r} names the study's files: use letters, digits and "
-            "underscores only (e.g. 'tta_budget_short')"
+            f"name {name!r} names the study's files: use letters, digits and underscores "
+            "only (e.g. 'tta_budget_short')"
         )
-    check_targets(budget_configs(params), objectives, ("offline",), dg_cfg, results_dir=results_dir)
+    check_targets(cfgs, objectives, ("offline",), dg_cfg, results_dir=results_dir)
 
 
 # ---------------------------------------------------------------------------------------
@@ -50,40 +51,30 @@ def budget_study(
     cfgs: Mapping[str, TTAConfig],
     objectives: Sequence[str],
     lrs: Sequence[float],
-    steps: int,
-    every: int,
-    eval_images: int = 0,
-    log: Callable[[str], None] = print,
     points: Sequence[int] = (),
+    log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
-    """Return the curves of offline prompt TTA run ``steps`` steps, evaluated every
-    ``every`` steps and at the steps of ``points`` (e.g. the short budgets below ``every``)
-    on ``eval_images`` labeled images (0 = all): one row per (target,
+    """Return the curves of offline prompt TTA, each run ``cfg.steps`` steps and evaluated
+    every ``cfg.eval_every`` steps and at the steps of ``points`` (e.g. the short budgets
+    below ``eval_every``) on ``cfg.eval_images`` labeled images: one row per (target,
     objective, lr, seed, step) with the mIoU, its change from step 0 (the DG model), the
     losses and the prompt's movement (relative change, nearest words). ``dgs``: {seed: the
     DG model of that seed}; TTA's own seed (batches, noise) is the same seed."""
     rows = []
-    for target, base_cfg in cfgs.items():
+    for target, base in cfgs.items():
         for seed, dg in dgs.items():
+            sets = target_sets(base, dg.root, dg.cfg.target_split, dg.transform)
+            scorer = TargetScorer(dg.model.backbone, base, dg.cache)
+            fit_idx, eval_idx = list(range(sets.n_fit)), list(range(sets.n_eval))
+            ev = sets.evaluation
+            start = scorer.miou(scorer.evaluate(dg.model, ev, eval_idx, fixed=True), ev)
             for lr in lrs:
-                cfg = dataclasses.replace(
-                    base_cfg,
-                    steps=steps,
-                    lr=float(lr),
-                    eval_every=every,
-                    seed=int(seed),
-                    eval_images=eval_images,
-                )
-                tta = PromptTTA(dg.model, cfg, dg.cache, dg.transform, log=lambda m: None)
-                sets = tta.target_sets(dg.root, dg.cfg.target_split)
-                fit_idx, eval_idx = list(range(sets.n_fit)), list(range(sets.n_eval))
-                base = tta.evaluate(tta.dg, sets.evaluation, eval_idx, fixed=True)
+                cfg = dataclasses.replace(base, lr=float(lr), seed=int(seed))
+                tta = PromptTTA(dg.model, cfg, scorer, log=lambda m: None)
                 for objective in objectives:
                     t0 = time.time()
-                    _, curve = tta.fit_offline(
-                        objective, sets.fit, fit_idx, sets.evaluation, eval_idx, base, points
-                    )
-                    start = curve[0]["mIoU"]
+                    fit = (objective, sets.fit, fit_idx, ev, eval_idx)
+                    _, curve = tta.fit_offline(*fit, start, points)
                     for c in curve:
                         rows.append(
                             {
@@ -98,7 +89,7 @@ def budget_study(
                         )
                     log(
                         f"budget {target} {objective} lr {lr:g} seed {seed}: "
-                        f"{start:.2f} -> {curve[-1]['mIoU']:.2f} mIoU in {steps} steps "
+                        f"{start:.2f} -> {curve[-1]['mIoU']:.2f} mIoU in {cfg.steps} steps "
                         f"({time.time() - t0:.0f}s)"
                     )
     return pd.DataFrame(rows)
