@@ -39,6 +39,20 @@ MAP_TRAIN = (0, 13, 255)
 TRAINIDS = (0, 13, 255)  # BDD100K, ACDC, Dark Zurich store trainIds directly
 
 
+def random_images(b: int = 2, h: int = 32, w: int = 64, seed: int = 1):
+    """Images (b, 3, h, w) in [0, 1] drawn with ``seed``."""
+    import torch
+
+    return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def random_context(b: int = 2, n: int = 7, d: int = 24, seed: int = 2):
+    """A cross-attention context (b, n, d) drawn with ``seed`` (the tiny SD's text width)."""
+    import torch
+
+    return torch.randn(b, n, d, generator=torch.Generator().manual_seed(seed))
+
+
 def write_rgb(path: Path, seed: int = 0, h: int = H, w: int = W) -> None:
     """Write a random RGB image (PNG or JPEG by suffix)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -318,3 +332,40 @@ def tiny_sd(tmp_path_factory) -> Path:
     parts = tiny_sd_parts(tmp, words=caption_words(prompt_corpus(CLASSES)), max_length=32)
     save_pipeline(parts, tmp / "model")
     return tmp / "model"
+
+
+@pytest.fixture(scope="session")
+def dg_results(tmp_path_factory) -> Path:
+    """The results folder of :func:`tiny_dg`'s run."""
+    return tmp_path_factory.mktemp("dg_results")
+
+
+@pytest.fixture(scope="session")
+def tiny_dg(tiny_sd, mini_root, dg_results):
+    """A DG model of the tiny SD (fixed scene prompt, 2 steps on 4 images), trained once per
+    session and loaded as TTA loads it (:func:`diffprompt.dg.runs.dg_model`)."""
+    import torch
+
+    from diffprompt.dg.config import TrainConfig
+    from diffprompt.dg.runs import dg_model, train_dg
+
+    cfg = TrainConfig(
+        model=str(tiny_sd),
+        data_root=str(mini_root),
+        steps=2,
+        batch_size=2,
+        max_train_images=4,
+        targets=(),
+        fpn_width=8,
+        head_width=8,
+        prompt_pool=3,
+        progress="log",
+        prompt_mode="fixed",
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_dg(cfg, dg_results, log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    return dg_model(cfg, dg_results, missing="error")

@@ -17,6 +17,7 @@ MAX_TRAINER_LINES = 300
 ALGORITHMS = (
     "diffprompt.dg",
     "diffprompt.tta",
+    "diffprompt.tent",
     "diffprompt.probing",
     "diffprompt.supervised",
     "diffprompt.domain_gap",
@@ -315,7 +316,7 @@ def test_no_formatter_escape_hatches():
     root = PACKAGE.parent
     files = [
         *PACKAGE.rglob("*.py"),
-        *(root / "tests").glob("*.py"),
+        *(root / "tests").rglob("*.py"),
         *(root / "notebooks").glob("*.py"),
     ]
     marker = "fmt: " + "skip"  # spelled apart so this file does not match itself

@@ -2,7 +2,9 @@
 
 import pytest
 import torch
-from test_diffusion_backbone import _context, _images, _parts
+from conftest import random_context as _context
+from conftest import random_images as _images
+from conftest import tiny_sd_parts as _parts
 
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.variants import load_variant, save_unet

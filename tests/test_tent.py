@@ -6,32 +6,11 @@ import torch
 from torch import nn
 
 from diffprompt.data import build_dataset
-from diffprompt.dg.config import TrainConfig
 from diffprompt.dg.losses import mean_entropy
-from diffprompt.dg.runs import dg_model, train_dg
 from diffprompt.tent import NORMS, tent
 from diffprompt.tta import TargetScorer, TTAConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_sd, mini_root, tmp_path_factory):
-    results = tmp_path_factory.mktemp("results")
-    cfg = TrainConfig(
-        model=str(tiny_sd),
-        data_root=str(mini_root),
-        steps=2,
-        batch_size=2,
-        max_train_images=4,
-        targets=(),
-        fpn_width=8,
-        head_width=8,
-        prompt_mode="fixed",
-        progress="log",
-    )
-    train_dg(cfg, results, log=lambda _: None)
-    return dg_model(cfg, results, missing="error")
 
 
 def _state(module):
@@ -45,14 +24,14 @@ def _entropy(model, scorer, ds, idx):
 
 
 @pytest.mark.parametrize("scope", ["all", "head"])
-def test_tent_moves_only_the_normalisation_affines_of_a_copy(trained, scope):
+def test_tent_moves_only_the_normalisation_affines_of_a_copy(tiny_dg, scope):
     cfg = TTAConfig(target="acdc_night", steps=8, lr=0.5, batch_size=2, tent_scope=scope)
-    scorer = TargetScorer(trained.model.backbone, cfg, trained.cache)
-    fit = build_dataset("acdc_night", "test", trained.root)
-    dg_before = _state(trained.model)
-    before = _entropy(trained.model, scorer, fit, [0, 1])
-    adapted = tent(trained.model, cfg, scorer, fit, [0, 1])
-    assert all(torch.equal(v, trained.model.state_dict()[k]) for k, v in dg_before.items())
+    scorer = TargetScorer(tiny_dg.model.backbone, cfg, tiny_dg.cache)
+    fit = build_dataset("acdc_night", "test", tiny_dg.root)
+    dg_before = _state(tiny_dg.model)
+    before = _entropy(tiny_dg.model, scorer, fit, [0, 1])
+    adapted = tent(tiny_dg.model, cfg, scorer, fit, [0, 1])
+    assert all(torch.equal(v, tiny_dg.model.state_dict()[k]) for k, v in dg_before.items())
     assert _entropy(adapted, scorer, fit, [0, 1]) < before  # what TENT minimises
     norm_names = {
         f"{name}.{p}"
@@ -65,6 +44,6 @@ def test_tent_moves_only_the_normalisation_affines_of_a_copy(trained, scope):
     assert changed and changed <= norm_names
     unet_changed = any(k.startswith("backbone.unet.") for k in changed)
     assert unet_changed == (scope == "all")
-    assert adapted.backbone.unet is not trained.model.backbone.unet or scope == "head"
+    assert adapted.backbone.unet is not tiny_dg.model.backbone.unet or scope == "head"
     assert all(not p.requires_grad for p in adapted.parameters())
-    assert isinstance(adapted.head, nn.Module) and adapted.head is not trained.model.head
+    assert isinstance(adapted.head, nn.Module) and adapted.head is not tiny_dg.model.head

@@ -3,7 +3,9 @@ supervised variant's training: tests/test_supervised.py)."""
 
 import pytest
 import torch
-from test_diffusion_backbone import _context, _images, _parts
+from conftest import random_context as _context
+from conftest import random_images as _images
+from conftest import tiny_sd_parts as _parts
 
 from diffprompt.backbones.diffusion import DiffusionBackbone, FeatureConfig
 from diffprompt.backbones.variants import random_unet

@@ -17,8 +17,9 @@ from diffprompt.dg.config import PRESETS, TrainConfig, with_preset
 from diffprompt.experiments.dg import dg_config
 from diffprompt.experiments.tta import tta_dg_config
 from diffprompt.parameters import notebook_defaults
+from diffprompt.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -4,6 +4,8 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from conftest import random_context as _context
+from conftest import random_images as _images
 from conftest import save_pipeline as _save
 from conftest import tiny_sd_parts as _parts
 
@@ -16,14 +18,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
     return _parts(tmp_path_factory.mktemp("sd"))
-
-
-def _images(b=2, h=32, w=64, seed=1):
-    return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed))
-
-
-def _context(b=2, n=7, d=24, seed=2):
-    return torch.randn(b, n, d, generator=torch.Generator().manual_seed(seed))
 
 
 def _reference(unet, vae, images, context, t, blocks, scale=False):
